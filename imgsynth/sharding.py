@@ -1,0 +1,134 @@
+"""Mesh, logical-axis rules and sharded state creation.
+
+Model code names its axes logically ('embed', 'mlp', ...); this module alone decides how those
+names map onto the physical mesh ('data', 'fsdp', 'tensor'), so changing the parallelism of a run
+is a config change, never a model change.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axes. Batch is split over both data-parallel axes; weights are split over
+# 'fsdp' along their model dimension and over 'tensor' along heads / MLP hidden / vocabulary.
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("seq", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_heads", "tensor"),
+    ("patch", None),
+    ("conv_in", None),
+    ("conv_out", None),
+)
+
+
+def mesh_shape(spec: Sequence[int], num_devices: int | None = None) -> tuple[int, ...]:
+    """Resolves a ('data', 'fsdp', 'tensor') shape with at most one -1 against the device count."""
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    spec = tuple(int(s) for s in spec)
+    if len(spec) != len(MESH_AXES):
+        raise ValueError(f"mesh shape {spec} must have {len(MESH_AXES)} entries for axes {MESH_AXES}")
+    if spec.count(-1) > 1:
+        raise ValueError(f"mesh shape {spec}: at most one axis may be -1")
+    if any(s == 0 or s < -1 for s in spec):
+        raise ValueError(f"mesh shape {spec}: sizes must be positive or -1")
+    known = math.prod(s for s in spec if s != -1)
+    if num_devices % known:
+        raise ValueError(
+            f"mesh shape {spec} does not divide the {num_devices} available devices; "
+            f"choose sizes whose product divides {num_devices}")
+    shape = tuple(num_devices // known if s == -1 else s for s in spec)
+    if math.prod(shape) != num_devices:
+        raise ValueError(
+            f"mesh shape {spec} uses {math.prod(shape)} devices but {num_devices} are available; "
+            "put -1 on one axis to fill the rest")
+    return shape
+
+
+def make_mesh(spec: Sequence[int] = (-1, 1, 1)) -> jax.sharding.Mesh:
+    """A mesh with classic compiler-propagated (Auto) axes, so logical constraints just work."""
+    shape = mesh_shape(spec)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
+
+
+def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
+    """Devices the global batch is split over."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over 'data' and 'fsdp', the rest replicated."""
+    return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def to_global(batch: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Host-local numpy batch (this process's share) → global arrays sharded along the batch."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def create_sharded(build: Callable[[], nnx.Module], mesh: jax.sharding.Mesh,
+                   rules=LOGICAL_RULES) -> nnx.Module:
+    """Builds a module whose state is created directly in its final sharding.
+
+    Abstract shapes come from `eval_shape`, shardings from the logical rules, and a jitted init with
+    `out_shardings` materialises every parameter on the devices that own it, so no host ever holds
+    the full model.
+    """
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        graphdef, abstract_state = nnx.get_abstract_model(build, mesh)
+        shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
+
+        @jax.jit
+        def init():
+            return nnx.state(build())
+
+        state = jax.jit(init, out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+def initialize_distributed() -> None:
+    """Joins a multi-process job when the environment describes one; a single host is a no-op.
+
+    TPU-VM workers and SLURM tasks are auto-detected by `jax.distributed.initialize()`; a manual
+    job sets IMGSYNTH_COORDINATOR, IMGSYNTH_NUM_PROCESSES and IMGSYNTH_PROCESS_ID.
+    """
+    if jax.distributed.is_initialized():
+        return
+    env = os.environ
+    if "IMGSYNTH_COORDINATOR" in env:
+        if env.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=env["IMGSYNTH_COORDINATOR"],
+            num_processes=int(env["IMGSYNTH_NUM_PROCESSES"]),
+            process_id=int(env["IMGSYNTH_PROCESS_ID"]))
+    elif any(k in env for k in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")) \
+            and int(env.get("SLURM_NTASKS", "2")) > 1:
+        jax.distributed.initialize()
+    else:
+        return
+    logging.info("joined distributed job: process %d of %d, %d global devices",
+                 jax.process_index(), jax.process_count(), jax.device_count())
