@@ -132,3 +132,20 @@ def initialize_distributed() -> None:
         return
     logging.info("joined distributed job: process %d of %d, %d global devices",
                  jax.process_index(), jax.process_count(), jax.device_count())
+
+
+def logical_spec(names: Sequence[str | None]) -> P:
+    """Logical axis names → PartitionSpec under the active rules (unknown names are errors)."""
+    from flax.core import spmd as core_spmd
+    rules = dict(core_spmd.get_logical_axis_rules() or LOGICAL_RULES)
+    missing = [n for n in names if n is not None and n not in rules]
+    if missing:
+        raise KeyError(f"logical axes {missing} have no rule in the logical-axis rules table")
+    return P(*(rules[n] if n is not None else None for n in names))
+
+
+def constrain(x: jax.Array, *names: str | None) -> jax.Array:
+    """Pins an activation's sharding by logical names; a no-op outside a mesh (single device)."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_spec(names))

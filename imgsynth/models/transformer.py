@@ -1,0 +1,241 @@
+"""The one Transformer backbone shared by every paradigm (Flax NNX).
+
+Pre-norm blocks: self-attention (bidirectional or causal, with a KV cache for decoding), optional
+cross-attention to a conditioning sequence (the caption), an MLP, and optional adaLN-zero modulation
+from a conditioning vector (the diffusion timestep). Blocks are stacked with `nnx.vmap` and run with
+`nnx.scan` so compile time does not grow with depth. Paradigm-specific input/output heads live in
+`imgsynth/paradigms/`, not here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from imgsynth.sharding import constrain
+
+Cache = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    width: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    causal: bool = False
+    ctx_width: int = 0        # 0: no cross-attention
+    cond_dim: int = 0         # 0: no adaLN modulation
+    scan_layers: bool = True  # False unrolls (XLA cost analysis counts a scan body once)
+    remat: bool = False
+    dtype: Any = jnp.float32
+    norm_eps: float = 1e-6
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+
+def init(names, base=nnx.initializers.xavier_uniform()):
+    """An initializer carrying logical axis names; `sharding.create_sharded` places parameters.
+
+    Eager sharding is off so a model can also be built without a mesh (tests, single device).
+    """
+    return nnx.with_partitioning(base, names, eager_sharding=False)
+
+
+def dense(fan_in: int, fan_out: int, names, *, rngs: nnx.Rngs, dtype, zero=False) -> nnx.Linear:
+    kernel = nnx.initializers.zeros_init() if zero else nnx.initializers.xavier_uniform()
+    return nnx.Linear(fan_in, fan_out, dtype=dtype, rngs=rngs,
+                      kernel_init=init(names, kernel),
+                      bias_init=init((names[1],), nnx.initializers.zeros_init()))
+
+
+def layer_norm(width: int, *, affine: bool, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(width, epsilon=eps, use_scale=affine, use_bias=affine, rngs=rngs,
+                         scale_init=init(("act_embed",), nnx.initializers.ones_init()),
+                         bias_init=init(("act_embed",), nnx.initializers.zeros_init()))
+
+
+def sincos_2d(height: int, width: int, dim: int) -> np.ndarray:
+    """Fixed 2-D sine-cosine position embedding [height*width, dim] in raster order (as in MAE/DiT)."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embedding needs a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim // 4))
+    ys, xs = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    out = [f(np.outer(c.reshape(-1), omega)) for c in (ys, xs) for f in (np.sin, np.cos)]
+    return np.concatenate(out, axis=1).astype(np.float32)
+
+
+def sincos_1d(positions: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """Sinusoidal embedding of scalar positions/timesteps [B] → [B, dim]."""
+    half = dim // 2
+    freqs = jnp.exp(-jnp.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = positions.astype(jnp.float32)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+class Attention(nnx.Module):
+    """Multi-head attention; keys/values may come from another sequence of width `kv_width`."""
+
+    def __init__(self, width: int, heads: int, kv_width: int, *, dtype, rngs: nnx.Rngs):
+        head_dim = width // heads
+
+        def proj(fan_in):
+            return nnx.Einsum("BTD,DHK->BTHK", (fan_in, heads, head_dim), (heads, head_dim),
+                              dtype=dtype, rngs=rngs,
+                              kernel_init=init(("embed", "heads", "kv")),
+                              bias_init=init(("heads", "kv"), nnx.initializers.zeros_init()))
+
+        self.q, self.k, self.v = proj(width), proj(kv_width), proj(kv_width)
+        self.o = nnx.Einsum("BTHK,HKD->BTD", (heads, head_dim, width), (width,), dtype=dtype,
+                            rngs=rngs, kernel_init=init(("heads", "kv", "embed")),
+                            bias_init=init(("embed",), nnx.initializers.zeros_init()))
+
+    def kv(self, x_BSD: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.k(x_BSD), self.v(x_BSD)
+
+    def attend(self, x_BTD, k_BSHK, v_BSHK, mask) -> jax.Array:
+        """`mask` broadcasts to [B, H, T, S]; True where a query may attend to a key."""
+        q_BTHK = self.q(x_BTD)
+        scale = q_BTHK.shape[-1] ** -0.5
+        logits = jnp.einsum("BTHK,BSHK->BHTS", q_BTHK, k_BSHK).astype(jnp.float32) * scale
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(v_BSHK.dtype)
+        out_BTHK = constrain(jnp.einsum("BHTS,BSHK->BTHK", probs, v_BSHK),
+                             "batch", "seq", "act_heads", None)
+        return self.o(out_BTHK)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        d, dt = cfg.width, cfg.dtype
+        modulated = cfg.cond_dim > 0
+        self.norm1 = layer_norm(d, affine=not modulated, eps=cfg.norm_eps, rngs=rngs)
+        self.attn = Attention(d, cfg.heads, d, dtype=dt, rngs=rngs)
+        if cfg.ctx_width:
+            self.norm_ctx = layer_norm(d, affine=True, eps=cfg.norm_eps, rngs=rngs)
+            self.cross = Attention(d, cfg.heads, cfg.ctx_width, dtype=dt, rngs=rngs)
+        self.norm2 = layer_norm(d, affine=not modulated, eps=cfg.norm_eps, rngs=rngs)
+        self.mlp_in = dense(d, cfg.mlp_dim, ("embed", "mlp"), rngs=rngs, dtype=dt)
+        self.mlp_out = dense(cfg.mlp_dim, d, ("mlp", "embed"), rngs=rngs, dtype=dt)
+        if modulated:  # adaLN-zero: zero-initialised so every block starts as the identity
+            self.modulation = dense(cfg.cond_dim, 6 * d, ("embed", "mlp"), rngs=rngs, dtype=dt,
+                                    zero=True)
+        self.cfg = cfg
+
+    def __call__(self, x_BTD, cond_BC, ctx_BSD, ctx_mask, self_mask, cache: Cache, index):
+        cfg = self.cfg
+        if cfg.cond_dim:
+            mods = jnp.split(self.modulation(jax.nn.silu(cond_BC))[:, None, :], 6, axis=-1)
+            shift1, scale1, gate1, shift2, scale2, gate2 = mods
+        else:
+            shift1 = scale1 = shift2 = scale2 = 0.0
+            gate1 = gate2 = 1.0
+
+        h = self.norm1(x_BTD) * (1 + scale1) + shift1
+        k, v = self.attn.kv(h)
+        if cache:  # incremental decoding: write this chunk at `index`, attend to the whole cache
+            k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, 1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, 1)
+            cache = {**cache, "k": k, "v": v}
+        x_BTD = x_BTD + gate1 * self.attn.attend(h, k, v, self_mask)
+
+        if cfg.ctx_width:
+            if cache and "ck" in cache:
+                ck, cv = cache["ck"], cache["cv"]
+            else:
+                ck, cv = self.cross.kv(ctx_BSD)
+            x_BTD = x_BTD + self.cross.attend(self.norm_ctx(x_BTD), ck, cv, ctx_mask)
+
+        h = self.norm2(x_BTD) * (1 + scale2) + shift2
+        h = constrain(jax.nn.gelu(self.mlp_in(h)), "batch", "seq", "act_mlp")
+        x_BTD = x_BTD + gate2 * self.mlp_out(h)
+        return constrain(x_BTD, "batch", "seq", "act_embed"), cache
+
+
+class Transformer(nnx.Module):
+    """A stack of blocks plus the final norm (adaLN-modulated when conditioned)."""
+
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        if cfg.scan_layers:
+            @nnx.split_rngs(splits=cfg.depth)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def make(rngs):
+                return Block(cfg, rngs=rngs)
+            self.blocks = make(rngs)
+        else:
+            self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.depth)])
+        modulated = cfg.cond_dim > 0
+        self.final_norm = layer_norm(cfg.width, affine=not modulated, eps=cfg.norm_eps, rngs=rngs)
+        if modulated:
+            self.final_modulation = dense(cfg.cond_dim, 2 * cfg.width, ("embed", "mlp"),
+                                          rngs=rngs, dtype=cfg.dtype, zero=True)
+
+    def init_cache(self, batch: int, length: int, ctx_BSD: jax.Array | None = None) -> Cache:
+        """An empty KV cache for `length` positions; cross-attention K/V are computed once here."""
+        cfg = self.cfg
+        shape = (cfg.depth, batch, length, cfg.heads, cfg.head_dim)
+        cache = {"k": jnp.zeros(shape, cfg.dtype), "v": jnp.zeros(shape, cfg.dtype)}
+        if cfg.ctx_width:
+            if ctx_BSD is None:
+                raise ValueError("a cross-attending Transformer needs the context to build its cache")
+            if cfg.scan_layers:
+                @nnx.vmap(in_axes=(0, None), out_axes=0)
+                def ctx_kv(block, ctx):
+                    return block.cross.kv(ctx)
+                cache["ck"], cache["cv"] = ctx_kv(self.blocks, ctx_BSD)
+            else:
+                kvs = [b.cross.kv(ctx_BSD) for b in self.blocks]
+                cache["ck"] = jnp.stack([k for k, _ in kvs])
+                cache["cv"] = jnp.stack([v for _, v in kvs])
+        return cache
+
+    def __call__(self, x_BTD, *, mask_BT=None, cond_BC=None, ctx_BSD=None, ctx_mask_BS=None,
+                 cache: Cache | None = None, index=0):
+        """Runs the stack. With `cache`, `x_BTD` is the chunk at positions [index, index + T).
+
+        `mask_BT` hides padding keys from self-attention (the caption encoder's padded captions).
+        """
+        cfg = self.cfg
+        T = x_BTD.shape[1]
+        if cache is None:
+            cache = {}
+            self_mask = jnp.tril(jnp.ones((T, T), bool)) if cfg.causal else None
+            if mask_BT is not None:
+                pad = mask_BT[:, None, None, :]
+                self_mask = pad if self_mask is None else self_mask & pad
+        else:  # keys beyond the written prefix (and the future, if causal) are hidden
+            key_pos = jnp.arange(cache["k"].shape[2])
+            query_pos = index + jnp.arange(T)
+            self_mask = key_pos[None, :] <= (query_pos[:, None] if cfg.causal else index + T - 1)
+        ctx_mask = None if ctx_mask_BS is None else ctx_mask_BS[:, None, None, :]
+        x_BTD = constrain(x_BTD.astype(cfg.dtype), "batch", "seq", "act_embed")
+
+        def body(block, x, layer_cache):
+            return block(x, cond_BC, ctx_BSD, ctx_mask, self_mask, layer_cache, index)
+
+        if cfg.remat:
+            body = nnx.remat(body)
+        if cfg.scan_layers:
+            x_BTD, cache = nnx.scan(
+                body, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0),
+                transform_metadata={nnx.PARTITION_NAME: "layers"})(self.blocks, x_BTD, cache)
+        else:
+            new = []
+            for i, block in enumerate(self.blocks):
+                x_BTD, c = body(block, x_BTD, jax.tree.map(lambda a: a[i], cache))
+                new.append(c)
+            cache = jax.tree.map(lambda *a: jnp.stack(a), *new) if cache else {}
+
+        h = self.final_norm(x_BTD)
+        if cfg.cond_dim:
+            shift, scale = jnp.split(self.final_modulation(jax.nn.silu(cond_BC))[:, None], 2, -1)
+            h = h * (1 + scale) + shift
+        return h, cache

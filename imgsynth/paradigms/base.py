@@ -1,0 +1,71 @@
+"""Pieces every paradigm shares: backbone and caption-encoder configs, token geometry, FLOPs.
+
+A paradigm module (flow.py, maskgit.py, ar.py) exposes the same handful of functions:
+`configure(config)` (its config defaults), `build(config, rngs)`, `model_cost(config)`,
+`loss(model, batch, rng, config)`, `eval_loss(model, batch, rng, config)`,
+`sample(model, text_ids, text_mask, rng, config)` and `inference_flops(config)`. The training loop
+calls only these and never asks which paradigm it runs.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from imgsynth import flops
+from imgsynth.models.text import TextEncoder
+from imgsynth.models.transformer import TransformerConfig
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def dtype(config: ml_collections.ConfigDict):
+    if config.model.dtype not in DTYPES:
+        raise ValueError(f"model.dtype={config.model.dtype!r}; choose one of {list(DTYPES)}")
+    return DTYPES[config.model.dtype]
+
+
+def latent_grid(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """Height and width of the autoencoder's latent grid (one image token per latent cell)."""
+    res, f = config.data.resolution, config.autoencoder.downsample
+    if res % f:
+        raise ValueError(f"data.resolution={res} is not divisible by autoencoder.downsample={f}")
+    return res // f, res // f
+
+
+def backbone_config(config, *, causal: bool, cond_dim: int = 0) -> TransformerConfig:
+    m = config.model
+    return TransformerConfig(
+        width=m.width, depth=m.depth, heads=m.heads, mlp_dim=m.mlp_dim, causal=causal,
+        ctx_width=config.text.width, cond_dim=cond_dim, scan_layers=m.scan_layers,
+        remat=m.remat, dtype=dtype(config))
+
+
+def text_config(config) -> TransformerConfig:
+    t, m = config.text, config.model
+    return TransformerConfig(width=t.width, depth=t.depth, heads=t.heads, mlp_dim=t.mlp_dim,
+                             scan_layers=m.scan_layers, remat=m.remat, dtype=dtype(config))
+
+
+def build_text_encoder(config, rngs: nnx.Rngs) -> TextEncoder:
+    return TextEncoder(text_config(config), config.text.vocab_size, config.text.max_len, rngs=rngs)
+
+
+def text_cost(config) -> flops.Cost:
+    return flops.text_encoder(text_config(config), config.text.vocab_size, config.text.max_len)
+
+
+def drop_captions(text_ids, text_mask, rate: float, rng):
+    """Replaces a `rate` share of captions by the null caption, for classifier-free guidance.
+
+    The null caption keeps only the first (start) token, so attention always has one valid key.
+    """
+    keep = jax.random.uniform(rng, (text_ids.shape[0], 1)) >= rate
+    return null_captions(text_ids, text_mask, keep)
+
+
+def null_captions(text_ids, text_mask, keep=None):
+    first = jnp.arange(text_ids.shape[1])[None] == 0
+    keep = jnp.zeros((text_ids.shape[0], 1), bool) if keep is None else keep
+    return (jnp.where(keep | first, text_ids, 0), jnp.where(keep, text_mask, first))

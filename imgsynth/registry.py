@@ -1,0 +1,73 @@
+"""The size ladder (the same names for every paradigm) and the FLOP-budget planner.
+
+A size fixes the generator backbone and its caption encoder; a paradigm only adds its heads. The
+planner turns (paradigm config, size, FLOP budget, global batch) into optimizer steps using the
+analytic FLOPs of `imgsynth/flops.py`, so every run of a grid spends the same compute per budget.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    width: int
+    depth: int
+    heads: int
+    text_depth: int
+    mlp_ratio: int = 4
+
+
+SIZES: dict[str, Size] = {
+    # CPU ladder: trains on a 2-core laptop in minutes.
+    "T": Size(width=64, depth=2, heads=2, text_depth=1),
+    "XS": Size(width=128, depth=4, heads=4, text_depth=1),
+    "S": Size(width=192, depth=6, heads=6, text_depth=2),
+    "M": Size(width=256, depth=8, heads=8, text_depth=2),
+    # Accelerator ladder, up to paper scale (DiT-XL is 1152 x 28).
+    "L": Size(width=512, depth=12, heads=8, text_depth=3),
+    "XL": Size(width=768, depth=16, heads=12, text_depth=4),
+    "XXL": Size(width=1024, depth=24, heads=16, text_depth=6),
+    "3XL": Size(width=1152, depth=28, heads=16, text_depth=7),
+    "4XL": Size(width=1536, depth=32, heads=24, text_depth=8),
+}
+CPU_SIZES = ("T", "XS", "S", "M")
+
+
+def get_size(name: str) -> Size:
+    if name not in SIZES:
+        raise KeyError(f"unknown size {name!r}; the ladder is {list(SIZES)}")
+    return SIZES[name]
+
+
+def apply_size(config: ml_collections.ConfigDict, name: str) -> None:
+    """Writes a ladder size into `config.model` (generator) and `config.text` (caption encoder)."""
+    size = get_size(name)
+    config.size = name
+    config.model.width, config.model.depth, config.model.heads = size.width, size.depth, size.heads
+    config.model.mlp_dim = size.mlp_ratio * size.width
+    config.text.width, config.text.heads = size.width, size.heads
+    config.text.depth, config.text.mlp_dim = size.text_depth, size.mlp_ratio * size.width
+
+
+def paradigm_module(config: ml_collections.ConfigDict):
+    """The paradigm plug-in named by `config.paradigm` (a module in imgsynth/paradigms/)."""
+    try:
+        return importlib.import_module(f"imgsynth.paradigms.{config.paradigm}")
+    except ModuleNotFoundError as e:
+        if e.name == f"imgsynth.paradigms.{config.paradigm}":
+            raise KeyError(f"unknown paradigm {config.paradigm!r}: no module imgsynth/paradigms/"
+                           f"{config.paradigm}.py") from None
+        raise
+
+
+def steps_for_budget(config: ml_collections.ConfigDict, budget_flops: float) -> int:
+    """Whole optimizer steps that fit in `budget_flops` of training compute (rounded down)."""
+    from imgsynth import config as config_lib
+    cost = paradigm_module(config).model_cost(config)
+    probe = ml_collections.ConfigDict({"global_batch_size": config.global_batch_size,
+                                       "total_flops": budget_flops})
+    return config_lib.resolve_steps(probe, cost.train_flops_per_example)
