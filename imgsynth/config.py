@@ -89,8 +89,9 @@ def resolve_steps(config: ml_collections.ConfigDict, train_flops_per_example: fl
 
 # Validation -------------------------------------------------------------------------------------
 
-def validate(config: ml_collections.ConfigDict, *, data_parallel: int) -> None:
-    """Checks that need no compilation: batch divisibility and attention geometry."""
+def validate(config: ml_collections.ConfigDict, *, data_parallel: int,
+             tensor_parallel: int = 1) -> None:
+    """Checks that need no compilation: batch divisibility and attention/MLP geometry."""
     batch = config.global_batch_size
     if batch <= 0 or batch % data_parallel:
         raise ConfigError(
@@ -101,6 +102,10 @@ def validate(config: ml_collections.ConfigDict, *, data_parallel: int) -> None:
         if sub is not None and sub.width % sub.heads:
             raise ConfigError(
                 f"{name}.heads={sub.heads} does not divide {name}.width={sub.width}")
+        if sub is not None and (sub.heads % tensor_parallel or sub.mlp_dim % tensor_parallel):
+            raise ConfigError(
+                f"the mesh 'tensor' axis ({tensor_parallel}) must divide {name}.heads="
+                f"{sub.heads} and {name}.mlp_dim={sub.mlp_dim}; change mesh or size")
 
 
 # Defaults shared by every paradigm ----------------------------------------------------------------

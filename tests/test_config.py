@@ -48,6 +48,8 @@ def test_validate_batch_and_heads():
         config_lib.validate(c, data_parallel=8)
     c.global_batch_size = 16
     config_lib.validate(c, data_parallel=8)
+    with pytest.raises(config_lib.ConfigError, match="'tensor' axis \\(4\\) must divide"):
+        config_lib.validate(c, data_parallel=2, tensor_parallel=4)
     c.model.heads = 3
     with pytest.raises(config_lib.ConfigError, match="does not divide model.width"):
         config_lib.validate(c, data_parallel=8)
