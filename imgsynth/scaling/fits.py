@@ -1,0 +1,481 @@
+"""Scaling fits of a whole study, written to fits.json at full precision.
+
+Per paradigm: every metric against training FLOPs, e(C) = E + A·C^-α in error form; the loss
+surface L(N, D) by variable projection, cross-checked by a direct fit, and the compute-optimal
+allocation it implies; isoFLOP parabolas and their minima. Across paradigms: who wins each
+shared metric at each budget, and where one paradigm's fitted curve overtakes another's.
+Every parameter and prediction carries a bootstrap-over-runs interval, and every fit a held-out
+check (refit without the largest budget, predict it). Fits the data cannot support are recorded
+with the reason instead of a number.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import warnings
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import optimize
+
+from imgsynth.scaling import bootstrap as boot
+from imgsynth.scaling import estimators as est
+from imgsynth.scaling.table import PROMPT_CATEGORIES, WEIGHTS, atomic_write
+
+PRIMARY_WEIGHTS = "ema"  # cross-paradigm findings use EMA weights, as evaluated in the paper
+CI_LEVEL = 0.95
+MIN_OK_FRACTION = 0.5  # fewer successful resamples than this and no interval is reported
+LOSS_COLUMNS = ("final/eval_loss", "raw/eval_loss")
+HEADLINE = ("prompt_following/overall", "fd_judge", "alignment_score")  # findings, crossovers
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A fitted quantity: its table column and how it is turned into a decreasing error."""
+    column: str
+    label: str
+    higher_is_better: bool = False
+    upper: float | None = None  # bound M of the error transform e = M − y
+    shared: bool = True  # comparable across paradigms (losses are not)
+    delta: float = 0.05  # Huber delta on log residuals ≈ sampling noise of a 256-sample metric
+
+    @property
+    def transform(self) -> str:
+        return f"{self.upper:g} - y" if self.higher_is_better else "y"
+
+    def to_error(self, y):
+        return self.upper - np.asarray(y, float) if self.higher_is_better else np.asarray(y, float)
+
+    def from_error(self, e):
+        return self.to_error(e)  # both transforms are involutions
+
+
+def study_metrics() -> list[Metric]:
+    """Headline metrics for raw and EMA weights, prompt-following categories for the primary
+    weights, and the end-of-training eval loss."""
+    out = []
+    for w in WEIGHTS:
+        out += [Metric(f"{w}/prompt_following/overall", f"prompt following, overall ({w})", True, 1.0),
+                Metric(f"{w}/fd_judge", f"FD on judge features ({w})"),
+                Metric(f"{w}/alignment_score", f"alignment score ({w})", True, 100.0)]
+    out += [Metric(f"{PRIMARY_WEIGHTS}/prompt_following/{c}",
+                   f"prompt following, {c.replace('_', ' ')} ({PRIMARY_WEIGHTS})", True, 1.0)
+            for c in PROMPT_CATEGORIES[1:]]
+    out.append(Metric("final/eval_loss", "eval loss at the end of training", shared=False,
+                      delta=est.LOSS_HUBER_DELTA))
+    return out
+
+
+def main_runs(rows: Sequence[dict]) -> list[dict]:
+    """Finished main-grid runs (no ablation) with a known training compute."""
+    return [r for r in rows if r["status"] == "done" and not r["ablation"] and r["paradigm"]
+            and np.isfinite(r["train_flops"]) and r["train_flops"] > 0]
+
+
+def budget_of(row: dict) -> float:
+    """Nominal grid budget, or the run's training FLOPs when it was not launched from a grid."""
+    return row["budget"] if np.isfinite(row["budget"]) else row["train_flops"]
+
+
+def default_budgets(max_flops: float) -> list[float]:
+    """10× and 100× the largest training compute observed, at two significant digits."""
+    return [float(f"{max_flops * m:.2g}") for m in (10, 100)]
+
+
+def _rng(seed: int, *key) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(repr(key).encode())])
+
+
+def _interval(samples: np.ndarray, axis: int = 0):
+    """Percentile interval over the finite resamples, or None when too few succeeded."""
+    samples = np.asarray(samples, float)
+    ok = np.isfinite(samples)
+    if ok.sum(axis=axis).min() < max(10, MIN_OK_FRACTION * samples.shape[axis]):
+        return None
+    q = 50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)
+    return np.nanpercentile(samples, q, axis=axis)
+
+
+def _ci(samples) -> list[float] | None:
+    iv = _interval(samples)
+    return None if iv is None else [float(iv[0]), float(iv[1])]
+
+
+def _caught(fn, *args, **kwargs):
+    """Runs a fit, returning (result, warning messages)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(*args, **kwargs)
+    return result, [str(w.message) for w in caught]
+
+
+def _same_budget(groups: np.ndarray, value: float) -> np.ndarray:
+    return np.abs(np.log(groups / value)) <= math.log1p(est.DISTINCT_RTOL)
+
+
+def budget_groups(runs) -> list[tuple[float, list[dict]]]:
+    """Runs grouped by budget (values within `est.DISTINCT_RTOL` are one budget), ascending."""
+    if not runs:
+        return []
+    groups = np.array([budget_of(r) for r in runs])
+    ids = est.cluster_ids(groups)
+    return [(float(np.median(groups[ids == i])), [r for r, j in zip(runs, ids) if j == i])
+            for i in range(ids.max() + 1)]
+
+
+def _compute_points(runs, metric: Metric):
+    pts = [(r["train_flops"], r[metric.column], budget_of(r), r["run"]) for r in runs]
+    finite = [p for p in pts if np.isfinite(p[1])]
+    notes = []
+    if len(finite) < len(pts):
+        notes.append(f"{len(pts) - len(finite)} run(s) without a value for {metric.column} left out")
+    usable = [p for p in finite if metric.to_error(p[1]) > 0]
+    if len(usable) < len(finite):
+        notes.append(f"{len(finite) - len(usable)} run(s) at or beyond the bound {metric.upper} "
+                     f"(error {metric.transform} ≤ 0) left out")
+    C, y, groups = (np.array([p[i] for p in usable], float) for i in range(3))
+    return C, y, groups, [p[3] for p in usable], notes
+
+
+def _heldout_compute(C, err, groups, names, metric) -> dict:
+    if len(C) == 0:
+        return {"error": "no points"}
+    largest = float(groups.max())
+    test = _same_budget(groups, largest)
+    out: dict[str, Any] = {"budget": largest, "n_train": int((~test).sum()), "n_test": int(test.sum())}
+    try:
+        law, _ = _caught(est.fit_compute_law, C[~test], err[~test], delta=metric.delta)
+    except est.FitError as e:
+        return {**out, "error": f"refit without the largest budget refused: {e}"}
+    pred, obs = metric.from_error(law(C[test])), metric.from_error(err[test])
+    rel = np.abs(pred - obs) / np.abs(obs)
+    out.update(mean_abs_rel_error=float(rel.mean()), params=law.params(), points=[
+        {"run": names[i], "flops": float(C[i]), "observed": float(o), "predicted": float(p)}
+        for i, o, p in zip(np.flatnonzero(test), obs, pred)])
+    return out
+
+
+def fit_compute_metric(runs, metric: Metric, *, budgets, n_bootstrap: int, seed: int,
+                       key: str) -> tuple[dict, np.ndarray | None]:
+    """e(C) = E + A·C^-α for one paradigm and metric; returns (fits.json entry, bootstrap
+    parameters (B, 3) or None)."""
+    C, y, groups, names, notes = _compute_points(runs, metric)
+    entry: dict[str, Any] = {
+        "metric": metric.column, "label": metric.label, "transform": metric.transform,
+        "higher_is_better": metric.higher_is_better, "form": "e(C) = E + A*C^-alpha",
+        "n_points": len(C), "runs": names, "warnings": notes}
+    err = metric.to_error(y)
+    try:
+        law, msgs = _caught(est.fit_compute_law, C, err, delta=metric.delta)
+    except est.FitError as e:
+        entry["error"] = str(e)
+        return entry, None
+    entry["warnings"] += msgs
+    params = boot.bootstrap_compute_law(C, err, law, n_boot=n_bootstrap, rng=_rng(seed, key),
+                                        delta=metric.delta)
+    n_ok = int(np.isfinite(params[:, 0]).sum())
+    entry["params"] = law.params()
+    entry["ci95"] = {k: _ci(params[:, i]) for i, k in enumerate(("E", "A", "alpha"))}
+    entry["bootstrap"] = {"requested": n_bootstrap, "ok": n_ok}
+    if n_ok < MIN_OK_FRACTION * n_bootstrap:
+        entry["warnings"].append(f"only {n_ok}/{n_bootstrap} resamples could be refitted; "
+                                 "no intervals")
+    lo = C.min() / 1.5
+    hi = max(C.max() * 1.5, max(budgets) * 1.2)
+    grid = np.geomspace(lo, hi, 80)
+    entry["predictions"] = [_prediction(metric, law, params, b) for b in budgets]
+    band = _interval(_boot_errors(params, grid))
+    entry["curve"] = {"flops": grid.tolist(), "value": metric.from_error(law(grid)).tolist(),
+                      "lo": None if band is None else np.sort(metric.from_error(band), 0)[0].tolist(),
+                      "hi": None if band is None else np.sort(metric.from_error(band), 0)[1].tolist()}
+    entry["heldout"] = _heldout_compute(C, err, groups, names, metric)
+    return entry, params
+
+
+def _boot_errors(params: np.ndarray, flops) -> np.ndarray:
+    """Error-form predictions (B, len(flops)) of resampled laws."""
+    E, A, alpha = (params[:, i, None] for i in range(3))
+    return E + np.exp(np.log(A) - alpha * np.log(np.asarray(flops, float)))
+
+
+def _prediction(metric, law, params, flops) -> dict:
+    iv = _interval(_boot_errors(params, [flops])[:, 0])
+    ci = None if iv is None else sorted(float(v) for v in metric.from_error(iv))
+    return {"flops": float(flops), "value": float(metric.from_error(law(flops))), "ci95": ci}
+
+
+def _loss_column(runs) -> str | None:
+    counts = {c: sum(np.isfinite(r[c]) for r in runs) for c in LOSS_COLUMNS}
+    best = max(LOSS_COLUMNS, key=lambda c: counts[c])
+    return best if counts[best] else None
+
+
+def fit_loss_surface(runs, *, budgets, n_bootstrap: int, seed: int, key: str) -> dict:
+    """L(N, D) with N = non-embedding parameters and D = examples seen, its compute-optimal
+    allocation with k = median C/(N·D), and the held-out check."""
+    column = _loss_column(runs)
+    if column is None:
+        return {"error": "no eval loss in any run"}
+    pts = [r for r in runs if all(np.isfinite(r[c]) and r[c] > 0 for c in (
+        column, "params_non_embedding", "examples_seen"))]
+    N, D, L, C = (np.array([r[c] for r in pts], float) for c in (
+        "params_non_embedding", "examples_seen", column, "train_flops"))
+    entry: dict[str, Any] = {"loss": column, "form": "L(N, D) = E + A/N^alpha + B/D^beta",
+                             "n_points": len(pts), "runs": [r["run"] for r in pts], "warnings": []}
+    if len(pts) < len(runs):
+        entry["warnings"].append(f"{len(runs) - len(pts)} run(s) without N, D or {column} left out")
+    try:
+        vp, msgs = _caught(est.fit_loss_law_vp, N, D, L)
+        direct, msgs2 = _caught(est.fit_loss_law_direct, N, D, L)
+    except est.FitError as e:
+        entry["error"] = str(e)
+        return entry
+    k = float(np.median(C / (N * D)))
+    agreement = est.compare_loss_laws(vp, direct, N, D)
+    agreement["agree"] = bool(agreement["max_rel_diff_on_data"] < 0.01
+                              and not agreement["a_diff"] > 0.05)
+    entry["warnings"] += msgs + msgs2
+    if not agreement["agree"]:
+        entry["warnings"].append("variable projection and the direct fit disagree: the loss "
+                                 "surface is poorly determined by these runs")
+    params = boot.bootstrap_loss_law(N, D, L, n_boot=n_bootstrap, rng=_rng(seed, key))
+    names = ("E", "A", "alpha", "B", "beta")
+    entry.update(vp=vp.params(), direct=direct.params(), agreement=agreement,
+                 k_flops_per_param_example=k,
+                 ci95={n: _ci(params[:, i]) for i, n in enumerate(names)},
+                 bootstrap={"requested": n_bootstrap, "ok": int(np.isfinite(params[:, 0]).sum())})
+    s = params[:, 2] + params[:, 4]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        G = (params[:, 2] * params[:, 1] / (params[:, 4] * params[:, 3])) ** (1 / s)
+    try:
+        opt = vp.compute_optimal(k)
+    except est.FitError as e:
+        entry["compute_optimal"] = {"error": str(e)}
+    else:
+        grid = np.geomspace(C.min() / 1.5, max(C.max() * 1.5, max(budgets) * 1.2), 60)
+        n_boot_opt = G[:, None] * (grid / k) ** (params[:, 4] / s)[:, None]
+        band = _interval(n_boot_opt)
+        entry["compute_optimal"] = {
+            "a": opt.a, "b": opt.b, "G": opt.G, "ci95": {
+                "a": _ci(params[:, 4] / s), "b": _ci(params[:, 2] / s)},
+            "form": "N*(C) = G*(C/k)^a, D*(C) = (C/k)^b / G",
+            "predictions": [{"flops": float(b), "n_opt": float(opt.n_opt(b)),
+                             "d_opt": float(opt.d_opt(b)),
+                             "n_opt_ci95": _ci(G * (b / k) ** (params[:, 4] / s)),
+                             "d_opt_ci95": _ci((b / k) ** (params[:, 2] / s) / G)} for b in budgets],
+            "curve": {"flops": grid.tolist(), "n_opt": opt.n_opt(grid).tolist(),
+                      "lo": None if band is None else band[0].tolist(),
+                      "hi": None if band is None else band[1].tolist()}}
+    groups = np.array([budget_of(r) for r in pts])
+    test = _same_budget(groups, groups.max())
+    try:
+        held, _ = _caught(est.fit_loss_law_vp, N[~test], D[~test], L[~test])
+        pred = held(N[test], D[test])
+        entry["heldout"] = {"budget": float(groups.max()), "n_train": int((~test).sum()),
+                            "n_test": int(test.sum()),
+                            "mean_abs_rel_error": float(np.mean(np.abs(pred / L[test] - 1)))}
+    except est.FitError as e:
+        entry["heldout"] = {"error": f"refit without the largest budget refused: {e}"}
+    return entry
+
+
+def fit_isoflops(runs, *, n_bootstrap: int, seed: int, key: str) -> dict:
+    """Per budget, a parabola of loss in ln N and its minimum; then N*(C) ∝ C^a through the
+    minima. Intervals come from resampling the runs of each budget."""
+    column = _loss_column(runs)
+    if column is None:
+        return {"error": "no eval loss in any run", "budgets": []}
+    pts = [r for r in runs if np.isfinite(r[column]) and np.isfinite(r["params_non_embedding"])]
+    out: dict[str, Any] = {"loss": column, "budgets": []}
+    for b, sel in budget_groups(pts):
+        N = np.array([r["params_non_embedding"] for r in sel])
+        L = np.array([r[column] for r in sel])
+        item: dict[str, Any] = {"budget": b, "n": N.tolist(), "loss": L.tolist()}
+        try:
+            par = est.fit_isoflop(N, L)
+        except est.FitError as e:
+            item["error"] = str(e)
+        else:
+            counts = boot.resample_counts(len(N), n_bootstrap, _rng(seed, key, b))
+            n_opts = np.array([_weighted_min(N, L, c) for c in counts])
+            item.update(parabola=[par.c2, par.c1, par.c0], n_opt=par.n_opt,
+                        loss_opt=par.loss_opt, n_opt_ci95=_ci(n_opts),
+                        inside_range=bool(N.min() <= par.n_opt <= N.max()))
+        out["budgets"].append(item)
+    minima = [x for x in out["budgets"] if "n_opt" in x]
+    if len(minima) >= 2:
+        try:
+            a, K = est.fit_frontier([x["budget"] for x in minima], [x["n_opt"] for x in minima])
+            out["frontier"] = {"a": a, "K": K, "form": "N*(C) = K*C^a", "n_budgets": len(minima)}
+        except est.FitError as e:
+            out["frontier"] = {"error": str(e)}
+    return out
+
+
+def _weighted_min(N, L, counts) -> float:
+    if est.distinct_count(N[counts > 0]) < 3:
+        return math.nan
+    c2, c1, _ = np.polyfit(np.log(N), L, 2, w=np.sqrt(counts))
+    return math.exp(-c1 / (2 * c2)) if c2 > 0 else math.nan
+
+
+def _first_crossing(d: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Per row of d (challenger error − leader error on `grid`), the first budget at which the
+    challenger is ahead (d ≤ 0), linearly interpolated in ln C; NaN when never."""
+    ahead = d <= 0
+    idx = np.argmax(ahead, axis=1)
+    out = np.full(len(d), np.nan)
+    hit = ahead.any(axis=1)
+    at_start = hit & (idx == 0)
+    out[at_start] = grid[0]
+    mid = hit & (idx > 0)
+    i = idx[mid]
+    rows = np.flatnonzero(mid)
+    d0, d1 = d[rows, i - 1], d[rows, i]
+    t = d0 / (d0 - d1)
+    lg = np.log(grid)
+    out[mid] = np.exp(lg[i - 1] + t * (lg[i] - lg[i - 1]))
+    return out
+
+
+def crossover(laws: dict[str, est.ComputeLaw], boots: dict[str, np.ndarray], lo: float,
+              hi: float, n_grid: int = 600) -> dict:
+    """Where, in [lo, hi] FLOPs, the paradigm behind at `lo` (the challenger) first draws level
+    with or ahead of the leader, on two error-form fits; with the bootstrap distribution of that
+    budget over paired resamples. 'no crossover in range' when the fitted curves never cross."""
+    (p, law_p), (q, law_q) = sorted(laws.items())
+    grid = np.geomspace(lo, hi, n_grid)
+    leader, challenger = (p, q) if law_p(lo) <= law_q(lo) else (q, p)
+    diff = laws[challenger](grid) - laws[leader](grid)
+    out: dict[str, Any] = {"leader": leader, "challenger": challenger, "range": [lo, hi]}
+    d_boot = _boot_errors(boots[challenger], grid) - _boot_errors(boots[leader], grid)
+    valid = np.all(np.isfinite(d_boot), axis=1)
+    cross = _first_crossing(d_boot[valid], grid)
+    out["fraction_of_resamples_crossing"] = float(np.mean(np.isfinite(cross))) if valid.any() else None
+    if not np.any(diff <= 0):
+        out.update(status="no crossover in range", flops=None, ci95=None)
+        return out
+    i = int(np.argmax(diff <= 0))
+    f = lambda lc: float(laws[challenger](math.exp(lc)) - laws[leader](math.exp(lc)))  # noqa: E731
+    flops = lo if i == 0 else math.exp(optimize.brentq(f, math.log(grid[i - 1]), math.log(grid[i])))
+    ci = _interval(cross[np.isfinite(cross)]) if np.isfinite(cross).sum() >= 10 else None
+    out.update(status="crossover", flops=flops,
+               ci95=None if ci is None else [float(ci[0]), float(ci[1])],
+               final_leader=challenger if diff[-1] <= 0 else leader,
+               n_crossings=int(np.sum(np.diff(np.sign(diff)) != 0)))
+    return out
+
+
+def headline_metrics(runs, metrics, weights: str) -> list[Metric]:
+    """The headline shared metrics for `weights`, falling back to raw weights per metric when no
+    run has the requested ones (e.g. EMA off)."""
+    out = []
+    for name in HEADLINE:
+        cols = [f"{weights}/{name}", f"raw/{name}"]
+        col = next((c for c in cols if any(np.isfinite(r[c]) for r in runs)), cols[0])
+        out.append(next(m for m in metrics if m.column == col))
+    return out
+
+
+def _findings(runs, compute_fits, metrics, budgets) -> list[dict]:
+    """Per headline metric of the primary weights and per budget: who is ahead, observed (best run
+    of each paradigm at that budget) or extrapolated (fitted prediction, 'clear' when the two
+    leading intervals do not overlap)."""
+    rows = []
+    for m in headline_metrics(runs, metrics, PRIMARY_WEIGHTS):
+        pick = max if m.higher_is_better else min
+        for b, group in budget_groups([r for r in runs if np.isfinite(r[m.column])]):
+            values: dict[str, float] = {}
+            for r in group:
+                values[r["paradigm"]] = pick(values.get(r["paradigm"], r[m.column]), r[m.column])
+            if len(values) >= 2:
+                rows.append({"metric": m.column, "label": m.label, "budget": b, "kind": "observed",
+                             "winner": pick(values, key=values.get), "values": values, "clear": None})
+        fits = {p: f[m.column] for p, f in compute_fits.items() if "params" in f.get(m.column, {})}
+        if len(fits) < 2:
+            continue
+        for i, b in enumerate(budgets):
+            preds = {p: f["predictions"][i] for p, f in fits.items()}
+            values = {p: x["value"] for p, x in preds.items()}
+            ranked = sorted(values, key=values.get, reverse=m.higher_is_better)
+            cis = [preds[p]["ci95"] for p in ranked[:2]]
+            clear = None if None in cis else bool(cis[0][0] > cis[1][1] or cis[0][1] < cis[1][0])
+            rows.append({"metric": m.column, "label": m.label, "budget": float(b),
+                         "kind": "extrapolated", "winner": ranked[0], "values": values,
+                         "ci95": {p: x["ci95"] for p, x in preds.items()}, "clear": clear})
+    return rows
+
+
+def fit_study(rows: Sequence[dict], *, budgets: Sequence[float] | None = None,
+              n_bootstrap: int = 1000, seed: int = 0) -> dict:
+    """All fits of a study from the results table (`table.collect(...).rows`)."""
+    if n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
+    runs = main_runs(rows)
+    if not runs:
+        raise est.FitError("no finished main-grid runs with training FLOPs: nothing to fit")
+    max_flops = max(r["train_flops"] for r in runs)
+    budgets = sorted(float(b) for b in budgets) if budgets else default_budgets(max_flops)
+    if any(not (b > 0 and math.isfinite(b)) for b in budgets):
+        raise ValueError(f"budgets must be positive FLOP counts, got {budgets}")
+    paradigms = sorted({r["paradigm"] for r in runs})
+    metrics = study_metrics()
+    compute_fits: dict[str, dict] = {}
+    boots: dict[tuple[str, str], np.ndarray] = {}
+    loss_fits, isoflops = {}, {}
+    for p in paradigms:
+        pruns = [r for r in runs if r["paradigm"] == p]
+        compute_fits[p] = {}
+        for m in metrics:
+            entry, params = fit_compute_metric(pruns, m, budgets=budgets, n_bootstrap=n_bootstrap,
+                                               seed=seed, key=f"{p}:{m.column}")
+            compute_fits[p][m.column] = entry
+            if params is not None:
+                boots[p, m.column] = params
+        loss_fits[p] = fit_loss_surface(pruns, budgets=budgets, n_bootstrap=n_bootstrap, seed=seed,
+                                        key=f"{p}:loss")
+        isoflops[p] = fit_isoflops(pruns, n_bootstrap=n_bootstrap, seed=seed, key=f"{p}:isoflop")
+
+    lo, hi = min(r["train_flops"] for r in runs), max(budgets + [max_flops])
+    crossovers = []
+    for m in [m for m in metrics if m.column.split("/", 1)[1] in HEADLINE]:
+        for p, q in itertools.combinations(paradigms, 2):
+            if (p, m.column) not in boots or (q, m.column) not in boots:
+                continue
+            laws = {x: est.ComputeLaw(**compute_fits[x][m.column]["params"]) for x in (p, q)}
+            result = crossover(laws, {x: boots[x, m.column] for x in (p, q)}, lo, hi)
+            crossovers.append({"metric": m.column, "label": m.label, **result,
+                               "within_data": bool(result["flops"] is not None
+                                                   and result["flops"] <= max_flops)})
+    return {
+        "meta": {"n_bootstrap": n_bootstrap, "seed": seed, "budgets": budgets,
+                 "ci_level": CI_LEVEL, "primary_weights": PRIMARY_WEIGHTS, "paradigms": paradigms,
+                 "n_runs": len(runs), "max_observed_flops": max_flops, "crossover_range": [lo, hi]},
+        "metrics": [dataclasses.asdict(m) | {"transform": m.transform} for m in metrics],
+        "compute_fits": compute_fits, "loss_fits": loss_fits, "isoflop": isoflops,
+        "crossovers": crossovers,
+        "findings": _findings(runs, compute_fits, metrics, budgets)}
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def write_fits(fits: dict, path: str) -> str:
+    """fits.json: floats at full precision (shortest round-trip repr), non-finite as null."""
+    atomic_write(path, json.dumps(_jsonable(fits), indent=1, allow_nan=False))
+    return path
