@@ -49,13 +49,13 @@ class FlowModel(nnx.Module):
         self.time_hidden = dense(d, d, ("embed", "mlp"), rngs=rngs, dtype=dt)
         self.backbone = Transformer(base.backbone_config(config, causal=False, cond_dim=d), rngs=rngs)
         self.patch_out = dense(d, patch_dim, ("embed", "patch"), rngs=rngs, dtype=dt, zero=True)
-        self.pos = nnx.data(jnp.asarray(sincos_2d(self.gh, self.gw, d)))
 
     def __call__(self, x_BHWC, t_B, text_ids, text_mask):
         B, H, W, C = x_BHWC.shape
         p = self.p
         patches = x_BHWC.reshape(B, H // p, p, W // p, p, C).transpose(0, 1, 3, 2, 4, 5)
-        x_BTD = self.patch_in(patches.reshape(B, self.gh * self.gw, p * p * C)) + self.pos[None]
+        pos_TD = sincos_2d(self.gh, self.gw, self.patch_in.out_features)   # a constant, not a param
+        x_BTD = self.patch_in(patches.reshape(B, self.gh * self.gw, p * p * C)) + pos_TD[None]
         cond_BD = self.time_hidden(jax.nn.silu(self.time_in(sincos_1d(t_B * 1000.0, TIME_FREQS))))
         ctx = self.text(text_ids, text_mask)
         h, _ = self.backbone(x_BTD, cond_BC=cond_BD, ctx_BSD=ctx, ctx_mask_BS=text_mask)

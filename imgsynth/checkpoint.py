@@ -1,0 +1,54 @@
+"""Orbax checkpoints of the training state together with the grain iterator position.
+
+Saving both in one step means a resumed run sees exactly the batches it would have seen. Orbax
+writes each step to a temporary directory and renames it when complete, so a kill mid-save never
+leaves a checkpoint that looks valid but is not.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, max_to_keep: int = 2, keep_steps=()):
+        """Keeps the latest `max_to_keep` checkpoints plus every step in `keep_steps` forever."""
+        options = ocp.CheckpointManagerOptions(
+            create=True, enable_async_checkpointing=False,
+            preservation_policy=policies.AnyPreservationPolicy([
+                policies.LatestN(n=max_to_keep), policies.CustomSteps(sorted(set(keep_steps)))]))
+        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iterator=None) -> None:
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, abstract_state: Any, data_iterator=None, step: int | None = None) -> Any:
+        """Restores into the shardings of `abstract_state` (ShapeDtypeStructs with .sharding)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.manager.directory}")
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def abstract(tree: Any) -> Any:
+    """Shapes, dtypes and shardings of a live state: the restore target."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
