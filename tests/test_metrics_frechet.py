@@ -48,6 +48,13 @@ def test_fd_of_identical_sets_is_zero_even_when_covariance_is_singular():
     assert frechet.fd(x, x + 1.0) == pytest.approx(64.0, rel=1e-6)
 
 
+def test_fd_small_sample_path_agrees_with_covariance_path():
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(30, 50)), 2.0 * rng.normal(size=(70, 50)) + 0.1  # N_a < d < N_b
+    sx, sy = frechet.feature_stats(x), frechet.feature_stats(y)
+    assert frechet.fd(x, y) == pytest.approx(frechet.fd_from_stats(*sx, *sy), rel=1e-6)
+
+
 def test_kid_near_zero_for_same_distribution_and_positive_for_shift():
     rng = np.random.default_rng(4)
     x, y = rng.normal(size=(600, 32)), rng.normal(size=(600, 32))

@@ -60,15 +60,27 @@ def _sqrt_psd(m: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def fd_from_stats(mu1, sigma1, mu2, sigma2) -> float:
-    """||μ1−μ2||² + tr(Σ1) + tr(Σ2) − 2·tr((Σ1 Σ2)^½).
+def _fd_from_factors(mu1, f1, mu2, f2) -> float:
+    """FD from factors with Σ1 = F1ᵀF1 and Σ2 = F2ᵀF2.
 
-    tr((Σ1 Σ2)^½) = tr((Σ1^½ Σ2 Σ1^½)^½) is the sum of the singular values of Σ2^½ Σ1^½, with the
-    symmetric roots taken by eigendecomposition. Unlike `scipy.linalg.sqrtm(Σ1 @ Σ2)` this never
-    produces complex parts, and unlike square-rooting the eigenvalues of Σ1^½ Σ2 Σ1^½ it does not
-    turn rounding-level eigenvalues into √ε-sized errors on the singular covariances one gets
-    with fewer samples than dimensions.
+    tr((Σ1 Σ2)^½) equals the nuclear norm of F1 F2ᵀ: the nonzero eigenvalues of Σ1 Σ2 are those
+    of (F1 F2ᵀ)(F1 F2ᵀ)ᵀ. Singular values are accurate to rounding, so unlike
+    `scipy.linalg.sqrtm(Σ1 @ Σ2)` this never produces complex parts, and unlike square-rooting
+    eigenvalues it does not turn rounding-level eigenvalues of a singular covariance into
+    √ε-sized errors.
     """
+    tr_covmean = float(np.sum(np.linalg.svd(f1 @ f2.T, compute_uv=False)))
+    diff = mu1 - mu2
+    tr1, tr2 = float(np.sum(f1 * f1)), float(np.sum(f2 * f2))
+    value = float(diff @ diff + tr1 + tr2 - 2.0 * tr_covmean)
+    # Rounding can push an exact zero slightly negative; a real negative value is a bug.
+    if value < -1e-8 * max(1.0, tr1 + tr2):
+        raise FloatingPointError(f"Fréchet distance came out negative ({value}); covariances not PSD?")
+    return max(value, 0.0)
+
+
+def fd_from_stats(mu1, sigma1, mu2, sigma2) -> float:
+    """||μ1−μ2||² + tr(Σ1) + tr(Σ2) − 2·tr((Σ1 Σ2)^½), with symmetric roots as the factors."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
@@ -78,21 +90,21 @@ def fd_from_stats(mu1, sigma1, mu2, sigma2) -> float:
     for name, arr in (("mu1", mu1), ("sigma1", s1), ("mu2", mu2), ("sigma2", s2)):
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} contains NaN or Inf values")
-    tr_covmean = float(np.sum(np.linalg.svd(_sqrt_psd(s2) @ _sqrt_psd(s1), compute_uv=False)))
-    diff = mu1 - mu2
-    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
-    # Rounding can push an exact zero slightly negative; a real negative value is a bug.
-    scale = max(1.0, float(np.trace(s1) + np.trace(s2)))
-    if value < -1e-8 * scale:
-        raise FloatingPointError(f"Fréchet distance came out negative ({value}); covariances not PSD?")
-    return max(value, 0.0)
+    return _fd_from_factors(mu1, _sqrt_psd(s1), mu2, _sqrt_psd(s2))
+
+
+def _cov_factor(x: np.ndarray) -> np.ndarray:
+    """F with FᵀF = cov(x): the centred data itself when that is smaller than a d×d root."""
+    n, d = x.shape
+    if n - 1 <= d:
+        return (x - x.mean(axis=0)) / np.sqrt(n - 1)
+    return _sqrt_psd(np.cov(x, rowvar=False))
 
 
 def fd(feats_a, feats_b) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets [N_a, d] and [N_b, d]."""
     a, b = _check_pair(feats_a, feats_b)
-    sa, sb = feature_stats(a), feature_stats(b)
-    return fd_from_stats(sa.mu, sa.sigma, sb.mu, sb.sigma)
+    return _fd_from_factors(a.mean(axis=0), _cov_factor(a), b.mean(axis=0), _cov_factor(b))
 
 
 def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
