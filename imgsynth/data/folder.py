@@ -1,0 +1,194 @@
+"""A folder of captioned images → the suite's record layout, as a TFDS builder.
+
+Captions come from `captions.jsonl` in the folder (one `{"file": relative path, "caption": text}`
+per line) or, for images it does not list, from a `.txt` file with the image's name next to it.
+
+What happens to each image (every skip and conversion is counted in `summary`):
+  * no caption (or an empty one)                 → skipped, `missing_caption`
+  * cannot be opened or fully decoded            → skipped, `corrupt`
+  * shorter side < resolution / 2                → skipped, `too_small`
+  * 16-bit, 32-bit integer or float pixels       → skipped, `unsupported_mode` (no sane 8-bit
+    mapping without knowing the range)
+  * grayscale / bilevel                          → replicated to RGB, `grayscale`
+  * alpha (RGBA, LA, palette with transparency)  → composited over white, `alpha`
+  * palette, CMYK, YCbCr, LAB, HSV               → converted to RGB, `other_mode`
+  * EXIF orientation is applied; animations use their first frame.
+Kept images are resized (short side to the resolution, antialiased) and centre-cropped. A
+deterministic `validation_fraction` of the captioned files (by hash of their relative path) forms
+the validation split; the rest is train.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import os
+import re
+
+import tensorflow_datasets as tfds
+from PIL import Image, ImageOps
+
+from imgsynth.data import records
+
+NAME = "captioned_folder"
+VERSION = "1.0.0"
+CAPTIONS_FILE = "captions.jsonl"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_GRAY_MODES = ("1", "L")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_OTHER_MODES = ("P", "CMYK", "YCbCr", "LAB", "HSV")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
+
+
+class SkipImage(Exception):
+    """An image that cannot become a record; `reason` is its summary key."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclasses.dataclass
+class FolderConfig(tfds.core.BuilderConfig):
+    src: str = ""
+    resolution: int = 32
+    validation_fraction: float = 0.05
+
+
+def config_name(name: str, resolution: int) -> str:
+    if not _NAME_RE.match(name or ""):
+        raise ValueError(f"folder dataset name {name!r} must be letters, digits and underscores")
+    return f"{name}_r{resolution}"
+
+
+def scan(src: str) -> tuple[list[tuple[str, str]], collections.Counter]:
+    """Captioned images under `src` as sorted (relative path, caption), and what was skipped."""
+    if not os.path.isdir(src):
+        raise FileNotFoundError(f"image folder {src!r} does not exist")
+    images = []
+    for root, dirs, files in os.walk(src):
+        dirs.sort()
+        images += [os.path.relpath(os.path.join(root, f), src) for f in sorted(files)
+                   if f.lower().endswith(IMAGE_EXTENSIONS)]
+    listed = {}
+    skipped = collections.Counter()
+    jsonl = os.path.join(src, CAPTIONS_FILE)
+    if os.path.exists(jsonl):
+        with open(jsonl) as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                    listed[os.path.normpath(entry["file"])] = str(entry["caption"]).strip()
+                except (ValueError, KeyError, TypeError):
+                    skipped["bad_caption_line"] += 1
+    skipped["missing_file"] += len(set(listed) - set(images))
+    captioned = []
+    for rel in images:
+        caption = listed.get(rel)
+        if caption is None:
+            txt = os.path.join(src, os.path.splitext(rel)[0] + ".txt")
+            if os.path.exists(txt):
+                with open(txt, encoding="utf-8", errors="replace") as f:
+                    caption = f.read().strip()
+        if caption:
+            captioned.append((rel, caption))
+        else:
+            skipped["missing_caption"] += 1
+    return captioned, +skipped
+
+
+def split_files(items: list[tuple[str, str]], validation_fraction: float
+                ) -> dict[str, list[tuple[str, str]]]:
+    """The files whose path hashes lowest form validation: stable, and at least one image when
+    a fraction is asked for and there are two or more images."""
+    if not 0 <= validation_fraction < 1:
+        raise ValueError(f"validation_fraction={validation_fraction} must be in [0, 1)")
+    ranked = sorted(items, key=lambda it: hashlib.sha256(it[0].encode()).hexdigest())
+    k = round(validation_fraction * len(items))
+    if validation_fraction > 0 and len(items) >= 2:
+        k = max(k, 1)
+    chosen = {rel for rel, _ in ranked[:k]}
+    return {"train": [it for it in items if it[0] not in chosen],
+            "validation": [it for it in items if it[0] in chosen]}
+
+
+def load_image(path: str, resolution: int) -> tuple[Image.Image, str | None]:
+    """The image as RGB and the conversion applied (None for none), or SkipImage."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+    except Exception as e:  # PIL raises many types for bad files
+        raise SkipImage("corrupt", f"{path}: {e}") from e
+    if min(im.size) < resolution / 2:
+        raise SkipImage("too_small", f"{path}: {im.size[0]}x{im.size[1]}")
+    mode = im.mode
+    if mode == "RGB":
+        return im, None
+    if mode in _GRAY_MODES:
+        return im.convert("RGB"), "grayscale"
+    if mode == "P" and "transparency" in im.info:
+        im, mode = im.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB"), "alpha"
+    if mode in _OTHER_MODES:
+        return im.convert("RGB"), "other_mode"
+    raise SkipImage("unsupported_mode", f"{path}: mode {mode}")
+
+
+class CaptionedFolder(records.OfflineBuilder):
+    """Images and captions from a local folder, in the shapes dataset's record layout."""
+
+    name = NAME
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {str(VERSION): "First release."}
+
+    def __init__(self, *, config: FolderConfig, **kwargs):
+        super().__init__(config=config, **kwargs)
+        self.summary = {"found": 0, "written": {}, "skipped": collections.Counter(),
+                        "converted": collections.Counter()}
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f"Captioned images from {self.builder_config.src}.",
+            features=records.features(self.builder_config.resolution),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download
+        c = self.builder_config
+        items, skipped = scan(c.src)
+        self.summary["found"] = len(items) + skipped["missing_caption"]
+        self.summary["skipped"].update(skipped)
+        if not items:
+            raise ValueError(f"{c.src}: no captioned images found ({dict(skipped)}); captions go "
+                             f"in {CAPTIONS_FILE} or in a .txt file next to each image")
+        return {split: self._generate_examples(split, files)
+                for split, files in split_files(items, c.validation_fraction).items() if files}
+
+    def _generate_examples(self, split: str, files: list[tuple[str, str]]):
+        c = self.builder_config
+        written = 0
+        for rel, caption in files:
+            try:
+                image, conversion = load_image(os.path.join(c.src, rel), c.resolution)
+            except SkipImage as skip:
+                self.summary["skipped"][skip.reason] += 1
+                continue
+            if conversion:
+                self.summary["converted"][conversion] += 1
+            written += 1
+            yield rel, {"image": records.png_bytes(records.fit_image(image, c.resolution)),
+                        "caption": caption, "category": "none",
+                        "objects": records.empty_objects()}
+        self.summary["written"][split] = written
+        if not written:
+            raise ValueError(
+                f"{c.src}: no usable image in the {split} split ({len(files)} captioned, all "
+                f"skipped: {dict(self.summary['skipped'])})")
