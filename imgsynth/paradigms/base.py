@@ -3,7 +3,8 @@
 A paradigm module (flow.py, maskgit.py, ar.py) exposes the same handful of functions:
 `configure(config)` (its config defaults), `build(config, rngs)`, `model_cost(config)`,
 `loss(model, batch, rng, config)`, `eval_loss(model, batch, rng, config)`,
-`sample(model, text_ids, text_mask, rng, config)` and `inference_flops(config)`. The training loop
+`sample(model, text_ids, text_mask, rng, config)`, `inference_flops(config)` and
+`example_batch(config, n, rng)` (a random batch of the right shapes). The training loop
 calls only these and never asks which paradigm it runs.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from imgsynth import flops
@@ -69,3 +71,12 @@ def null_captions(text_ids, text_mask, keep=None):
     first = jnp.arange(text_ids.shape[1])[None] == 0
     keep = jnp.zeros((text_ids.shape[0], 1), bool) if keep is None else keep
     return (jnp.where(keep | first, text_ids, 0), jnp.where(keep, text_mask, first))
+
+
+def example_captions(config, n: int, rng) -> dict:
+    """Random caption tokens of the configured shape (benchmarks, compile checks, tests)."""
+    L = config.text.max_len
+    lengths = rng.integers(2, L + 1, size=(n, 1))
+    ids = rng.integers(1, config.text.vocab_size, size=(n, L)).astype("int32")
+    mask = np.arange(L)[None] < lengths
+    return {"text_ids": np.where(mask, ids, 0).astype("int32"), "text_mask": mask}

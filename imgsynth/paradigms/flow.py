@@ -87,6 +87,12 @@ def inference_flops(config) -> float:
     return evals * guided * per_eval + guided * cost.components["text_encoder"].fwd_flops
 
 
+def example_batch(config, n: int, rng) -> dict:
+    h, w = base.latent_grid(config)
+    latents = rng.normal(size=(n, h, w, config.autoencoder.latent_channels)).astype("float32")
+    return {"latents": latents, **base.example_captions(config, n, rng)}
+
+
 def _interpolate(x0, noise, t_B):
     t = t_B[:, None, None, None]
     return (1 - t) * x0 + t * noise, noise - x0
