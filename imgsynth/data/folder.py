@@ -14,8 +14,8 @@ What happens to each image (every skip and conversion is counted in `summary`):
   * palette, CMYK, YCbCr, LAB, HSV               → converted to RGB, `other_mode`
   * EXIF orientation is applied; animations use their first frame.
 Kept images are resized (short side to the resolution, antialiased) and centre-cropped. A
-deterministic `validation_fraction` of the captioned files (by hash of their relative path) forms
-the validation split; the rest is train.
+deterministic `validation_fraction` of the captioned files whose header passes the checks above
+(chosen by hash of their relative path) forms the validation split; the rest is train.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import tensorflow_datasets as tfds
 from PIL import Image, ImageOps
 
 from imgsynth.data import records
+from imgsynth.data.render import png_bytes
 
 NAME = "captioned_folder"
 VERSION = "1.0.0"
@@ -115,6 +116,24 @@ def split_files(items: list[tuple[str, str]], validation_fraction: float
             "validation": [it for it in items if it[0] in chosen]}
 
 
+def _check_header(size: tuple[int, int], mode: str, path: str, resolution: int) -> None:
+    if min(size) < resolution / 2:
+        raise SkipImage("too_small", f"{path}: {size[0]}x{size[1]}")
+    if mode not in ("RGB",) + _GRAY_MODES + _ALPHA_MODES + _OTHER_MODES:
+        raise SkipImage("unsupported_mode", f"{path}: mode {mode}")
+
+
+def probe(path: str, resolution: int) -> None:
+    """Reads only the header: raises SkipImage for files that are clearly unusable, so the
+    split assignment counts (almost) only images that will be written."""
+    try:
+        with Image.open(path) as im:
+            size, mode = im.size, im.mode
+    except Exception as e:  # PIL raises many types for bad files
+        raise SkipImage("corrupt", f"{path}: {e}") from e
+    _check_header(size, mode, path, resolution)
+
+
 def load_image(path: str, resolution: int) -> tuple[Image.Image, str | None]:
     """The image as RGB and the conversion applied (None for none), or SkipImage."""
     try:
@@ -123,8 +142,7 @@ def load_image(path: str, resolution: int) -> tuple[Image.Image, str | None]:
             im = ImageOps.exif_transpose(im)
     except Exception as e:  # PIL raises many types for bad files
         raise SkipImage("corrupt", f"{path}: {e}") from e
-    if min(im.size) < resolution / 2:
-        raise SkipImage("too_small", f"{path}: {im.size[0]}x{im.size[1]}")
+    _check_header(im.size, im.mode, path, resolution)
     mode = im.mode
     if mode == "RGB":
         return im, None
@@ -138,7 +156,7 @@ def load_image(path: str, resolution: int) -> tuple[Image.Image, str | None]:
         return Image.alpha_composite(white, rgba).convert("RGB"), "alpha"
     if mode in _OTHER_MODES:
         return im.convert("RGB"), "other_mode"
-    raise SkipImage("unsupported_mode", f"{path}: mode {mode}")
+    raise AssertionError(f"mode {mode} passed the header check but has no conversion")
 
 
 class CaptionedFolder(records.OfflineBuilder):
@@ -163,11 +181,18 @@ class CaptionedFolder(records.OfflineBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
         c = self.builder_config
-        items, skipped = scan(c.src)
-        self.summary["found"] = len(items) + skipped["missing_caption"]
+        captioned, skipped = scan(c.src)
+        self.summary["found"] = len(captioned) + skipped["missing_caption"]
+        items = []
+        for rel, caption in captioned:
+            try:
+                probe(os.path.join(c.src, rel), c.resolution)
+                items.append((rel, caption))
+            except SkipImage as skip:
+                skipped[skip.reason] += 1
         self.summary["skipped"].update(skipped)
         if not items:
-            raise ValueError(f"{c.src}: no captioned images found ({dict(skipped)}); captions go "
+            raise ValueError(f"{c.src}: no usable captioned images ({dict(skipped)}); captions go "
                              f"in {CAPTIONS_FILE} or in a .txt file next to each image")
         return {split: self._generate_examples(split, files)
                 for split, files in split_files(items, c.validation_fraction).items() if files}
@@ -184,7 +209,7 @@ class CaptionedFolder(records.OfflineBuilder):
             if conversion:
                 self.summary["converted"][conversion] += 1
             written += 1
-            yield rel, {"image": records.png_bytes(records.fit_image(image, c.resolution)),
+            yield rel, {"image": png_bytes(records.fit_image(image, c.resolution)),
                         "caption": caption, "category": "none",
                         "objects": records.empty_objects()}
         self.summary["written"][split] = written

@@ -12,7 +12,6 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from imgsynth.data import scene as scene_lib
-from imgsynth.data.render import png_bytes  # noqa: F401  (re-exported for the builders)
 
 NONE_CATEGORY = scene_lib.CATEGORIES.index("none")
 
