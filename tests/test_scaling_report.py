@@ -1,0 +1,82 @@
+"""The report builds from a fabricated study, is self-contained, and renders in headless
+Chromium to a page that is not blank and carries every figure."""
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fixtures.scaling_workdir import make_workdir
+from imgsynth.scaling import report
+
+FIGURES = ("prompt_following", "prompt_following_categories", "fd_judge", "alignment_score",
+           "eval_loss", "isoflop", "frontier", "inference", "ema")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    workdir = make_workdir(str(tmp_path_factory.mktemp("study")))
+    return workdir, report.build_report(workdir, budgets=[1e17, 1e18], n_bootstrap=50)
+
+
+def _chromium(url: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("chromium is not installed: this test renders report.html in headless "
+                    "Chromium. Install it with `apt-get install -y chromium` (.ci/run does).")
+    cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_report_files_and_self_containment(built):
+    workdir, path = built
+    out = os.path.join(workdir, "report")
+    assert path == os.path.join(out, "report.html")
+    for name in ("results.csv", "curves.csv", "fits.json", *[f"{f}.png" for f in FIGURES]):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+    with open(path, encoding="utf-8") as f:
+        page = f.read()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
+    assert "<script" not in page and "<link" not in page and "@import" not in page and "url(" not in page
+    assert page.count("data:image/png;base64,") >= len(FIGURES) + 12  # figures + sample grids
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
+    assert "FID" not in text  # the judge's Fréchet distance is never called FID
+    for needle in ("Findings", "Extrapolated crossovers", "Samples at matched compute", "Ablations",
+                   "Instrument ceilings", "autoencoder=small", "ema=false", "RESOURCE_EXHAUSTED"):
+        assert needle in text, needle
+
+
+def test_report_renders_in_headless_chromium(built, tmp_path):
+    _, path = built
+    url = "file://" + os.path.abspath(path)
+    shot = tmp_path / "shot.png"
+    res = _chromium(url, tmp_path, f"--screenshot={shot}", "--window-size=1200,3000")
+    assert shot.exists(), res.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (3000, 1200)
+    assert pixels.std() > 20, "screenshot is blank"
+    assert (pixels < 200).mean() > 0.02, "screenshot is almost all white"
+
+    dom = _chromium(url, tmp_path, "--dump-dom").stdout
+    imgs = re.findall(r'<img[^>]+src="data:image/png;base64,', dom)
+    assert len(imgs) >= len(FIGURES) + 12
+    for name in FIGURES:
+        assert f'alt="{name}"' in dom, name
+    for text in ("Findings", "Prompt following", "FD on judge features", "Alignment score",
+                 "isoFLOP", "Inference cost", "Method"):
+        assert text in dom, text
+
+
+def test_cli_refuses_clearly(tmp_path, capsys):
+    assert report.main(["--workdir", str(tmp_path)]) == 2
+    assert "no run directories" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        report.main(["--workdir", str(tmp_path), "--budgets=1e18,abc"])
+    with pytest.raises(SystemExit):
+        report.main(["--workdir", str(tmp_path), "--bootstrap=0"])

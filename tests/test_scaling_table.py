@@ -1,0 +1,89 @@
+"""The results table: one row per run, NaN plus a warning for anything missing, curves joined
+to examples seen, full-precision CSV, and a clear refusal when nothing is usable."""
+import json
+import math
+import os
+
+import pytest
+
+from fixtures.scaling_workdir import BUDGETS, PARADIGMS, SIZES, make_workdir, write_run
+from imgsynth.scaling import table
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return make_workdir(str(tmp_path_factory.mktemp("study")))
+
+
+def test_collects_every_run_with_flat_metric_names(workdir):
+    results = table.collect(workdir)
+    main = len(PARADIGMS) * len(SIZES) * len(BUDGETS)
+    assert len(results.rows) == main + 5  # 3 ablations, a failed and a running run
+    assert results.columns[:len(table.RESULT_COLUMNS)] == list(table.RESULT_COLUMNS)
+    row = next(r for r in results.rows if r["run"] == "runs/ar_M_1e16")
+    assert (row["paradigm"], row["size"], row["status"], row["budget"]) == ("ar", "M", "done", 1e16)
+    assert 0 < row["ema/prompt_following/overall"] < 1
+    assert row["ema/fd_judge"] < row["raw/fd_judge"]
+    assert row["params_non_embedding"] == SIZES["M"]
+    assert row["train_flops"] == pytest.approx(row["steps"] * row["flops_per_example"] * 64)
+    assert row["examples_seen"] == row["steps"] * 64
+    assert row["samples_png"] == os.path.join("runs", "ar_M_1e16", "samples_ema.png")
+    assert row["inference/flops_per_image"] > 0 and row["settings/num_samples"] == 256
+
+
+def test_missing_values_are_nan_with_a_warning(workdir):
+    results = table.collect(workdir)
+    no_ema = next(r for r in results.rows if r["ablation"] == "ema=false")
+    assert math.isnan(no_ema["ema/fd_judge"]) and not math.isnan(no_ema["raw/fd_judge"])
+    assert any("ema-False" in w and "ema/fd_judge" in w for w in results.warnings)
+    failed = next(r for r in results.rows if r["status"] == "failed")
+    assert "out of memory" in failed["reason"] and math.isnan(failed["train_flops"])
+    running = next(r for r in results.rows if r["status"] == "running")
+    assert math.isnan(running["ema/fd_judge"]) and running["final/eval_loss"] > 0
+
+
+def test_curves_carry_examples_seen_of_their_step(workdir):
+    curves = table.collect(workdir).curves
+    ours = [c for c in curves if c["run"] == "runs/flow_S_1e15"]
+    assert len(ours) == 8
+    assert all(c["examples_seen"] == c["step"] * 64 for c in ours)
+    assert ours[0]["eval/loss"] > ours[-1]["eval/loss"]
+
+
+def test_csv_round_trip_is_exact(workdir, tmp_path):
+    results = table.collect(workdir)
+    results_csv, curves_csv = table.write_tables(results, str(tmp_path))
+    back = table.read_csv(results_csv)
+    assert len(back) == len(results.rows)
+    for a, b in zip(results.rows, back):
+        for c in ("train_flops", "ema/alignment_score", "raw/kid/mean", "final/eval_loss"):
+            assert (math.isnan(a[c]) and math.isnan(b[c])) or a[c] == b[c]
+    assert len(table.read_csv(curves_csv)) == len(results.curves)
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+
+
+def test_extra_eval_keys_become_columns_and_bad_lines_warn(tmp_path):
+    run = write_run(str(tmp_path), "flow", "S", 1e15)
+    with open(os.path.join(run, "eval.json")) as f:
+        ev = json.load(f)
+    ev["weights"]["raw"]["precision"] = 0.7
+    del ev["weights"]["raw"]["alignment_score"]
+    with open(os.path.join(run, "eval.json"), "w") as f:
+        json.dump(ev, f)
+    with open(os.path.join(run, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 99999, "train/lo')
+    results = table.collect(str(tmp_path))
+    assert results.rows[0]["raw/precision"] == 0.7 and "raw/precision" in results.columns
+    assert math.isnan(results.rows[0]["raw/alignment_score"])
+    assert any("raw/alignment_score" in w for w in results.warnings)
+    assert any("unreadable line" in w for w in results.warnings)
+
+
+def test_refuses_when_nothing_is_usable(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        table.collect(str(tmp_path / "missing"))
+    with pytest.raises(table.NoResultsError, match="no run directories"):
+        table.collect(str(tmp_path))
+    write_run(str(tmp_path), "ar", "S", 1e15, status="failed", reason="preempted")
+    with pytest.raises(table.NoResultsError, match="none has metrics.jsonl"):
+        table.collect(str(tmp_path))
