@@ -79,6 +79,10 @@ def test_every_pytorch_fid_key_is_consumed_and_fid_behaves(weights_file):
     assert inception.fid(a, b, weights_file, batch_size=3) > 1e-3
     feats = inception.inception_features(inception._cached_model(str(weights_file)), a[:2], batch_size=3)
     assert feats.shape == (2, 2048) and np.all(np.isfinite(feats))
+    # pytorch-fid 0.3.0's InceptionV3([3]) with these weights loaded, on the same images:
+    np.testing.assert_allclose(feats[:, :4], [[0.31909, 2.61796, 4.07826, 2.7683],
+                                              [0.260077, 2.56976, 4.07085, 2.8336]], rtol=2e-5)
+    np.testing.assert_allclose(feats.sum(1), [1470.1838, 1470.2324], rtol=1e-5)
 
 
 def test_incomplete_or_wrong_weight_files_are_refused_with_every_problem_named():

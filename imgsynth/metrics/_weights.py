@@ -27,23 +27,24 @@ def read_npz(path: str | os.PathLike, *, what: str, how_to_get: str) -> dict[str
         return {k: f[k] for k in f.files}
 
 
-def load_into(factory: Callable[[], nnx.Module], weights: dict[str, np.ndarray],
-              convert: Converter, *, ignore: Callable[[str], bool] = lambda k: False,
-              what: str = "model") -> nnx.Module:
-    """Builds `factory()` abstractly and fills every variable from `weights`.
+def match_weights(factory: Callable[[], nnx.Module], weights: dict[str, np.ndarray],
+                  convert: Converter, *, ignore: Callable[[str], bool] = lambda k: False,
+                  what: str = "model"):
+    """Maps every file key onto the variables of an abstract `factory()` and checks coverage.
 
     `convert(key, array)` returns the (variable path, value) pairs a file key provides, or None
-    if the key is not one the model knows. Shapes must match exactly.
+    if the key is not one the model knows. Shapes must match exactly. Returns the graph
+    definition, the abstract state and {path: host array}; nothing is put on a device, so a
+    full-size architecture can be checked against zero-stride stand-in arrays.
     """
-    abstract = nnx.eval_shape(factory)
-    graphdef, state = nnx.split(abstract)
+    graphdef, state = nnx.split(nnx.eval_shape(factory))
     targets = traverse_util.flatten_dict(state.to_pure_dict())
     filled: dict[Path, np.ndarray] = {}
     unknown, bad_shapes, bad_paths = [], [], set()
     for key, array in weights.items():
         if ignore(key):
             continue
-        pairs = convert(key, np.asarray(array))
+        pairs = convert(key, array)
         if pairs is None:
             unknown.append(key)
             continue
@@ -56,7 +57,7 @@ def load_into(factory: Callable[[], nnx.Module], weights: dict[str, np.ndarray],
                                   f"model expects {tuple(targets[path].shape)}")
                 bad_paths.add(path)
                 continue
-            filled[path] = jnp.asarray(value, dtype=targets[path].dtype)
+            filled[path] = value
     missing = sorted(".".join(map(str, p)) for p in targets if p not in filled and p not in bad_paths)
     problems = []
     if unknown:
@@ -67,7 +68,16 @@ def load_into(factory: Callable[[], nnx.Module], weights: dict[str, np.ndarray],
         problems.append(f"{len(missing)} model variables no key fills: {missing[:8]}")
     if problems:
         raise ValueError(f"{what} weight file does not match the architecture: " + "; ".join(problems))
-    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(filled))
+    return graphdef, state, filled, targets
+
+
+def load_into(factory: Callable[[], nnx.Module], weights: dict[str, np.ndarray],
+              convert: Converter, *, ignore: Callable[[str], bool] = lambda k: False,
+              what: str = "model") -> nnx.Module:
+    """`factory()` with every variable filled from `weights` (see `match_weights`)."""
+    graphdef, state, filled, targets = match_weights(factory, weights, convert, ignore=ignore, what=what)
+    values = {p: jnp.asarray(v, dtype=targets[p].dtype) for p, v in filled.items()}
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(values))
     return nnx.merge(graphdef, state)
 
 

@@ -1,0 +1,297 @@
+"""CLIP score with OpenAI's CLIP (ViT-B/32 by default) in Flax NNX, from local files only.
+
+score = 100 · max(cos(image embedding, caption embedding), 0), averaged over pairs (Hessel et
+al., 2021; torchmetrics' CLIPScore). The architecture is OpenAI's `model.py` ViT variant (QuickGELU,
+pre-norm residual attention blocks, class token, causal text transformer read at the EOT token);
+images get OpenAI's preprocessing (bicubic resize of the short side to the input resolution, centre
+crop, CLIP mean/std) done with PIL, as `clip.load` does.
+
+Nothing is downloaded. The weight file is an .npz with OpenAI's state_dict names and layouts
+(`visual.conv1.weight`, `transformer.resblocks.0.attn.in_proj_weight`, ...); make it once, on a
+machine with torch, from OpenAI's released checkpoint:
+
+    python -m imgsynth.metrics.clip_score --convert ViT-B-32.pt --out clip_vit_b32.npz
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from imgsynth.metrics import _weights
+from imgsynth.metrics.clip_tokenizer import ClipTokenizer
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+WEIGHTS_HELP = (
+    "Download OpenAI's ViT-B-32.pt (the URL is in openai/CLIP's clip/clip.py, _MODELS) on a machine "
+    "with network access, then convert it with: python -m imgsynth.metrics.clip_score --convert "
+    "ViT-B-32.pt --out clip_vit_b32.npz (needs torch there only).")
+_CHECKPOINT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipConfig:
+    """OpenAI CLIP ViT hyper-parameters; the defaults are ViT-B/32. Heads = width // head_width."""
+    embed_dim: int = 512
+    image_resolution: int = 224
+    vision_layers: int = 12
+    vision_width: int = 768
+    vision_patch_size: int = 32
+    context_length: int = 77
+    vocab_size: int = 49408
+    text_width: int = 512
+    text_layers: int = 12
+    head_width: int = 64
+
+    @classmethod
+    def from_weights(cls, weights: dict[str, np.ndarray], head_width: int = 64) -> "ClipConfig":
+        """Reads the hyper-parameters off a state_dict, as OpenAI's `build_model` does."""
+        def count(prefix):
+            return len({k.split(".")[len(prefix.split("."))] for k in weights if k.startswith(prefix + ".")})
+        try:
+            conv = weights["visual.conv1.weight"]
+            grid = round((weights["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            return cls(
+                embed_dim=weights["text_projection"].shape[1], image_resolution=conv.shape[-1] * grid,
+                vision_layers=count("visual.transformer.resblocks"), vision_width=conv.shape[0],
+                vision_patch_size=conv.shape[-1], context_length=weights["positional_embedding"].shape[0],
+                vocab_size=weights["token_embedding.weight"].shape[0],
+                text_width=weights["ln_final.weight"].shape[0],
+                text_layers=count("transformer.resblocks"), head_width=head_width)
+        except KeyError as e:
+            raise ValueError(f"not an OpenAI CLIP ViT state_dict: key {e} is missing") from e
+
+
+def _quick_gelu(x):
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+class Attention(nnx.Module):
+    """torch.nn.MultiheadAttention's packed q/k/v projection, batch-first."""
+
+    def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs):
+        self.heads = heads
+        self.in_proj = nnx.Linear(width, 3 * width, rngs=rngs)
+        self.out_proj = nnx.Linear(width, width, rngs=rngs)
+
+    def __call__(self, x_BLD, causal: bool):
+        b, length, d = x_BLD.shape
+        q, k, v = jnp.split(self.in_proj(x_BLD).reshape(b, length, 3 * self.heads, d // self.heads), 3, axis=2)
+        logits_BHLL = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d // self.heads)
+        if causal:
+            logits_BHLL = jnp.where(jnp.tril(jnp.ones((length, length), bool)), logits_BHLL, -jnp.inf)
+        out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits_BHLL, axis=-1), v)
+        return self.out_proj(out.reshape(b, length, d))
+
+
+class Mlp(nnx.Module):
+    def __init__(self, width: int, *, rngs: nnx.Rngs):
+        self.c_fc = nnx.Linear(width, 4 * width, rngs=rngs)
+        self.c_proj = nnx.Linear(4 * width, width, rngs=rngs)
+
+    def __call__(self, x):
+        return self.c_proj(_quick_gelu(self.c_fc(x)))
+
+
+class ResidualAttentionBlock(nnx.Module):
+    def __init__(self, width: int, heads: int, *, rngs: nnx.Rngs):
+        self.ln_1 = nnx.LayerNorm(width, epsilon=1e-5, rngs=rngs)
+        self.attn = Attention(width, heads, rngs=rngs)
+        self.ln_2 = nnx.LayerNorm(width, epsilon=1e-5, rngs=rngs)
+        self.mlp = Mlp(width, rngs=rngs)
+
+    def __call__(self, x, causal: bool):
+        x = x + self.attn(self.ln_1(x), causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nnx.Module):
+    def __init__(self, width: int, layers: int, heads: int, *, rngs: nnx.Rngs):
+        self.resblocks = nnx.List([ResidualAttentionBlock(width, heads, rngs=rngs) for _ in range(layers)])
+
+    def __call__(self, x, causal: bool):
+        for block in self.resblocks:
+            x = block(x, causal)
+        return x
+
+
+class VisionTransformer(nnx.Module):
+    def __init__(self, cfg: ClipConfig, *, rngs: nnx.Rngs):
+        w, p = cfg.vision_width, cfg.vision_patch_size
+        tokens = (cfg.image_resolution // p) ** 2 + 1
+        init = nnx.initializers.normal(w ** -0.5)
+        self.conv1 = nnx.Conv(3, w, (p, p), strides=(p, p), padding="VALID", use_bias=False, rngs=rngs)
+        self.class_embedding = nnx.Param(init(rngs.params(), (w,)))
+        self.positional_embedding = nnx.Param(init(rngs.params(), (tokens, w)))
+        self.ln_pre = nnx.LayerNorm(w, epsilon=1e-5, rngs=rngs)
+        self.transformer = Transformer(w, cfg.vision_layers, w // cfg.head_width, rngs=rngs)
+        self.ln_post = nnx.LayerNorm(w, epsilon=1e-5, rngs=rngs)
+        self.proj = nnx.Param(init(rngs.params(), (w, cfg.embed_dim)))
+
+    def __call__(self, x_BHWC):
+        x = self.conv1(x_BHWC)
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        cls = jnp.broadcast_to(self.class_embedding[...], (x.shape[0], 1, x.shape[-1]))
+        x = jnp.concatenate([cls, x], axis=1) + self.positional_embedding[...]
+        x = self.transformer(self.ln_pre(x), causal=False)
+        return self.ln_post(x[:, 0]) @ self.proj[...]
+
+
+class CLIP(nnx.Module):
+    """Attribute names are OpenAI's state_dict names, so loading is a walk."""
+
+    def __init__(self, cfg: ClipConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.visual = VisionTransformer(cfg, rngs=rngs)
+        self.transformer = Transformer(cfg.text_width, cfg.text_layers, cfg.text_width // cfg.head_width,
+                                       rngs=rngs)
+        self.token_embedding = nnx.Embed(cfg.vocab_size, cfg.text_width, rngs=rngs)
+        self.positional_embedding = nnx.Param(
+            nnx.initializers.normal(0.01)(rngs.params(), (cfg.context_length, cfg.text_width)))
+        self.ln_final = nnx.LayerNorm(cfg.text_width, epsilon=1e-5, rngs=rngs)
+        self.text_projection = nnx.Param(
+            nnx.initializers.normal(cfg.text_width ** -0.5)(rngs.params(), (cfg.text_width, cfg.embed_dim)))
+        self.logit_scale = nnx.Param(jnp.asarray(np.log(1 / 0.07), jnp.float32))
+
+    def encode_image(self, x_BHWC):
+        """Embeddings of images already preprocessed (`preprocess`)."""
+        return self.visual(x_BHWC)
+
+    def encode_text(self, tokens_BL):
+        x = self.token_embedding(tokens_BL) + self.positional_embedding[...]
+        x = self.ln_final(self.transformer(x, causal=True))
+        eot = jnp.argmax(tokens_BL, axis=-1)  # EOT has the largest id in the vocabulary
+        return x[jnp.arange(x.shape[0]), eot] @ self.text_projection[...]
+
+
+def _convert(key: str, array: np.ndarray):
+    """OpenAI state_dict entry → NNX variable path and layout."""
+    parts = [int(p) if p.isdigit() else p for p in key.split(".")]
+    *module, leaf = parts
+    if leaf == "in_proj_weight":
+        return [((*module, "in_proj", "kernel"), array.T)]
+    if leaf == "in_proj_bias":
+        return [((*module, "in_proj", "bias"), array)]
+    if leaf == "weight":
+        if module and str(module[-1]).startswith("ln"):
+            return [((*module, "scale"), array)]
+        if module == ["token_embedding"]:
+            return [((*module, "embedding"), array)]
+        if array.ndim == 4:
+            return [((*module, "kernel"), array.transpose(2, 3, 1, 0))]
+        return [((*module, "kernel"), array.T)]
+    return [(tuple(parts), array)]
+
+
+def load_clip(weights_path, config: ClipConfig | None = None) -> CLIP:
+    """CLIP from a converted .npz; the config is read off the weights unless given."""
+    weights = _weights.read_npz(weights_path, what="CLIP", how_to_get=WEIGHTS_HELP)
+    cfg = config or ClipConfig.from_weights(weights)
+    return _weights.load_into(lambda: CLIP(cfg, rngs=nnx.Rngs(0)), weights, _convert,
+                              ignore=lambda k: k in _CHECKPOINT_EXTRAS, what="CLIP")
+
+
+def preprocess(images, resolution: int) -> np.ndarray:
+    """OpenAI's transform: bicubic resize of the short side, centre crop, CLIP mean/std; NHWC."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be [N, H, W, 3] RGB, got shape {images.shape}")
+    if images.dtype != np.uint8:
+        if not np.all(np.isfinite(images)) or images.min() < -1e-3 or images.max() > 1 + 1e-3:
+            raise ValueError("float images must lie in [0, 1] (pass uint8 for [0, 255])")
+        images = np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)
+    out = np.empty((len(images), resolution, resolution, 3), np.float32)
+    for i, img in enumerate(images):
+        h, w = img.shape[:2]
+        scale = resolution / min(h, w)
+        size = (resolution, int(w * scale)) if h <= w else (int(h * scale), resolution)
+        pil = Image.fromarray(img).resize((size[1], size[0]), Image.BICUBIC)
+        top, left = int(round((size[0] - resolution) / 2)), int(round((size[1] - resolution) / 2))
+        crop = np.asarray(pil, np.float32)[top:top + resolution, left:left + resolution] / 255.0
+        out[i] = (crop - CLIP_MEAN) / CLIP_STD
+    return out
+
+
+@nnx.jit
+def _cosines(model: CLIP, x_BHWC, tokens_BL):
+    img, txt = model.encode_image(x_BHWC), model.encode_text(tokens_BL)
+    img = img / jnp.linalg.norm(img, axis=-1, keepdims=True)
+    txt = txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
+    return jnp.sum(img * txt, axis=-1)
+
+
+def clip_cosines(model: CLIP, tokenizer: ClipTokenizer, images, captions, batch_size: int = 32) -> np.ndarray:
+    """Per-pair cosine of image and caption embeddings; batches padded to one compiled shape."""
+    captions = list(captions)
+    if len(captions) != len(images):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions")
+    if not captions:
+        raise ValueError("no image-caption pairs to score")
+    cfg = model.cfg
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, the model {cfg.vocab_size}")
+    x, tokens = preprocess(images, cfg.image_resolution), tokenizer(captions, cfg.context_length)
+    out = []
+    for start in range(0, len(x), batch_size):
+        xb, tb = x[start:start + batch_size], tokens[start:start + batch_size]
+        pad = batch_size - len(xb)
+        if pad:
+            xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
+            tb = np.concatenate([tb, np.repeat(tb[:1], pad, axis=0)])
+        out.append(np.asarray(_cosines(model, jnp.asarray(xb), jnp.asarray(tb)))[: len(x) - start])
+    return np.concatenate(out)
+
+
+def clip_scores(model: CLIP, tokenizer: ClipTokenizer, images, captions, batch_size: int = 32) -> np.ndarray:
+    """Per-pair CLIP score 100 · max(cos, 0)."""
+    return 100.0 * np.maximum(clip_cosines(model, tokenizer, images, captions, batch_size), 0.0)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached(weights_path: str, vocab_path: str, config: ClipConfig | None) -> tuple[CLIP, ClipTokenizer]:
+    return load_clip(weights_path, config), ClipTokenizer(vocab_path)
+
+
+def clip_score(images, captions, weights_path, vocab_path, batch_size: int = 32,
+               config: ClipConfig | None = None) -> float:
+    """Mean CLIP score of image-caption pairs (uint8 or [0, 1] floats, [N, H, W, 3])."""
+    model, tokenizer = _cached(str(weights_path), str(vocab_path), config)
+    return float(np.mean(clip_scores(model, tokenizer, images, captions, batch_size)))
+
+
+def convert_checkpoint(pt_path: str, out_path: str) -> None:
+    """OpenAI CLIP .pt (JIT archive or state_dict) → .npz with the same names, as float32."""
+    try:
+        import torch
+    except ImportError as e:
+        raise SystemExit("converting a .pt needs PyTorch (pip install torch) on the machine that "
+                         "runs the conversion; imgsynth itself does not depend on it") from e
+    try:
+        state = torch.jit.load(pt_path, map_location="cpu").state_dict()
+    except RuntimeError:
+        state = torch.load(pt_path, map_location="cpu", weights_only=True)
+    arrays = {k: v.detach().cpu().float().numpy() for k, v in state.items() if k not in _CHECKPOINT_EXTRAS}
+    cfg = ClipConfig.from_weights(arrays)
+    _weights.load_into(lambda: CLIP(cfg, rngs=nnx.Rngs(0)), arrays, _convert, what="CLIP")
+    _weights.write_npz(out_path, arrays)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--convert", required=True, help="OpenAI CLIP checkpoint (.pt)")
+    parser.add_argument("--out", required=True, help="output .npz")
+    args = parser.parse_args(argv)
+    convert_checkpoint(args.convert, args.out)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
