@@ -42,7 +42,7 @@ EXPONENT_BOUNDS = (0.02, 2.0)
 
 
 def cluster_ids(x: np.ndarray, rtol: float = DISTINCT_RTOL) -> np.ndarray:
-    """Integer label per value of a positive array; values within `rtol` of a neighbour share one."""
+    """Integer label per value of a positive array; neighbours within `rtol` share a label."""
     x = np.asarray(x, float)
     order = np.argsort(x)
     labels = np.empty(len(x), int)
@@ -214,7 +214,8 @@ def huber_objective(r: np.ndarray, counts, delta: float) -> np.ndarray:
     return np.sum(counts * _huber(r, delta), axis=-1)
 
 
-def lm_huber_batch(theta, x, ly, counts, delta, bounds, iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
+def lm_huber_batch(theta, x, ly, counts, delta, bounds,
+                   iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """Batched Levenberg–Marquardt on Σ counts·Huber(ln ŷ − ln y) for y(C), one problem per row
     of `theta` (B, 3) and `counts` (B, n). Each step solves the iteratively reweighted
     Gauss–Newton system (weights min(1, δ/|r|), which majorise Huber), projected on the bounds,
@@ -298,7 +299,8 @@ def fit_compute_law(C, y, *, delta: float = 0.05, alpha_bounds=(1e-3, 3.0), n_st
 
 @dataclasses.dataclass(frozen=True)
 class ComputeOptimal:
-    """N*(C) = G·(C/k)^a and D*(C) = (C/k)^b / G: the allocation minimising L(N, D) at C = k·N·D."""
+    """N*(C) = G·(C/k)^a and D*(C) = (C/k)^b / G: the allocation minimising L(N, D) at fixed
+    C = k·N·D."""
     a: float
     b: float
     G: float
@@ -409,7 +411,8 @@ def fit_loss_law_vp(N, D, L, *, exp_bounds=EXPONENT_BOUNDS) -> LossLaw:
 
     def design(theta):
         alpha, beta = theta
-        return np.stack([np.ones_like(xn), np.exp(-alpha * xn), np.exp(-beta * xd)], -1) * w[:, None]
+        basis = np.stack([np.ones_like(xn), np.exp(-alpha * xn), np.exp(-beta * xd)], -1)
+        return basis * w[:, None]
 
     def profile(theta):
         return optimize.nnls(design(theta), L * w)[1] ** 2

@@ -59,12 +59,12 @@ def _figure(ncols: int, nrows: int = 1, width: float = 5.0, height: float = 3.8)
 def _log_flops_axis(ax) -> None:
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10))
-    ax.xaxis.set_minor_locator(NullLocator())  # decades suffice; minor ticks cost seconds to lay out
+    ax.xaxis.set_minor_locator(NullLocator())  # decades suffice; minor ticks cost seconds
     ax.set_xlabel(FLOPS_LABEL)
 
 
 def _log_params_axis(ax) -> None:
-    """Model sizes span little more than a decade: label 1, 2 and 5 × 10^k, not every minor tick."""
+    """Model sizes span about a decade: label 1, 2 and 5 × 10^k rather than every minor tick."""
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
@@ -303,7 +303,8 @@ def frontier_figure(fits: dict) -> Figure | None:
         axes[0, 0].plot(x, n, color=color, label=label)
         axes[0, 1].plot(x, x / (k * n), color=color)
         if opt["curve"].get("lo") is not None:
-            axes[0, 0].fill_between(x, opt["curve"]["lo"], opt["curve"]["hi"], color=color, alpha=0.13, lw=0)
+            axes[0, 0].fill_between(x, opt["curve"]["lo"], opt["curve"]["hi"], color=color,
+                                    alpha=0.13, lw=0)
         minima = [b for b in fits["isoflop"].get(p, {}).get("budgets", []) if "n_opt" in b]
         if minima:
             c = np.array([b["budget"] for b in minima])
@@ -336,7 +337,8 @@ def inference_figure(rows) -> Figure | None:
         for p in paradigms:
             by_size: dict[float, list[float]] = {}
             for r in runs:
-                if r["paradigm"] == p and np.isfinite(r[key]) and np.isfinite(r["params_non_embedding"]):
+                if (r["paradigm"] == p and np.isfinite(r[key])
+                        and np.isfinite(r["params_non_embedding"])):
                     by_size.setdefault(r["params_non_embedding"], []).append(r[key])
             if by_size:
                 n = sorted(by_size)
@@ -356,7 +358,8 @@ def ema_figure(rows) -> Figure | None:
     runs = main_runs(rows)
     metrics = [("prompt_following/overall", "prompt following: EMA − raw (points of %)",
                 lambda raw, ema: 100 * (ema - raw)),
-               ("fd_judge", "FD: reduction by EMA (% of raw)", lambda raw, ema: 100 * (raw - ema) / raw),
+               ("fd_judge", "FD: reduction by EMA (% of raw)",
+                lambda raw, ema: 100 * (raw - ema) / raw),
                ("alignment_score", "alignment score: EMA − raw", lambda raw, ema: ema - raw)]
     have = [m for m in metrics
             if any(np.isfinite(r[f"ema/{m[0]}"]) and np.isfinite(r[f"raw/{m[0]}"]) for r in runs)]

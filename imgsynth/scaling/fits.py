@@ -40,7 +40,6 @@ class Metric:
     label: str
     higher_is_better: bool = False
     upper: float | None = None  # bound M of the error transform e = M − y
-    shared: bool = True  # comparable across paradigms (losses are not)
     delta: float = 0.05  # Huber delta on log residuals ≈ sampling noise of a 256-sample metric
 
     @property
@@ -59,13 +58,14 @@ def study_metrics() -> list[Metric]:
     weights, and the end-of-training eval loss."""
     out = []
     for w in WEIGHTS:
-        out += [Metric(f"{w}/prompt_following/overall", f"prompt following, overall ({w})", True, 1.0),
+        out += [Metric(f"{w}/prompt_following/overall", f"prompt following, overall ({w})",
+                       True, 1.0),
                 Metric(f"{w}/fd_judge", f"FD on judge features ({w})"),
                 Metric(f"{w}/alignment_score", f"alignment score ({w})", True, 100.0)]
     out += [Metric(f"{PRIMARY_WEIGHTS}/prompt_following/{c}",
                    f"prompt following, {c.replace('_', ' ')} ({PRIMARY_WEIGHTS})", True, 1.0)
             for c in PROMPT_CATEGORIES[1:]]
-    out.append(Metric("final/eval_loss", "eval loss at the end of training", shared=False,
+    out.append(Metric("final/eval_loss", "eval loss at the end of training",
                       delta=est.LOSS_HUBER_DELTA))
     return out
 
@@ -132,7 +132,8 @@ def _compute_points(runs, metric: Metric):
     finite = [p for p in pts if np.isfinite(p[1])]
     notes = []
     if len(finite) < len(pts):
-        notes.append(f"{len(pts) - len(finite)} run(s) without a value for {metric.column} left out")
+        notes.append(f"{len(pts) - len(finite)} run(s) without a value for {metric.column} "
+                     "left out")
     usable = [p for p in finite if metric.to_error(p[1]) > 0]
     if len(usable) < len(finite):
         notes.append(f"{len(finite) - len(usable)} run(s) at or beyond the bound {metric.upper} "
@@ -146,7 +147,8 @@ def _heldout_compute(C, err, groups, names, metric) -> dict:
         return {"error": "no points"}
     largest = float(groups.max())
     test = _same_budget(groups, largest)
-    out: dict[str, Any] = {"budget": largest, "n_train": int((~test).sum()), "n_test": int(test.sum())}
+    out: dict[str, Any] = {"budget": largest, "n_train": int((~test).sum()),
+                           "n_test": int(test.sum())}
     try:
         law, _ = _caught(est.fit_compute_law, C[~test], err[~test], delta=metric.delta)
     except est.FitError as e:
@@ -189,9 +191,11 @@ def fit_compute_metric(runs, metric: Metric, *, budgets, n_bootstrap: int, seed:
     grid = np.geomspace(lo, hi, 80)
     entry["predictions"] = [_prediction(metric, law, params, b) for b in budgets]
     band = _interval(_boot_errors(params, grid))
+    if band is not None:
+        band = np.sort(metric.from_error(band), axis=0)  # the transform may reverse the order
     entry["curve"] = {"flops": grid.tolist(), "value": metric.from_error(law(grid)).tolist(),
-                      "lo": None if band is None else np.sort(metric.from_error(band), 0)[0].tolist(),
-                      "hi": None if band is None else np.sort(metric.from_error(band), 0)[1].tolist()}
+                      "lo": None if band is None else band[0].tolist(),
+                      "hi": None if band is None else band[1].tolist()}
     entry["heldout"] = _heldout_compute(C, err, groups, names, metric)
     return entry, params
 
@@ -227,7 +231,8 @@ def fit_loss_surface(runs, *, budgets, n_bootstrap: int, seed: int, key: str) ->
     entry: dict[str, Any] = {"loss": column, "form": "L(N, D) = E + A/N^alpha + B/D^beta",
                              "n_points": len(pts), "runs": [r["run"] for r in pts], "warnings": []}
     if len(pts) < len(runs):
-        entry["warnings"].append(f"{len(runs) - len(pts)} run(s) without N, D or {column} left out")
+        entry["warnings"].append(f"{len(runs) - len(pts)} run(s) without N, D or {column} "
+                                 "left out")
     try:
         vp, msgs = _caught(est.fit_loss_law_vp, N, D, L)
         direct, msgs2 = _caught(est.fit_loss_law_direct, N, D, L)
@@ -248,39 +253,47 @@ def fit_loss_surface(runs, *, budgets, n_bootstrap: int, seed: int, key: str) ->
                  k_flops_per_param_example=k,
                  ci95={n: _ci(params[:, i]) for i, n in enumerate(names)},
                  bootstrap={"requested": n_bootstrap, "ok": int(np.isfinite(params[:, 0]).sum())})
-    s = params[:, 2] + params[:, 4]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        G = (params[:, 2] * params[:, 1] / (params[:, 4] * params[:, 3])) ** (1 / s)
+    entry["compute_optimal"] = _compute_optimal(vp, params, k, C, budgets)
+    entry["heldout"] = _heldout_loss(N, D, L, np.array([budget_of(r) for r in pts]))
+    return entry
+
+
+def _compute_optimal(law: est.LossLaw, params: np.ndarray, k: float, C, budgets) -> dict:
+    """N*(C), D*(C) of the fitted L(N, D) at C = k·N·D, with intervals from the resampled laws."""
     try:
-        opt = vp.compute_optimal(k)
+        opt = law.compute_optimal(k)
     except est.FitError as e:
-        entry["compute_optimal"] = {"error": str(e)}
-    else:
-        grid = np.geomspace(C.min() / 1.5, max(C.max() * 1.5, max(budgets) * 1.2), 60)
-        n_boot_opt = G[:, None] * (grid / k) ** (params[:, 4] / s)[:, None]
-        band = _interval(n_boot_opt)
-        entry["compute_optimal"] = {
-            "a": opt.a, "b": opt.b, "G": opt.G, "ci95": {
-                "a": _ci(params[:, 4] / s), "b": _ci(params[:, 2] / s)},
-            "form": "N*(C) = G*(C/k)^a, D*(C) = (C/k)^b / G",
-            "predictions": [{"flops": float(b), "n_opt": float(opt.n_opt(b)),
-                             "d_opt": float(opt.d_opt(b)),
-                             "n_opt_ci95": _ci(G * (b / k) ** (params[:, 4] / s)),
-                             "d_opt_ci95": _ci((b / k) ** (params[:, 2] / s) / G)} for b in budgets],
-            "curve": {"flops": grid.tolist(), "n_opt": opt.n_opt(grid).tolist(),
-                      "lo": None if band is None else band[0].tolist(),
-                      "hi": None if band is None else band[1].tolist()}}
-    groups = np.array([budget_of(r) for r in pts])
+        return {"error": str(e)}
+    _, A, alpha, B, beta = params.T
+    with np.errstate(divide="ignore", invalid="ignore"):  # resamples whose N or D term vanished
+        a, b = beta / (alpha + beta), alpha / (alpha + beta)
+        G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
+
+    def n_opt(flops):
+        return G[:, None] * (np.atleast_1d(flops)[None] / k) ** a[:, None]
+
+    grid = np.geomspace(np.min(C) / 1.5, max(np.max(C) * 1.5, max(budgets) * 1.2), 60)
+    band = _interval(n_opt(grid))
+    return {
+        "form": "N*(C) = G*(C/k)^a, D*(C) = (C/k)^b / G", "a": opt.a, "b": opt.b, "G": opt.G,
+        "ci95": {"a": _ci(a), "b": _ci(b)},
+        "predictions": [{"flops": float(c), "n_opt": float(opt.n_opt(c)),
+                         "d_opt": float(opt.d_opt(c)), "n_opt_ci95": _ci(n_opt(c)[:, 0]),
+                         "d_opt_ci95": _ci(c / (k * n_opt(c)[:, 0]))} for c in budgets],
+        "curve": {"flops": grid.tolist(), "n_opt": opt.n_opt(grid).tolist(),
+                  "lo": None if band is None else band[0].tolist(),
+                  "hi": None if band is None else band[1].tolist()}}
+
+
+def _heldout_loss(N, D, L, groups) -> dict:
     test = _same_budget(groups, groups.max())
+    out = {"budget": float(groups.max()), "n_train": int((~test).sum()), "n_test": int(test.sum())}
     try:
         held, _ = _caught(est.fit_loss_law_vp, N[~test], D[~test], L[~test])
-        pred = held(N[test], D[test])
-        entry["heldout"] = {"budget": float(groups.max()), "n_train": int((~test).sum()),
-                            "n_test": int(test.sum()),
-                            "mean_abs_rel_error": float(np.mean(np.abs(pred / L[test] - 1)))}
     except est.FitError as e:
-        entry["heldout"] = {"error": f"refit without the largest budget refused: {e}"}
-    return entry
+        return {**out, "error": f"refit without the largest budget refused: {e}"}
+    out["mean_abs_rel_error"] = float(np.mean(np.abs(held(N[test], D[test]) / L[test] - 1)))
+    return out
 
 
 def fit_isoflops(runs, *, n_bootstrap: int, seed: int, key: str) -> dict:
@@ -291,6 +304,7 @@ def fit_isoflops(runs, *, n_bootstrap: int, seed: int, key: str) -> dict:
         return {"error": "no eval loss in any run", "budgets": []}
     pts = [r for r in runs if np.isfinite(r[column]) and np.isfinite(r["params_non_embedding"])]
     out: dict[str, Any] = {"loss": column, "budgets": []}
+    resampled: dict[float, np.ndarray] = {}
     for b, sel in budget_groups(pts):
         N = np.array([r["params_non_embedding"] for r in sel])
         L = np.array([r[column] for r in sel])
@@ -302,6 +316,7 @@ def fit_isoflops(runs, *, n_bootstrap: int, seed: int, key: str) -> dict:
         else:
             counts = boot.resample_counts(len(N), n_bootstrap, _rng(seed, key, b))
             n_opts = np.array([_weighted_min(N, L, c) for c in counts])
+            resampled[b] = n_opts
             item.update(parabola=[par.c2, par.c1, par.c0], n_opt=par.n_opt,
                         loss_opt=par.loss_opt, n_opt_ci95=_ci(n_opts),
                         inside_range=bool(N.min() <= par.n_opt <= N.max()))
@@ -310,10 +325,21 @@ def fit_isoflops(runs, *, n_bootstrap: int, seed: int, key: str) -> dict:
     if len(minima) >= 2:
         try:
             a, K = est.fit_frontier([x["budget"] for x in minima], [x["n_opt"] for x in minima])
-            out["frontier"] = {"a": a, "K": K, "form": "N*(C) = K*C^a", "n_budgets": len(minima)}
         except est.FitError as e:
             out["frontier"] = {"error": str(e)}
+        else:
+            # Budgets are resampled independently (a stratified bootstrap); pair them by index.
+            logc = np.log(list(resampled))
+            logn = np.log(np.stack(list(resampled.values()), 1))
+            slopes = np.array([_slope(logc, row) for row in logn])
+            out["frontier"] = {"form": "N*(C) = K*C^a", "a": a, "K": K, "a_ci95": _ci(slopes),
+                               "n_budgets": len(minima)}
     return out
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    ok = np.isfinite(y)
+    return float(np.polyfit(x[ok], y[ok], 1)[0]) if ok.sum() >= 2 else math.nan
 
 
 def _weighted_min(N, L, counts) -> float:
@@ -355,13 +381,18 @@ def crossover(laws: dict[str, est.ComputeLaw], boots: dict[str, np.ndarray], lo:
     d_boot = _boot_errors(boots[challenger], grid) - _boot_errors(boots[leader], grid)
     valid = np.all(np.isfinite(d_boot), axis=1)
     cross = _first_crossing(d_boot[valid], grid)
-    out["fraction_of_resamples_crossing"] = float(np.mean(np.isfinite(cross))) if valid.any() else None
+    out["fraction_of_resamples_crossing"] = (float(np.mean(np.isfinite(cross))) if valid.any()
+                                             else None)
     if not np.any(diff <= 0):
         out.update(status="no crossover in range", flops=None, ci95=None)
         return out
     i = int(np.argmax(diff <= 0))
-    f = lambda lc: float(laws[challenger](math.exp(lc)) - laws[leader](math.exp(lc)))  # noqa: E731
-    flops = lo if i == 0 else math.exp(optimize.brentq(f, math.log(grid[i - 1]), math.log(grid[i])))
+
+    def gap(log_flops):
+        return float(laws[challenger](math.exp(log_flops)) - laws[leader](math.exp(log_flops)))
+
+    flops = lo if i == 0 else math.exp(optimize.brentq(gap, math.log(grid[i - 1]),
+                                                       math.log(grid[i])))
     ci = _interval(cross[np.isfinite(cross)]) if np.isfinite(cross).sum() >= 10 else None
     out.update(status="crossover", flops=flops,
                ci95=None if ci is None else [float(ci[0]), float(ci[1])],
@@ -393,8 +424,9 @@ def _findings(runs, compute_fits, metrics, budgets) -> list[dict]:
             for r in group:
                 values[r["paradigm"]] = pick(values.get(r["paradigm"], r[m.column]), r[m.column])
             if len(values) >= 2:
-                rows.append({"metric": m.column, "label": m.label, "budget": b, "kind": "observed",
-                             "winner": pick(values, key=values.get), "values": values, "clear": None})
+                rows.append({"metric": m.column, "label": m.label, "budget": b,
+                             "kind": "observed", "winner": pick(values, key=values.get),
+                             "values": values, "clear": None})
         fits = {p: f[m.column] for p, f in compute_fits.items() if "params" in f.get(m.column, {})}
         if len(fits) < 2:
             continue

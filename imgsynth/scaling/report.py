@@ -23,9 +23,10 @@ from imgsynth.scaling.estimators import FitError
 from imgsynth.scaling.table import atomic_write
 
 CSS = """
-body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1180px;margin:24px auto;
-padding:0 16px;color:#1a1a1a;line-height:1.45}
-h1{font-size:1.7em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1180px;
+margin:24px auto;padding:0 16px;color:#1a1a1a;line-height:1.45}
+h1{font-size:1.7em;margin-bottom:.2em}
+h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.86em}
 th,td{border:1px solid #d0d0d0;padding:3px 7px;text-align:right;vertical-align:top}
 th{background:#f2f2f2}td.l,th.l{text-align:left}
@@ -49,6 +50,16 @@ def _num(v, digits: int = 3) -> str:
         mant, exp = s.split("e")
         s = f"{mant}e{int(exp)}"
     return s
+
+
+def _num0(E: float) -> str:
+    """E of a fit, shown as 0 when it sits at its bound (a pure power law); fitted metrics are
+    all far above 1e-9."""
+    return "0" if abs(E) < 1e-9 else _num(E)
+
+
+def _warn(text) -> str:
+    return f"<span class='warn'>{_esc(text)}</span>"
 
 
 def _ci(ci, digits: int = 3) -> str:
@@ -116,7 +127,8 @@ def _findings_html(f: dict) -> str:
             verdict = (f"no crossover in range: {_esc(c['leader'])} stays ahead of "
                        f"{_esc(c['challenger'])}")
         frac = c.get("fraction_of_resamples_crossing")
-        cross.append([_esc(c["label"]), verdict, _num(None if frac is None else 100 * frac, 3) + " %"])
+        share = "–" if frac is None else f"{100 * frac:.0f} %"
+        cross.append([_esc(c["label"]), verdict, share])
     lo, hi = f["meta"]["crossover_range"]
     out += (f"<h3>Extrapolated crossovers</h3><p class='note'>Searched over {_num(lo, 2)} – "
             f"{_num(hi, 2)} FLOPs (smallest run to largest requested budget). The interval is the "
@@ -145,8 +157,8 @@ def _summary_html(f: dict) -> str:
             text += "; fitted curves put " + ", ".join(extra)
         crossings = [f"{_esc(c['challenger'])} overtakes {_esc(c['leader'])} at "
                      f"{_num(c['flops'], 2)} {_ci(c['ci95'], 2)}"
-                     for c in f["crossovers"] if c["metric"] == column and c["status"] == "crossover"
-                     and not c["within_data"]]
+                     for c in f["crossovers"] if c["metric"] == column
+                     and c["status"] == "crossover" and not c["within_data"]]
         if crossings:
             text += "; extrapolated crossovers: " + "; ".join(crossings)
         items.append(f"<li>{text}.</li>")
@@ -159,7 +171,7 @@ def _compute_fit_rows(f: dict) -> list[list[str]]:
         for column, e in entries.items():
             if "params" not in e:
                 rows.append([_esc(e.get("label", column)), _esc(p), str(e.get("n_points", 0)),
-                             "–", "–", "–", "–", f"<span class='warn'>{_esc(e.get('error'))}</span>"])
+                             "–", "–", "–", "–", _warn(e.get("error"))])
                 continue
             ho = e["heldout"]
             held = ("–" if "error" in ho else
@@ -167,11 +179,12 @@ def _compute_fit_rows(f: dict) -> list[list[str]]:
                     f"(n={ho['n_test']})")
             pr, ci = e["params"], e["ci95"]
             notes = "; ".join(e["warnings"] + ([ho["error"]] if "error" in ho else []))
+            boot = f"{e['bootstrap']['ok']}/{e['bootstrap']['requested']}"
             rows.append([_esc(e["label"]), _esc(p), str(e["n_points"]),
-                         f"{_num(pr['E'])} {_ci(ci['E'])}", _num(pr["A"]),
+                         f"{_num0(pr['E'])} {_ci(ci['E'])}", _num(pr["A"]),
                          f"{_num(pr['alpha'])} {_ci(ci['alpha'])}", held,
-                         f"<span class='note'>{_esc(e['transform'])}; bootstrap "
-                         f"{e['bootstrap']['ok']}/{e['bootstrap']['requested']}. {_esc(notes)}</span>"])
+                         f"<span class='note'>e = {_esc(e['transform'])}; bootstrap {boot}. "
+                         f"{_esc(notes)}</span>"])
     return rows
 
 
@@ -179,7 +192,7 @@ def _loss_fit_html(f: dict) -> str:
     rows = []
     for p, e in f["loss_fits"].items():
         if "vp" not in e:
-            rows.append([_esc(p), "–", "–", "–", "–", "–", f"<span class='warn'>{_esc(e.get('error'))}</span>"])
+            rows.append([_esc(p), "–", "–", "–", "–", "–", _warn(e.get("error"))])
             continue
         vp, d, ag, ci = e["vp"], e["direct"], e["agreement"], e["ci95"]
         opt = e["compute_optimal"]
@@ -243,8 +256,9 @@ def _samples_html(rows, workdir: str) -> str:
             with open(path, "rb") as fh:
                 b64 = base64.b64encode(fh.read()).decode("ascii")
             fd = _num(best[key]) if key else "–"
-            cells.append(f'<img alt="samples {_esc(best["run"])}" src="data:image/png;base64,{b64}">'
-                         f"<br><span class='note'>size {_esc(best['size'])}, FD {fd}</span>")
+            cells.append(f'<img alt="samples {_esc(best["run"])}" '
+                         f'src="data:image/png;base64,{b64}"><br>'
+                         f"<span class='note'>size {_esc(best['size'])}, FD {fd}</span>")
         body.append([_num(b, 2), *cells])
     return "<div class='samples'>" + _table(["budget (FLOPs)", *paradigms], body) + "</div>"
 
@@ -275,8 +289,8 @@ def _ceilings_html(rows) -> str:
     groups: dict[str, list[dict]] = {}
     for r in rows:
         if r["status"] == "done" and any(np.isfinite(r[f"ceilings/{c}"]) for c in table.CEILINGS):
-            ae = next((part for part in r["ablation"].split(";") if part.startswith("autoencoder=")),
-                      "autoencoder=default")
+            ae = next((part for part in r["ablation"].split(";")
+                       if part.startswith("autoencoder=")), "autoencoder=default")
             groups.setdefault(ae, []).append(r)
     if not groups:
         return "<p class='note'>No eval.json reports instrument ceilings.</p>"
@@ -344,13 +358,15 @@ def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) ->
             f"lines: fitted e(C) with e = 1 − y, solid over the data, dashed beyond; {band}; "
             "dotted verticals: extrapolation budgets; dashed horizontals: instrument ceilings.")
             + fig(figures.categories_figure(rows, f), "prompt_following_categories",
-                  f"Prompt following per category ({primary.upper()} weights) with fitted curves.")),
+                  f"Prompt following per category ({primary.upper()} weights) with fitted "
+                  "curves.")),
         ("fd", "Image quality: FD on judge features", fig(
             figures.metric_vs_flops(rows, f, "fd_judge"), "fd_judge",
             "Fréchet distance between judge-network features of generated and held-out real "
             "images (lower is better; the judge replaces Inception, so values are not comparable "
             "with published Inception-based scores), against training FLOPs, log–log. "
-            f"Dashed horizontal: FD of autoencoder reconstructions, the floor for any generator; {band}.")),
+            "Dashed horizontal: FD of autoencoder reconstructions, the floor for any generator; "
+            f"{band}.")),
         ("alignment", "Alignment score", fig(
             figures.metric_vs_flops(rows, f, "alignment_score"), "alignment_score",
             "Contrastive image–text alignment, 100·max(cos, 0) (CLIP-score convention; higher is "
@@ -426,7 +442,8 @@ def _budgets(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--budgets must be comma-separated FLOP counts, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--budgets must be comma-separated FLOP counts, got {text!r}")
     if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
         raise argparse.ArgumentTypeError(f"--budgets must be positive FLOP counts, got {text!r}")
     return values

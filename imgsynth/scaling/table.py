@@ -60,7 +60,7 @@ class Results:
 
 
 def atomic_write(path: str, data: str | bytes) -> None:
-    """Writes to a temporary name in the same folder, then renames: readers never see half a file."""
+    """Writes to a temporary name in the same folder, then renames: no reader sees half a file."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
@@ -165,7 +165,8 @@ def _run_row(run_dir: str, workdir: str, warn) -> tuple[dict, list[dict], bool]:
     evaluation = _read_json(os.path.join(run_dir, "eval.json"), f"{name}/eval.json", warn)
     grid = config.get("grid") if isinstance(config.get("grid"), dict) else {}
     row: dict[str, Any] = {
-        "run": name, "paradigm": str(config.get("paradigm", "")), "size": str(config.get("size", "")),
+        "run": name, "paradigm": str(config.get("paradigm", "")),
+        "size": str(config.get("size", "")),
         "seed": _number(config.get("seed")), "grid": str(grid.get("name", "")),
         "ablation": ablation_label(grid), "status": str(status.get("status", "unknown")),
         "reason": str(status.get("reason") or ""), "budget": _number(grid.get("budget")),
@@ -249,7 +250,8 @@ def collect(workdir: str) -> Results:
         raise FileNotFoundError(f"workdir {workdir!r} does not exist")
     run_dirs = find_run_dirs(workdir)
     if not run_dirs:
-        raise NoResultsError(f"no run directories under {workdir!r}: expected runs/<name>/config.json")
+        raise NoResultsError(
+            f"no run directories under {workdir!r}: expected runs/<name>/config.json")
     warnings: list[str] = []
 
     def warn(message: str) -> None:
