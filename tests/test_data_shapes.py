@@ -39,6 +39,11 @@ def test_same_seed_same_bytes_other_seed_other_bytes(built, tmp_path):
         open(os.path.join(again, "vocab.json")).read()
 
 
+def test_worker_processes_write_the_same_bytes(built, tmp_path):
+    parallel = build.build_shapes(str(tmp_path), _config(), num_workers=2, chunk_size=16)
+    assert _record_files(parallel) == _record_files(built)
+
+
 def test_records_hold_image_caption_category_and_a_scene_that_satisfies_it(built):
     builder = tfds.builder_from_directory(built)
     assert {k: v.num_examples for k, v in builder.info.splits.items()} == \
@@ -56,6 +61,19 @@ def test_records_hold_image_caption_category_and_a_scene_that_satisfies_it(built
     assert len(categories) >= 4 and "none" not in categories
     summary = json.load(open(os.path.join(built, build.SUMMARY_FILE)))
     assert summary["splits"] == {"train": 60, "validation": 12}
+
+
+def test_fast_record_source_decodes_exactly_like_tfds(built):
+    from imgsynth.data.records import RecordSource
+    reference = tfds.builder_from_directory(built).as_data_source("validation")
+    fast = RecordSource(built, "validation")
+    assert len(fast) == len(reference) == 12
+    for a, b in zip(reference, fast.__getitems__(range(12))):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        assert (a["caption"], a["category"]) == (b["caption"], b["category"])
+        for key, value in a["objects"].items():
+            np.testing.assert_array_equal(np.asarray(value), b["objects"][key])
+            assert np.asarray(value).dtype == b["objects"][key].dtype
 
 
 def test_named_configs_cover_resolutions_and_sizes():

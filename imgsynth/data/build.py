@@ -26,7 +26,7 @@ from collections.abc import Callable
 import tensorflow_datasets as tfds
 
 from imgsynth.data import folder as folder_lib
-from imgsynth.data import mapped, shapes
+from imgsynth.data import mapped, records, shapes
 from imgsynth.data.spec import DataSpec
 from imgsynth.data.tokenizer import WordTokenizer
 
@@ -96,9 +96,9 @@ def _write_json(path: str, value) -> None:
 
 
 def _train_captions(path: str) -> list[str]:
-    src = tfds.builder_from_directory(path).as_data_source(
-        "train", decoders={"image": tfds.decode.SkipDecoding()})
-    return [src[i]["caption"] for i in range(len(src))]
+    raw = records.RecordSource(path, "train").raw
+    return [records.decode_caption(r) for start in range(0, len(raw), 4096)
+            for r in raw.__getitems__(range(start, min(start + 4096, len(raw))))]
 
 
 def _write_vocab(path: str, text_max_len: int, log: Log) -> None:
@@ -162,13 +162,14 @@ def _ensure(final_dir: str, make_builder: Callable[[str], tfds.core.DatasetBuild
 
 
 def build_shapes(data_dir: str, config: str | shapes.ShapesConfig = "r32", *,
-                 text_max_len: int = 16, num_workers: int | None = None, log: Log = logging.info,
-                 wait_timeout_s: float = 7200.0) -> str:
+                 text_max_len: int = 16, num_workers: int | None = None, chunk_size: int = 1_000,
+                 log: Log = logging.info, wait_timeout_s: float = 7200.0) -> str:
     """The captioned shapes dataset for a named config (or a ShapesConfig, e.g. tiny test sizes)."""
     name = config if isinstance(config, str) else config.name
     final_dir = os.path.join(data_dir, shapes.NAME, name, shapes.VERSION)
     return _ensure(final_dir, lambda tmp: shapes.CaptionedShapes(
-        config=config, data_dir=tmp, num_workers=num_workers), text_max_len, log, wait_timeout_s)
+        config=config, data_dir=tmp, num_workers=num_workers, chunk_size=chunk_size),
+        text_max_len, log, wait_timeout_s)
 
 
 def build_folder(data_dir: str, src: str, name: str, resolution: int = 32, *,

@@ -22,7 +22,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from imgsynth.data import build, mapped, scene as scene_lib
+from imgsynth.data import build, mapped, records, scene as scene_lib
 from imgsynth.data.spec import DataSpec
 from imgsynth.data.tokenizer import ByteTokenizer, WordTokenizer, load as load_tokenizer_file
 
@@ -46,10 +46,10 @@ def load_split(config_data, split: str):
             f"dataset {spec.name!r} is not built at {path}: call "
             f"imgsynth.data.build.build_if_missing(config.data) or run "
             f"`python -m imgsynth.data.build --dataset={spec.name} --data_dir={spec.data_dir} ...`")
-    builder = tfds.builder_from_directory(path)
-    if split.split("[")[0] not in builder.info.splits:
-        raise ValueError(f"{path} has splits {list(builder.info.splits)}, not {split!r}")
-    return builder.as_data_source(split)
+    splits = tfds.builder_from_directory(path).info.splits
+    if split.split("[")[0] not in splits:
+        raise ValueError(f"{path} has splits {list(splits)}, not {split!r}")
+    return records.RecordSource(path, split)
 
 
 def load_tokenizer(config_data) -> WordTokenizer | ByteTokenizer:

@@ -7,9 +7,12 @@ real data).
 """
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
+from tensorflow_datasets.proto import tf_example_pb2
 
 from imgsynth.data import scene as scene_lib
 
@@ -29,6 +32,48 @@ def features(resolution: int) -> tfds.features.FeaturesDict:
             "col": np.int32,
         }),
     })
+
+
+_OBJECT_DTYPES = {"shape": np.int64, "color": np.int64, "size": np.int64, "row": np.int32,
+                  "col": np.int32}
+
+
+def decode_record(raw: bytes) -> dict:
+    """A serialized record of this layout → the dict TFDS would decode, about twice as fast:
+    TFDS's generic parser spends most of its time walking feature specs in Python."""
+    feature = tf_example_pb2.Example.FromString(raw).features.feature
+    with Image.open(io.BytesIO(feature["image"].bytes_list.value[0]), formats=("PNG",)) as im:
+        image = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    objects = {k: np.asarray(feature[f"objects/{k}"].int64_list.value if f"objects/{k}" in feature
+                             else (), dtype) for k, dtype in _OBJECT_DTYPES.items()}
+    return {"image": image, "caption": feature["caption"].bytes_list.value[0],
+            "category": np.int64(feature["category"].int64_list.value[0]), "objects": objects}
+
+
+def decode_caption(raw: bytes) -> str:
+    return tf_example_pb2.Example.FromString(raw).features.feature["caption"] \
+        .bytes_list.value[0].decode("utf-8")
+
+
+class RecordSource:
+    """Random access to one split of a built dataset of this layout (len, getitem, getitems)."""
+
+    def __init__(self, path: str, split: str):
+        self.path, self.split = path, split
+        self.raw = tfds.builder_from_directory(path).as_data_source(
+            split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: int) -> dict:
+        return decode_record(self.raw[index])
+
+    def __getitems__(self, indices) -> list[dict]:
+        return [decode_record(r) for r in self.raw.__getitems__(indices)]
+
+    def __repr__(self) -> str:
+        return f"RecordSource({self.path!r}, {self.split!r}, {len(self)} records)"
 
 
 def empty_objects() -> dict[str, np.ndarray]:

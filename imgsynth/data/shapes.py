@@ -19,8 +19,6 @@ from imgsynth.data.render import make_records
 NAME = "captioned_shapes"
 SPLITS = ("train", "validation", "test")
 VERSION = "1.0.0"
-_CHUNK = 1_000  # records per worker task
-_MIN_PARALLEL = 5_000  # below this, starting workers costs more than it saves
 
 
 @dataclasses.dataclass
@@ -69,9 +67,11 @@ class CaptionedShapes(records.OfflineBuilder):
     BUILDER_CONFIGS = _configs()
     DEFAULT_CONFIG_NAME = "r32"
 
-    def __init__(self, *, num_workers: int | None = None, **kwargs):
+    def __init__(self, *, num_workers: int | None = None, chunk_size: int = 1_000, **kwargs):
+        """`num_workers` processes render `chunk_size` records per task (1: no processes)."""
         super().__init__(**kwargs)
         self._num_workers = default_workers() if num_workers is None else num_workers
+        self._chunk_size = chunk_size
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -89,13 +89,15 @@ class CaptionedShapes(records.OfflineBuilder):
     def _generate_examples(self, split: str):
         c = self.builder_config
         n = c.split_sizes()[split]
-        tasks = [(c.resolution, c.seed, SPLITS.index(split), s, min(s + _CHUNK, n),
-                  c.supersample) for s in range(0, n, _CHUNK)]
-        if self._num_workers <= 1 or n < _MIN_PARALLEL:
+        step = self._chunk_size
+        tasks = [(c.resolution, c.seed, SPLITS.index(split), s, min(s + step, n), c.supersample)
+                 for s in range(0, n, step)]
+        if self._num_workers <= 1 or len(tasks) == 1:
             for task in tasks:
                 yield from make_records(task)
             return
-        # 'spawn': workers need numpy and PIL only and must not inherit TensorFlow's threads.
+        # 'spawn': workers need numpy and PIL only and must not inherit the threads of TensorFlow
+        # or jax. As with any spawned pool, a calling script needs `if __name__ == "__main__":`.
         with multiprocessing.get_context("spawn").Pool(self._num_workers) as pool:
             for chunk in pool.imap(make_records, tasks):
                 yield from chunk

@@ -1,0 +1,111 @@
+"""Data throughput: shapes generation (records written per second) and the grain pipeline's
+batch rate.
+
+    python benchmarks/data_throughput.py [--records=5000] [--resolution=32] [--global_batch_size=64]
+
+Generation builds `--records` training records with the real TFDS builder (render, PNG, encode,
+shuffle, write ArrayRecord) and extrapolates the minutes for 100k records; `--records=100000`
+measures the full build instead. The pipeline reads that build through `train_iterator` with the
+standard transform (decode, tokenize, normalise, batch) on this process alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from imgsynth.data import build, pipeline, shapes  # noqa: E402
+from imgsynth.data.render import make_record  # noqa: E402
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=5000)
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--global_batch_size", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--num_workers", type=int, default=None)
+    args = parser.parse_args()
+
+    # Rendering alone (scene, raster, PNG), without TFDS encoding and writing.
+    n_render = min(args.records, 2000)
+    start = time.perf_counter()
+    for i in range(n_render):
+        make_record(args.resolution, 0, 0, i)
+    render_per_s = n_render / (time.perf_counter() - start)
+
+    tmp = tempfile.mkdtemp(prefix="imgsynth-bench-")
+    try:
+        config = shapes.ShapesConfig(name=f"r{args.resolution}_bench", resolution=args.resolution,
+                                     num_train=args.records, num_validation=0, num_test=0)
+        workers = shapes.default_workers() if args.num_workers is None else args.num_workers
+        start = time.perf_counter()
+        path = build.build_shapes(tmp, config, num_workers=workers, log=lambda m: None)
+        build_s = time.perf_counter() - start  # includes the vocabulary pass
+        images_per_s = args.records / build_s
+        minutes_100k = 100_000 / images_per_s / 60
+
+        import tensorflow_datasets as tfds
+        source = tfds.builder_from_directory(path).as_data_source("train")
+        tokenizer = pipeline.load_tokenizer({"name": "tfds", "tfds_name": "-", "label_key": "-",
+                                             "tokenizer": "byte", "text_max_len": 64})
+        it = pipeline.train_iterator(
+            source, global_batch_size=args.global_batch_size, seed=0,
+            transform=pipeline.ModelInputs(tokenizer, args.resolution),
+            process_index=0, process_count=1)
+        for _ in range(10):  # warm-up: threads start, prefetch buffer fills
+            next(it)
+        start = time.perf_counter()
+        for _ in range(args.batches):
+            next(it)
+        batches_per_s = args.batches / (time.perf_counter() - start)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    extrapolated = args.records < 100_000
+    rows = [
+        ("cpu", f"{_cpu()} ({len(os.sched_getaffinity(0))} cores)"),
+        ("render only (scene, raster, PNG)", f"{render_per_s:,.0f} records/s"),
+        (f"build {args.records:,} records at {args.resolution} px, {workers} worker(s)",
+         f"{build_s:.1f} s = {images_per_s:,.0f} records/s"),
+        ("100k records at this rate" + (" (extrapolated)" if extrapolated else " (measured)"),
+         f"{minutes_100k:.2f} min"),
+        (f"grain pipeline, global_batch_size {args.global_batch_size}",
+         f"{batches_per_s:.1f} batches/s = {batches_per_s * args.global_batch_size:,.0f} images/s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print(json.dumps({
+        "images_per_s": round(images_per_s, 1),
+        "pipeline_batches_per_s": round(batches_per_s, 2),
+        "pipeline_images_per_s": round(batches_per_s * args.global_batch_size, 1),
+        "render_only_per_s": round(render_per_s, 1),
+        "minutes_per_100k": round(minutes_100k, 2),
+        "minutes_per_100k_extrapolated": extrapolated,
+        "records": args.records, "resolution": args.resolution,
+        "global_batch_size": args.global_batch_size, "num_workers": workers,
+        "cpu": _cpu(), "cores": len(os.sched_getaffinity(0)),
+    }))
+
+
+if __name__ == "__main__":
+    main()
