@@ -81,8 +81,9 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     extrapolated = args.records < 100_000
+    load = os.getloadavg()[0]  # other work on the machine slows every figure
     rows = [
-        ("cpu", f"{_cpu()} ({len(os.sched_getaffinity(0))} cores)"),
+        ("cpu", f"{_cpu()} ({len(os.sched_getaffinity(0))} cores), load average {load:.1f}"),
         ("render only (scene, raster, PNG)", f"{render_per_s:,.0f} records/s"),
         (f"build {args.records:,} records at {args.resolution} px, {workers} worker(s)",
          f"{build_s:.1f} s = {images_per_s:,.0f} records/s"),
@@ -103,7 +104,7 @@ def main() -> None:
         "minutes_per_100k_extrapolated": extrapolated,
         "records": args.records, "resolution": args.resolution,
         "global_batch_size": args.global_batch_size, "num_workers": workers,
-        "cpu": _cpu(), "cores": len(os.sched_getaffinity(0)),
+        "cpu": _cpu(), "cores": len(os.sched_getaffinity(0)), "load_average_1min": round(load, 2),
     }))
 
 

@@ -119,3 +119,21 @@ def test_load_split_requires_a_built_dataset(tmp_path):
     with pytest.raises(FileNotFoundError, match="build_if_missing"):
         pipeline.load_split({"name": "shapes", "data_dir": str(tmp_path),
                              "builder_config": "r16_tiny", "resolution": 16}, "train")
+
+
+def test_config_data_as_configdict_is_read_and_checked(tmp_path):
+    import ml_collections
+    from imgsynth.data.spec import DataSpec
+    config = ml_collections.ConfigDict(dict(
+        name="shapes", data_dir=str(tmp_path), resolution=16, builder_config="r16_tiny",
+        text_max_len=16, tokenizer="word", src="", folder_name="", tfds_name="",
+        image_key="image", text_key="", label_key="", caption_template="a photo of a {label}",
+        some_key_for_another_stage=1))
+    spec = DataSpec.of(config)
+    assert (spec.name, spec.resolution, spec.shapes_config) == ("shapes", 16, "r16_tiny")
+    config.tokenizer = "sentencepiece"
+    with pytest.raises(ValueError, match="tokenizer='sentencepiece'"):
+        DataSpec.of(config)
+    config.tokenizer, config.data_dir = "word", ""
+    with pytest.raises(ValueError, match="data_dir is required"):
+        DataSpec.of(config)
