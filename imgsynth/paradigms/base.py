@@ -80,3 +80,18 @@ def example_captions(config, n: int, rng) -> dict:
     ids = rng.integers(1, config.text.vocab_size, size=(n, L)).astype("int32")
     mask = np.arange(L)[None] < lengths
     return {"text_ids": np.where(mask, ids, 0).astype("int32"), "text_mask": mask}
+
+
+def fori_loop(model, lower: int, upper: int, body, init):
+    """`jax.lax.fori_loop` whose body receives the model: `body(model, i, carry) -> carry`.
+
+    NNX modules may not be closed over by raw JAX loops (their variables would live at another
+    trace level), so the model's state travels through the loop carry and is merged each step.
+    """
+    graphdef, state = nnx.split(model)
+
+    def step(i, c):
+        state, carry = c
+        return state, body(nnx.merge(graphdef, state), i, carry)
+
+    return jax.lax.fori_loop(lower, upper, step, (state, init))[1]

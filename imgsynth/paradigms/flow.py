@@ -143,10 +143,9 @@ def sample(model, text_ids, text_mask, rng, config):
     x = jax.random.normal(rng, (text_ids.shape[0], h, w, config.autoencoder.latent_channels))
     ts = jnp.linspace(1.0, 0.0, steps + 1)
 
-    def velocity(x, t):
-        return _guided_velocity(model, x, t, text_ids, text_mask, null_ids, null_mask, guidance)
-
-    def step(i, x):
+    def step(model, i, x):
+        def velocity(x, t):
+            return _guided_velocity(model, x, t, text_ids, text_mask, null_ids, null_mask, guidance)
         t, t_next = ts[i], ts[i + 1]
         v = velocity(x, t)
         x_next = x + (t_next - t) * v
@@ -154,4 +153,4 @@ def sample(model, text_ids, text_mask, rng, config):
             x_next = x + (t_next - t) * 0.5 * (v + velocity(x_next, t_next))
         return x_next
 
-    return jax.lax.fori_loop(0, steps, step, x)
+    return base.fori_loop(model, 0, steps, step, x)
