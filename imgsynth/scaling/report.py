@@ -398,8 +398,10 @@ def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) ->
          "at that budget.</p>" + _samples_html(rows, workdir)),
         ("ablations", "Ablations", fig(
             figures.ema_figure(rows), "ema",
-            "EMA weights against raw weights on the main grid: relative improvement (positive: "
-            "EMA better).") + _ablation_html(rows)),
+            "EMA against raw weights of the same main-grid runs (positive: EMA better): "
+            "percentage points of prompt following, FD reduction in % of the raw FD, and "
+            "alignment-score points. Table: each ablation run against the main run of the same "
+            "paradigm, size and budget.") + _ablation_html(rows)),
         ("ceilings", "Instrument ceilings", "<p class='note'>What the instruments can resolve: "
          "the judge's accuracy on real images bounds prompt following; the autoencoder's "
          "reconstructions bound both prompt following and FD.</p>" + _ceilings_html(rows)),
