@@ -36,6 +36,12 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and of its finished children (workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=5000)
@@ -57,11 +63,15 @@ def main() -> None:
         config = shapes.ShapesConfig(name=f"r{args.resolution}_bench", resolution=args.resolution,
                                      num_train=args.records, num_validation=0, num_test=0)
         workers = shapes.default_workers() if args.num_workers is None else args.num_workers
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         path = build.build_shapes(tmp, config, num_workers=workers, log=lambda m: None)
         build_s = time.perf_counter() - start  # includes the vocabulary pass
+        build_cpu_s = _cpu_seconds() - cpu_start
         images_per_s = args.records / build_s
         minutes_100k = 100_000 / images_per_s / 60
+        # CPU seconds barely depend on what else runs on the machine: the minutes an idle
+        # machine would need, when the build runs in one process.
+        minutes_100k_cpu = 100_000 * build_cpu_s / args.records / 60
 
         import tensorflow_datasets as tfds
         source = tfds.builder_from_directory(path).as_data_source("train")
@@ -73,10 +83,11 @@ def main() -> None:
             process_index=0, process_count=1)
         for _ in range(10):  # warm-up: threads start, prefetch buffer fills
             next(it)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         for _ in range(args.batches):
             next(it)
         batches_per_s = args.batches / (time.perf_counter() - start)
+        cpu_ms_per_batch = 1000 * (_cpu_seconds() - cpu_start) / args.batches
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -89,8 +100,10 @@ def main() -> None:
          f"{build_s:.1f} s = {images_per_s:,.0f} records/s"),
         ("100k records at this rate" + (" (extrapolated)" if extrapolated else " (measured)"),
          f"{minutes_100k:.2f} min"),
+        ("CPU time of the build", f"{build_cpu_s:.1f} s = {minutes_100k_cpu:.2f} CPU-min per 100k"),
         (f"grain pipeline, global_batch_size {args.global_batch_size}",
          f"{batches_per_s:.1f} batches/s = {batches_per_s * args.global_batch_size:,.0f} images/s"),
+        ("CPU time per batch", f"{cpu_ms_per_batch:.1f} ms"),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -99,9 +112,11 @@ def main() -> None:
         "images_per_s": round(images_per_s, 1),
         "pipeline_batches_per_s": round(batches_per_s, 2),
         "pipeline_images_per_s": round(batches_per_s * args.global_batch_size, 1),
+        "pipeline_cpu_ms_per_batch": round(cpu_ms_per_batch, 1),
         "render_only_per_s": round(render_per_s, 1),
         "minutes_per_100k": round(minutes_100k, 2),
         "minutes_per_100k_extrapolated": extrapolated,
+        "cpu_minutes_per_100k": round(minutes_100k_cpu, 2),
         "records": args.records, "resolution": args.resolution,
         "global_batch_size": args.global_batch_size, "num_workers": workers,
         "cpu": _cpu(), "cores": len(os.sched_getaffinity(0)), "load_average_1min": round(load, 2),

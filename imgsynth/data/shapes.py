@@ -55,7 +55,8 @@ CONFIG_NAMES = tuple(c.name for c in _configs())
 
 def default_workers() -> int:
     """One core is left to the main process, which encodes and writes every record."""
-    return max(1, min(8, len(os.sched_getaffinity(0)) - 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, (cores or 1) - 1))
 
 
 class CaptionedShapes(records.OfflineBuilder):
