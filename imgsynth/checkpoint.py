@@ -18,6 +18,11 @@ from orbax.checkpoint import checkpoint_managers as policies
 class Checkpointer:
     def __init__(self, directory: str, *, max_to_keep: int = 2, keep_steps=()):
         """Keeps the latest `max_to_keep` checkpoints plus every step in `keep_steps` forever."""
+        if jax.default_backend() == "cpu":
+            # Fake CPU devices share one memory: splitting replicated arrays across them for a
+            # parallel write only multiplies tiny device-to-host copies.
+            ocp.type_handlers.register_type_handler(
+                jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
         options = ocp.CheckpointManagerOptions(
             create=True, enable_async_checkpointing=False,
             preservation_policy=policies.AnyPreservationPolicy([

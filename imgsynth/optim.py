@@ -20,7 +20,8 @@ def schedule(opt, total_steps: int) -> optax.Schedule:
             [rest - decay])
     else:
         raise ValueError(f"optimizer.schedule={opt.schedule!r}; choose cosine, constant or wsd")
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+    joined = optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+    return lambda step: joined(step + 1)   # the first update already moves (lr = peak / warmup)
 
 
 def _decay_mask(params):
