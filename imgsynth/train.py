@@ -8,6 +8,7 @@ asks which one it runs.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -43,6 +44,72 @@ def plan(config: ml_collections.ConfigDict):
     return module, cost, total_steps, keep_steps
 
 
+def make_update(config, module, graphdef, total_steps: int):
+    """The state initialiser and the update step (AdamW, clipping, EMA) as pure functions."""
+    tx, lr_schedule = optim.make(config.optimizer, total_steps)
+    base_key = jax.random.key(config.seed)
+
+    def init_state(params):
+        return {"params": params, "ema": jax.tree.map(jnp.copy, params), "opt": tx.init(params),
+                "step": jnp.zeros((), jnp.int32)}
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(base_key, state["step"])   # resume-safe: a function of the step
+
+        def loss_fn(params):
+            return module.loss(nnx.merge(graphdef, params), batch, rng, config)
+
+        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        ema = optax.incremental_update(params, state["ema"], 1.0 - config.ema_decay)
+        metrics = {f"train/{k}": v for k, v in aux.items()}
+        metrics["train/grad_norm"] = optax.global_norm(grads)
+        metrics["train/lr"] = lr_schedule(state["step"])
+        return {"params": params, "ema": ema, "opt": opt, "step": state["step"] + 1}, metrics
+
+    return init_state, train_step
+
+
+def compile_only(config: ml_collections.ConfigDict) -> dict:
+    """Lowers and compiles the update step for the configured mesh without creating any weights.
+
+    Reports the memory the step needs per device, so a configuration that does not fit is found
+    before a pod is paid for.
+    """
+    module, cost, total_steps, _ = plan(config)
+    mesh = sharding.make_mesh(config.mesh)
+    config_lib.validate(config, data_parallel=sharding.data_parallel_size(mesh),
+                        tensor_parallel=mesh.shape["tensor"])
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
+        graphdef, abstract_params = nnx.get_abstract_model(
+            lambda: module.build(config, nnx.Rngs(config.seed)), mesh)
+        init_state, train_step = make_update(config, module, graphdef, total_steps)
+        state_shardings = jax.jit(init_state).lower(abstract_params).compile().output_shardings
+        abstract_state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            jax.eval_shape(init_state, abstract_params), state_shardings)
+        example = module.example_batch(config, config.global_batch_size, np.random.default_rng(0))
+        batch_sharding = sharding.batch_sharding(mesh)
+        abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+                          for k, v in example.items()}
+        t0 = time.perf_counter()
+        compiled = jax.jit(train_step, donate_argnums=(0,),
+                           out_shardings=(state_shardings, None)).lower(
+            abstract_state, abstract_batch).compile()
+        compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    report = {"mesh": dict(mesh.shape), "devices": jax.device_count(), "compile_s": compile_s,
+              "params_total": cost.params_total, "total_steps": total_steps}
+    for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                  "generated_code_size_in_bytes", "alias_size_in_bytes"):
+        report[field] = getattr(mem, field, None) if mem is not None else None
+    if mem is not None:
+        report["peak_bytes_per_device"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                                           + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+    return report
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, sources=None) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the last metrics row.
 
@@ -75,39 +142,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, sources=None) -> dict
     train_iter = pipeline.train_iterator(train_source, global_batch_size=config.global_batch_size,
                                          seed=config.seed, mesh=mesh)
 
-    # ---- Model and optimizer -----------------------------------------------------------------
-    tx, lr_schedule = optim.make(config.optimizer, total_steps)
+    # ---- Model, optimizer, sharded state, update step -----------------------------------------
     model = sharding.create_sharded(lambda: module.build(config, nnx.Rngs(config.seed)), mesh)
     graphdef, params = nnx.split(model)
-
-    # ---- Sharded state -------------------------------------------------------------------------
+    init_state, train_step = make_update(config, module, graphdef, total_steps)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
-        state = jax.jit(lambda p: {"params": p, "ema": jax.tree.map(jnp.copy, p),
-                                   "opt": tx.init(p), "step": jnp.zeros((), jnp.int32)})(params)
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    batch_sharding = sharding.batch_sharding(mesh)
-
-    # ---- Update step -------------------------------------------------------------------------
-    base_key = jax.random.key(config.seed)
-
-    def train_step(state, batch):
-        rng = jax.random.fold_in(base_key, state["step"])
-
-        def loss_fn(params):
-            return module.loss(nnx.merge(graphdef, params), batch, rng, config)
-
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt = tx.update(grads, state["opt"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        ema = optax.incremental_update(params, state["ema"], 1.0 - config.ema_decay)
-        metrics = {f"train/{k}": v for k, v in aux.items()}
-        metrics["train/grad_norm"] = optax.global_norm(grads)
-        metrics["train/lr"] = lr_schedule(state["step"])
-        return {"params": params, "ema": ema, "opt": opt, "step": state["step"] + 1}, metrics
-
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
+        state = jax.jit(init_state)(params)
+        state_shardings = jax.tree.map(lambda x: x.sharding, state)
         step_fn = jax.jit(train_step, donate_argnums=(0,),
-                          in_shardings=(state_shardings, batch_sharding),
+                          in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                           out_shardings=(state_shardings, None))
 
     # ---- Checkpoint --------------------------------------------------------------------------
@@ -265,6 +308,14 @@ def main(argv) -> None:
     del argv
     logging.basicConfig(level=logging.INFO)
     try:
+        if _COMPILE_ONLY.value:
+            report = compile_only(_CONFIG.value)
+            for k, v in report.items():
+                print(f"{k:<32} {v}")
+            print(json.dumps(report))
+            return
+        if not _WORKDIR.value:
+            raise SystemExit("error: --workdir is required (unless --compile_only)")
         train(_CONFIG.value, _WORKDIR.value)
     except (config_lib.ConfigError, NonFiniteLoss) as e:
         raise SystemExit(f"error: {e}") from None
@@ -276,5 +327,7 @@ if __name__ == "__main__":
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.")
     _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if present).")
-    flags.mark_flags_as_required(["config", "workdir"])
+    _COMPILE_ONLY = flags.DEFINE_bool(
+        "compile_only", False, "Only lower and compile the update step; print its memory needs.")
+    flags.mark_flags_as_required(["config"])
     app.run(main)
