@@ -140,7 +140,8 @@ def default_config(paradigm: str, arg: str | None = None, **arg_defaults) -> ml_
     c.data = ml_collections.ConfigDict(dict(
         name="shapes", data_dir="", resolution=32, builder_config="r32", text_max_len=16,
         tokenizer="word", src="", folder_name="", tfds_name="", image_key="image",
-        text_key="", label_key="", caption_template="a photo of a {label}"))
+        text_key="", label_key="", caption_template="a photo of a {label}",
+        synthetic_examples=1024))   # data.name="synthetic": random records (throughput, tests)
     c.autoencoder = ml_collections.ConfigDict(dict(
         workdir="", kind="kl", downsample=4, latent_channels=4, lfq_bits=10))
     c.cache_dir = "~/.cache/imgsynth"   # shared data/autoencoders for runlocal and grids

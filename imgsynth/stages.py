@@ -20,7 +20,7 @@ def synthetic_records(config, n: int, seed: int) -> list[dict]:
 def generator_data(config):
     """(train, eval) random-access sources of the records the paradigm trains on."""
     if config.data.name == "synthetic":
-        n = config.data.get("synthetic_examples", 1024)
+        n = config.data.synthetic_examples
         return (synthetic_records(config, n, config.seed),
                 synthetic_records(config, max(n // 8, config.global_batch_size), config.seed + 1))
     raise NotImplementedError(
