@@ -7,6 +7,7 @@ wrong or truncated file can never silently give a half-random network.
 """
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterable
 
@@ -89,3 +90,21 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
     os.replace(tmp, path)
+
+
+def state_npz_bytes(model: nnx.Module) -> bytes:
+    """Every variable of a trained metric model as .npz bytes, keyed by 'a/b/0/kernel' paths."""
+    flat = traverse_util.flatten_dict(nnx.state(model).to_pure_dict())
+    buffer = io.BytesIO()
+    np.savez(buffer, **{"/".join(map(str, k)): np.asarray(v) for k, v in flat.items()})
+    return buffer.getvalue()
+
+
+def restore_state(factory: Callable[[], nnx.Module], path: str, what: str) -> nnx.Module:
+    """Inverse of `state_npz_bytes`, with the same strict coverage check as `load_into`."""
+    weights = read_npz(path, what=what, how_to_get="")
+
+    def convert(key, array):
+        return [(tuple(int(p) if p.isdigit() else p for p in key.split("/")), array)]
+
+    return load_into(factory, weights, convert, what=what)

@@ -1,0 +1,222 @@
+"""The judge: a small CNN that reads a shapes image back into its `Scene`.
+
+The dataset puts at most one object in each cell of a GRID×GRID grid, so the judge has one slot
+per cell and predicts, for each, empty-or-shape, colour and size. Count, positions and attributes
+then decode exactly (`decode`), and `scene.satisfies` turns a read-back scene into the
+prompt-following verdict. Convolutional features are average-pooled over each cell's exact area
+(cells need not align with pixels: 32 px / 3), and one small head shared by all cells reads each
+pooled vector, so every training image teaches the head nine times.
+
+The judge is trained once per dataset version by `python -m imgsynth.metrics.train_judge` and
+cached at `<data_dir>/judges/<builder_config>-<version>/` (`weights.npz`, `judge.json` with the
+measured ceiling). `features` (the per-cell hidden vectors, concatenated) feed `frechet.fd`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from imgsynth.data import scene as scene_lib
+from imgsynth.data.scene import COLOR_NAMES, GRID, SHAPES, SIZES, Scene, SceneObject
+from imgsynth.metrics import _data, _weights, frechet
+
+CELLS = GRID * GRID
+NUM_CLASSES = 1 + len(SHAPES)  # class 0 = empty cell
+WEIGHTS_FILE, INFO_FILE = "weights.npz", "judge.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeConfig:
+    resolution: int = 32
+    widths: tuple[int, ...] = (32, 64)  # one stage each; every stage after the first halves H, W
+    hidden: int = 64  # per-cell hidden width; features have CELLS * hidden dimensions
+    stem: int = 2  # space-to-depth factor before the first conv: full-res convs cost the most
+
+    @property
+    def feature_dim(self) -> int:
+        return CELLS * self.hidden
+
+
+def _cell_pool_matrix(size: int, stride: float, resolution: int) -> np.ndarray:
+    """[GRID, size]: the fraction of grid cell r covered by feature pixel y, over the cell's area."""
+    cell = resolution / GRID
+    lo, hi = np.arange(size) * stride, (np.arange(size) + 1) * stride
+    m = np.zeros((GRID, size), np.float32)
+    for r in range(GRID):
+        m[r] = np.clip(np.minimum(hi, (r + 1) * cell) - np.maximum(lo, r * cell), 0, None) / cell
+    return m
+
+
+def _space_to_depth(x_BHWC, k: int):
+    b, h, w, c = x_BHWC.shape
+    x = x_BHWC.reshape(b, h // k, k, w // k, k, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // k, w // k, k * k * c)
+
+
+class JudgeNet(nnx.Module):
+    """Conv stages → per-cell area pooling → shared per-cell MLP → class/colour/size logits."""
+
+    def __init__(self, cfg: JudgeConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        if cfg.resolution % cfg.stem:
+            raise ValueError(f"stem {cfg.stem} does not divide resolution {cfg.resolution}")
+        convs, cin = [], 3 * cfg.stem * cfg.stem
+        for i, w in enumerate(cfg.widths):
+            convs.append(nnx.Conv(cin, w, (3, 3), strides=1 if i == 0 else 2, rngs=rngs))
+            convs.append(nnx.Conv(w, w, (3, 3), rngs=rngs))
+            cin = w
+        self.convs = nnx.List(convs)
+        self.cell_hidden = nnx.Linear(2 * cin, cfg.hidden, rngs=rngs)
+        self.cell_out = nnx.Linear(cfg.hidden, NUM_CLASSES + len(COLOR_NAMES) + len(SIZES), rngs=rngs)
+
+    def __call__(self, images_BHWC):
+        """uint8 or [0, 255] float images → (logits [B, CELLS, 15], features [B, CELLS * hidden])."""
+        x = _space_to_depth(images_BHWC.astype(jnp.float32) / 127.5 - 1.0, self.cfg.stem)
+        for conv in self.convs:
+            x = jax.nn.relu(conv(x))
+        b, size = x.shape[0], x.shape[1]
+        p = _cell_pool_matrix(size, self.cfg.resolution / size, self.cfg.resolution)
+        mean_BRCD = jnp.einsum("ry,cx,byxd->brcd", p, p, x)
+        # Max over the feature pixels whose centre lies in the cell: detection of a small object
+        # survives a max where an average over the whole cell dilutes it.
+        owner = np.minimum(((np.arange(size) + 0.5) * GRID / size).astype(int), GRID - 1)
+        spans = [(int(np.argmax(owner == r)), int(size - np.argmax(owner[::-1] == r))) for r in range(GRID)]
+        max_BND = jnp.stack([x[:, y0:y1, x0:x1].max(axis=(1, 2)) for y0, y1 in spans for x0, x1 in spans], 1)
+        cells = jnp.concatenate([mean_BRCD.reshape(b, CELLS, -1), max_BND], axis=-1)
+        h_BND = jax.nn.relu(self.cell_hidden(cells))
+        return self.cell_out(h_BND), h_BND.reshape(b, -1)
+
+
+def split_logits(logits_BNK):
+    """→ (cell class [.., NUM_CLASSES], colour [.., 6], size [.., 2]) logits."""
+    a, b = NUM_CLASSES, NUM_CLASSES + len(COLOR_NAMES)
+    return logits_BNK[..., :a], logits_BNK[..., a:b], logits_BNK[..., b:]
+
+
+def encode_scenes(scenes: list[Scene]) -> dict[str, np.ndarray]:
+    """Per-cell targets [N, CELLS]: class (0 empty, 1 + shape id), colour and size (-1 if empty)."""
+    cls = np.zeros((len(scenes), CELLS), np.int32)
+    color = np.full((len(scenes), CELLS), -1, np.int32)
+    size = np.full((len(scenes), CELLS), -1, np.int32)
+    for i, scene in enumerate(scenes):
+        for o in scene.objects:
+            c = o.row * GRID + o.col
+            if cls[i, c]:
+                raise ValueError(f"two objects share cell ({o.row}, {o.col}) in {scene}")
+            cls[i, c] = 1 + SHAPES.index(o.shape)
+            color[i, c] = COLOR_NAMES.index(o.color)
+            size[i, c] = SIZES.index(o.size)
+    return {"cls": cls, "color": color, "size": size}
+
+
+def decode(cls: np.ndarray, color: np.ndarray, size: np.ndarray) -> list[Scene]:
+    """Inverse of `encode_scenes` on per-cell ids [N, CELLS]; an empty class means no object."""
+    scenes = []
+    for row_cls, row_color, row_size in zip(np.asarray(cls), np.asarray(color), np.asarray(size)):
+        scenes.append(Scene(tuple(
+            SceneObject(SHAPES[k - 1], COLOR_NAMES[row_color[c]], SIZES[row_size[c]], *divmod(c, GRID))
+            for c, k in enumerate(row_cls) if k > 0)))
+    return scenes
+
+
+@nnx.jit
+def _forward(model: JudgeNet, images):
+    logits, feats = model(images)
+    cls, color, size = split_logits(logits)
+    return jnp.argmax(cls, -1), jnp.argmax(color, -1), jnp.argmax(size, -1), feats
+
+
+class Judge:
+    """A trained judge and what it was measured to be worth (`info`: ceiling, per category, ...)."""
+
+    def __init__(self, model: JudgeNet, info: dict | None = None, batch_size: int = 256):
+        self.model, self.info, self.batch_size = model, dict(info or {}), batch_size
+
+    @property
+    def config(self) -> JudgeConfig:
+        return self.model.cfg
+
+    @property
+    def ceiling(self) -> float | None:
+        """Prompt-following accuracy on real held-out images: the best a generator can score."""
+        return self.info.get("ceiling")
+
+    def _run(self, images):
+        images = np.asarray(images)
+        r = self.config.resolution
+        if images.ndim != 4 or images.shape[1:] != (r, r, 3):
+            raise ValueError(f"the judge reads [N, {r}, {r}, 3] images, got shape {images.shape}")
+        if images.dtype != np.uint8:
+            raise ValueError(f"the judge reads uint8 images in [0, 255], got {images.dtype}; "
+                             "convert generated images with np.clip(np.rint(x), 0, 255).astype(np.uint8)")
+        outs = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            pad = self.batch_size - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, r, r, 3), np.uint8)])
+            outs.append([np.asarray(o)[: self.batch_size - pad] for o in _forward(self.model, jnp.asarray(chunk))])
+        return [np.concatenate(parts) for parts in zip(*outs)]
+
+    def read_scenes(self, images) -> list[Scene]:
+        """uint8 [N, H, W, 3] images → the scene the judge sees in each."""
+        cls, color, size, _ = self._run(images)
+        return decode(cls, color, size)
+
+    def features(self, images) -> np.ndarray:
+        """[N, CELLS * hidden] penultimate activations (float64), the space of `fd_judge`."""
+        return self._run(images)[3].astype(np.float64)
+
+    def save(self, directory: str) -> None:
+        """weights.npz + judge.json, written to a temporary directory and renamed into place."""
+        if jax.process_index() != 0:
+            return
+        info = {**self.info, "config": dataclasses.asdict(self.config)}
+        _data.write_dir_atomically(directory, {WEIGHTS_FILE: _weights.state_npz_bytes(self.model),
+                                               INFO_FILE: _data.json_bytes(info)})
+
+
+def judge_dir(data_dir: str, builder_config: str = "r32") -> str:
+    return _data.cache_dir(data_dir, "judges", builder_config)
+
+
+def load_judge_from(directory: str) -> Judge:
+    info_path = os.path.join(directory, INFO_FILE)
+    if not os.path.isfile(info_path):
+        raise FileNotFoundError(f"no judge at {directory} ({INFO_FILE} missing)")
+    with open(info_path) as f:
+        info = json.load(f)
+    c = info["config"]
+    cfg = JudgeConfig(**{**c, "widths": tuple(c["widths"])})
+    model = _weights.restore_state(lambda: JudgeNet(cfg, rngs=nnx.Rngs(0)),
+                                   os.path.join(directory, WEIGHTS_FILE), what="judge")
+    return Judge(model, info)
+
+
+def load_judge(data_dir: str, builder_config: str = "r32") -> Judge:
+    """The cached judge of a shapes dataset; says how to train it when there is none."""
+    directory = judge_dir(data_dir, builder_config)
+    if not os.path.isfile(os.path.join(directory, INFO_FILE)):
+        raise FileNotFoundError(
+            f"no judge trained for shapes {builder_config!r} at {directory}; train it once with "
+            f"`python -m imgsynth.metrics.train_judge --data_dir={data_dir} "
+            f"--builder_config={builder_config}`")
+    return load_judge_from(directory)
+
+
+def fd_judge(judge: Judge, images_a, images_b) -> float:
+    """Fréchet distance between judge features of two image sets (not FID: no Inception)."""
+    return frechet.fd(judge.features(images_a), judge.features(images_b))
+
+
+def scene_accuracy(scenes: list[Scene], truth: list[Scene]) -> float:
+    """Share of images whose whole scene is read back exactly (stricter than prompt following)."""
+    key = lambda s: sorted(dataclasses.astuple(o) for o in s.objects)  # noqa: E731
+    return float(np.mean([key(a) == key(b) for a, b in zip(scenes, truth)]))
+

@@ -1,0 +1,108 @@
+"""Judge: target encoding round-trips the dataset's scenes; a briefly trained judge saves, loads and
+reads; prompt following on ground truth is exact."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from imgsynth.data import build
+from imgsynth.data import scene as S
+from imgsynth.metrics import _data, judge as J, prompt_following as PF, train_judge as TJ
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("data"))
+    build.build_shapes(d, "r32_tiny", log=lambda m: None)
+    return d
+
+
+@pytest.fixture(scope="module")
+def test_split(data_dir):
+    return _data.read_split(data_dir, "r32_tiny", "test")
+
+
+def test_target_encoding_round_trips_real_scenes_and_agrees_with_the_checker(test_split):
+    scenes = test_split.scenes
+    t = J.encode_scenes(scenes)
+    assert t["cls"].shape == (len(scenes), 9)
+    decoded = J.decode(t["cls"], np.maximum(t["color"], 0), np.maximum(t["size"], 0))
+    assert J.scene_accuracy(decoded, scenes) == 1.0
+    assert all(S.satisfies(s, c) for s, c in zip(decoded, test_split.captions))
+    result = PF.prompt_following(decoded, test_split.captions, test_split.categories)
+    assert result["accuracy"] == 1.0 and set(result["per_category"].values()) == {1.0}
+    assert sum(result["num_per_category"].values()) == len(scenes)
+
+
+def test_encoding_refuses_two_objects_in_one_cell():
+    o = S.SceneObject("circle", "red", "small", 1, 1)
+    with pytest.raises(ValueError, match="share cell"):
+        J.encode_scenes([S.Scene((o, S.SceneObject("star", "blue", "large", 1, 1)))])
+
+
+def test_cell_pooling_covers_each_cell_exactly_once():
+    for size, resolution in [(16, 32), (8, 32), (32, 64), (8, 16)]:
+        p = J._cell_pool_matrix(size, resolution / size, resolution)
+        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-6)  # an average over the cell's area
+        np.testing.assert_allclose(p.sum(0), 3 / size, atol=1e-6)  # every pixel fully assigned
+
+
+def test_prompt_following_drops_on_corrupted_scenes(test_split):
+    def recolor(scene):
+        objs = [S.SceneObject(o.shape, S.COLOR_NAMES[(S.COLOR_NAMES.index(o.color) + 1) % 6],
+                              o.size, o.row, o.col) for o in scene.objects]
+        return S.Scene(tuple(objs))
+
+    n = len(test_split.scenes)
+    empty = PF.prompt_following([S.Scene()] * n, test_split.captions, test_split.categories)
+    assert empty["accuracy"] == 0.0
+    recolored = PF.prompt_following([recolor(s) for s in test_split.scenes], test_split.captions,
+                                    test_split.categories)
+    assert 0.0 < recolored["accuracy"] < 1.0  # captions that name no colour still hold
+    assert recolored["per_category"]["colors"] == 0.0
+    ids = [S.CATEGORIES.index(c) for c in test_split.categories]
+    assert PF.prompt_following(test_split.scenes, test_split.captions, ids)["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="one of each"):
+        PF.prompt_following(test_split.scenes[:2], test_split.captions, test_split.categories)
+    with pytest.raises(ValueError, match="not one of"):
+        PF.prompt_following([S.Scene()], ["a circle"], ["none"])
+
+
+def test_evaluation_prompts_are_balanced_and_seeded(data_dir):
+    p = PF.evaluation_prompts(data_dir, "r32_tiny", num_prompts=13, seed=0)
+    assert len(p) == 13 and len(set(p.indices)) == 13
+    counts = [p.categories.count(c) for c in S.SCENE_CATEGORIES]
+    assert counts == [3, 2, 2, 2, 2, 2]
+    assert p == PF.evaluation_prompts(data_dir, "r32_tiny", num_prompts=13, seed=0)
+    assert p != PF.evaluation_prompts(data_dir, "r32_tiny", num_prompts=13, seed=1)
+    split = _data.read_split(data_dir, "r32_tiny", "test", with_images=False)
+    assert all(split.captions[i] == c for i, c in zip(p.indices, p.captions))
+    with pytest.raises(ValueError, match="requested"):
+        PF.evaluation_prompts(data_dir, "r32_tiny", num_prompts=600)
+
+
+def test_brief_judge_trains_saves_loads_and_reads(data_dir, test_split, capsys):
+    with pytest.raises(FileNotFoundError, match="python -m imgsynth.metrics.train_judge"):
+        J.load_judge(data_dir, "r32_tiny")
+    cfg = J.JudgeConfig(resolution=32, widths=(8, 16), hidden=8)
+    trained = TJ.train_judge(data_dir, "r32_tiny", config=cfg, log=lambda m: None,
+                             settings=TJ.TrainSettings(steps=40, per_step_examples=32, warmup_steps=5))
+    info = json.load(open(os.path.join(J.judge_dir(data_dir, "r32_tiny"), J.INFO_FILE)))
+    assert info["version"] == "1.0.0" and info["builder_config"] == "r32_tiny"
+    assert 0.0 <= info["ceiling"] <= 1.0 and set(info["ceiling_per_category"]) <= set(S.SCENE_CATEGORIES)
+    judge = J.load_judge(data_dir, "r32_tiny")
+    assert judge.ceiling == trained.ceiling
+    images = test_split.images
+    feats = judge.features(images)
+    assert feats.shape == (len(images), cfg.feature_dim) and np.all(np.isfinite(feats))
+    np.testing.assert_allclose(feats, trained.features(images), rtol=1e-5, atol=1e-6)
+    scenes = judge.read_scenes(images[:5])
+    assert len(scenes) == 5 and all(isinstance(s, S.Scene) for s in scenes)
+    assert J.fd_judge(judge, images, images) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="uint8"):
+        judge.read_scenes(images.astype(np.float32))
+    with pytest.raises(ValueError, match=r"\[N, 32, 32, 3\]"):
+        judge.features(images[:, :16])
+    TJ.main(["--data_dir", data_dir, "--builder_config", "r32_tiny", "--min_ceiling", "0"])
+    assert "already trained" in capsys.readouterr().out
