@@ -20,7 +20,8 @@ from imgsynth.data import scene as scene_lib
 
 def dataset_path(data_dir: str, builder_config: str) -> str:
     """The built dataset's directory; a clear error with the build command if it is not there."""
-    path = build.dataset_dir({"name": "shapes", "data_dir": data_dir, "builder_config": builder_config,
+    path = build.dataset_dir({"name": "shapes", "data_dir": data_dir,
+                              "builder_config": builder_config,
                               "resolution": resolution_of(builder_config)})
     if not build.is_complete(path):
         raise FileNotFoundError(

@@ -59,7 +59,8 @@ def match_weights(factory: Callable[[], nnx.Module], weights: dict[str, np.ndarr
                 bad_paths.add(path)
                 continue
             filled[path] = value
-    missing = sorted(".".join(map(str, p)) for p in targets if p not in filled and p not in bad_paths)
+    missing = sorted(".".join(map(str, p)) for p in targets
+                     if p not in filled and p not in bad_paths)
     problems = []
     if unknown:
         problems.append(f"{len(unknown)} keys the model does not use: {sorted(unknown)[:8]}")
@@ -68,7 +69,8 @@ def match_weights(factory: Callable[[], nnx.Module], weights: dict[str, np.ndarr
     if missing:
         problems.append(f"{len(missing)} model variables no key fills: {missing[:8]}")
     if problems:
-        raise ValueError(f"{what} weight file does not match the architecture: " + "; ".join(problems))
+        raise ValueError(f"{what} weight file does not match the architecture: "
+                         + "; ".join(problems))
     return graphdef, state, filled, targets
 
 
@@ -76,7 +78,8 @@ def load_into(factory: Callable[[], nnx.Module], weights: dict[str, np.ndarray],
               convert: Converter, *, ignore: Callable[[str], bool] = lambda k: False,
               what: str = "model") -> nnx.Module:
     """`factory()` with every variable filled from `weights` (see `match_weights`)."""
-    graphdef, state, filled, targets = match_weights(factory, weights, convert, ignore=ignore, what=what)
+    graphdef, state, filled, targets = match_weights(factory, weights, convert, ignore=ignore,
+                                                     what=what)
     values = {p: jnp.asarray(v, dtype=targets[p].dtype) for p, v in filled.items()}
     nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(values))
     return nnx.merge(graphdef, state)

@@ -88,8 +88,10 @@ class TextBlock(nnx.Module):
 class TextTower(nnx.Module):
     def __init__(self, cfg: AlignmentConfig, *, rngs: nnx.Rngs):
         self.embed = nnx.Embed(cfg.vocab_size, cfg.width, rngs=rngs)
-        self.pos = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (cfg.text_max_len, cfg.width)))
-        self.blocks = nnx.List([TextBlock(cfg.width, cfg.heads, rngs=rngs) for _ in range(cfg.layers)])
+        init = nnx.initializers.normal(0.02)
+        self.pos = nnx.Param(init(rngs.params(), (cfg.text_max_len, cfg.width)))
+        self.blocks = nnx.List([TextBlock(cfg.width, cfg.heads, rngs=rngs)
+                                for _ in range(cfg.layers)])
         self.ln = nnx.LayerNorm(cfg.width, rngs=rngs)
         self.proj = nnx.Linear(cfg.width, cfg.embed_dim, rngs=rngs)
 
@@ -147,7 +149,8 @@ class Alignment:
 
     def __init__(self, model: AlignmentNet, tokenizer: WordTokenizer, info: dict | None = None,
                  batch_size: int = 256):
-        self.model, self.tokenizer, self.info, self.batch_size = model, tokenizer, dict(info or {}), batch_size
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.info = dict(info or {})
 
     @property
     def config(self) -> AlignmentConfig:
@@ -161,7 +164,8 @@ class Alignment:
         images = np.asarray(images)
         r = self.config.resolution
         if images.ndim != 4 or images.shape[1:] != (r, r, 3) or images.dtype != np.uint8:
-            raise ValueError(f"expected uint8 [N, {r}, {r}, 3] images, got {images.dtype} {images.shape}")
+            raise ValueError(f"expected uint8 [N, {r}, {r}, 3] images, got {images.dtype} "
+                             f"{images.shape}")
         return _batched(lambda x: _embed_images(self.model, x), [images], self.batch_size)
 
     def embed_captions(self, captions) -> np.ndarray:

@@ -55,14 +55,17 @@ class ClipConfig:
     def from_weights(cls, weights: dict[str, np.ndarray], head_width: int = 64) -> "ClipConfig":
         """Reads the hyper-parameters off a state_dict, as OpenAI's `build_model` does."""
         def count(prefix):
-            return len({k.split(".")[len(prefix.split("."))] for k in weights if k.startswith(prefix + ".")})
+            depth = len(prefix.split("."))
+            return len({k.split(".")[depth] for k in weights if k.startswith(prefix + ".")})
         try:
             conv = weights["visual.conv1.weight"]
             grid = round((weights["visual.positional_embedding"].shape[0] - 1) ** 0.5)
             return cls(
-                embed_dim=weights["text_projection"].shape[1], image_resolution=conv.shape[-1] * grid,
+                embed_dim=weights["text_projection"].shape[1],
+                image_resolution=conv.shape[-1] * grid,
                 vision_layers=count("visual.transformer.resblocks"), vision_width=conv.shape[0],
-                vision_patch_size=conv.shape[-1], context_length=weights["positional_embedding"].shape[0],
+                vision_patch_size=conv.shape[-1],
+                context_length=weights["positional_embedding"].shape[0],
                 vocab_size=weights["token_embedding.weight"].shape[0],
                 text_width=weights["ln_final.weight"].shape[0],
                 text_layers=count("transformer.resblocks"), head_width=head_width)
@@ -84,10 +87,12 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BLD, causal: bool):
         b, length, d = x_BLD.shape
-        q, k, v = jnp.split(self.in_proj(x_BLD).reshape(b, length, 3 * self.heads, d // self.heads), 3, axis=2)
+        qkv = self.in_proj(x_BLD).reshape(b, length, 3 * self.heads, d // self.heads)
+        q, k, v = jnp.split(qkv, 3, axis=2)
         logits_BHLL = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d // self.heads)
         if causal:
-            logits_BHLL = jnp.where(jnp.tril(jnp.ones((length, length), bool)), logits_BHLL, -jnp.inf)
+            allowed = jnp.tril(jnp.ones((length, length), bool))
+            logits_BHLL = jnp.where(allowed, logits_BHLL, -jnp.inf)
         out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits_BHLL, axis=-1), v)
         return self.out_proj(out.reshape(b, length, d))
 
@@ -115,7 +120,8 @@ class ResidualAttentionBlock(nnx.Module):
 
 class Transformer(nnx.Module):
     def __init__(self, width: int, layers: int, heads: int, *, rngs: nnx.Rngs):
-        self.resblocks = nnx.List([ResidualAttentionBlock(width, heads, rngs=rngs) for _ in range(layers)])
+        self.resblocks = nnx.List([ResidualAttentionBlock(width, heads, rngs=rngs)
+                                   for _ in range(layers)])
 
     def __call__(self, x, causal: bool):
         for block in self.resblocks:
@@ -128,7 +134,8 @@ class VisionTransformer(nnx.Module):
         w, p = cfg.vision_width, cfg.vision_patch_size
         tokens = (cfg.image_resolution // p) ** 2 + 1
         init = nnx.initializers.normal(w ** -0.5)
-        self.conv1 = nnx.Conv(3, w, (p, p), strides=(p, p), padding="VALID", use_bias=False, rngs=rngs)
+        self.conv1 = nnx.Conv(3, w, (p, p), strides=(p, p), padding="VALID", use_bias=False,
+                              rngs=rngs)
         self.class_embedding = nnx.Param(init(rngs.params(), (w,)))
         self.positional_embedding = nnx.Param(init(rngs.params(), (tokens, w)))
         self.ln_pre = nnx.LayerNorm(w, epsilon=1e-5, rngs=rngs)
@@ -151,14 +158,14 @@ class CLIP(nnx.Module):
     def __init__(self, cfg: ClipConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.visual = VisionTransformer(cfg, rngs=rngs)
-        self.transformer = Transformer(cfg.text_width, cfg.text_layers, cfg.text_width // cfg.head_width,
-                                       rngs=rngs)
+        self.transformer = Transformer(cfg.text_width, cfg.text_layers,
+                                       cfg.text_width // cfg.head_width, rngs=rngs)
         self.token_embedding = nnx.Embed(cfg.vocab_size, cfg.text_width, rngs=rngs)
         self.positional_embedding = nnx.Param(
             nnx.initializers.normal(0.01)(rngs.params(), (cfg.context_length, cfg.text_width)))
         self.ln_final = nnx.LayerNorm(cfg.text_width, epsilon=1e-5, rngs=rngs)
-        self.text_projection = nnx.Param(
-            nnx.initializers.normal(cfg.text_width ** -0.5)(rngs.params(), (cfg.text_width, cfg.embed_dim)))
+        proj_init = nnx.initializers.normal(cfg.text_width ** -0.5)
+        self.text_projection = nnx.Param(proj_init(rngs.params(), (cfg.text_width, cfg.embed_dim)))
         self.logit_scale = nnx.Param(jnp.asarray(np.log(1 / 0.07), jnp.float32))
 
     def encode_image(self, x_BHWC):
@@ -228,7 +235,8 @@ def _cosines(model: CLIP, x_BHWC, tokens_BL):
     return jnp.sum(img * txt, axis=-1)
 
 
-def clip_cosines(model: CLIP, tokenizer: ClipTokenizer, images, captions, batch_size: int = 32) -> np.ndarray:
+def clip_cosines(model: CLIP, tokenizer: ClipTokenizer, images, captions,
+                 batch_size: int = 32) -> np.ndarray:
     """Per-pair cosine of image and caption embeddings; batches padded to one compiled shape."""
     captions = list(captions)
     if len(captions) != len(images):
@@ -250,13 +258,15 @@ def clip_cosines(model: CLIP, tokenizer: ClipTokenizer, images, captions, batch_
     return np.concatenate(out)
 
 
-def clip_scores(model: CLIP, tokenizer: ClipTokenizer, images, captions, batch_size: int = 32) -> np.ndarray:
+def clip_scores(model: CLIP, tokenizer: ClipTokenizer, images, captions,
+                batch_size: int = 32) -> np.ndarray:
     """Per-pair CLIP score 100 · max(cos, 0)."""
     return 100.0 * np.maximum(clip_cosines(model, tokenizer, images, captions, batch_size), 0.0)
 
 
 @functools.lru_cache(maxsize=2)
-def _cached(weights_path: str, vocab_path: str, config: ClipConfig | None) -> tuple[CLIP, ClipTokenizer]:
+def _cached(weights_path: str, vocab_path: str,
+            config: ClipConfig | None) -> tuple[CLIP, ClipTokenizer]:
     return load_clip(weights_path, config), ClipTokenizer(vocab_path)
 
 
@@ -278,7 +288,8 @@ def convert_checkpoint(pt_path: str, out_path: str) -> None:
         state = torch.jit.load(pt_path, map_location="cpu").state_dict()
     except RuntimeError:
         state = torch.load(pt_path, map_location="cpu", weights_only=True)
-    arrays = {k: v.detach().cpu().float().numpy() for k, v in state.items() if k not in _CHECKPOINT_EXTRAS}
+    arrays = {k: v.detach().cpu().float().numpy() for k, v in state.items()
+              if k not in _CHECKPOINT_EXTRAS}
     cfg = ClipConfig.from_weights(arrays)
     _weights.load_into(lambda: CLIP(cfg, rngs=nnx.Rngs(0)), arrays, _convert, what="CLIP")
     _weights.write_npz(out_path, arrays)

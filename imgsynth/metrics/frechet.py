@@ -35,7 +35,8 @@ def _check_features(feats, name: str, min_samples: int = 2) -> np.ndarray:
     if x.shape[1] < 1:
         raise ValueError(f"{name} has feature dimension 0")
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} contains NaN or Inf values ({int(np.sum(~np.isfinite(x)))} entries)")
+        bad = int(np.sum(~np.isfinite(x)))
+        raise ValueError(f"{name} contains NaN or Inf values ({bad} entries)")
     return x
 
 
@@ -75,18 +76,21 @@ def _fd_from_factors(mu1, f1, mu2, f2) -> float:
     value = float(diff @ diff + tr1 + tr2 - 2.0 * tr_covmean)
     # Rounding can push an exact zero slightly negative; a real negative value is a bug.
     if value < -1e-8 * max(1.0, tr1 + tr2):
-        raise FloatingPointError(f"Fréchet distance came out negative ({value}); covariances not PSD?")
+        raise FloatingPointError(
+            f"Fréchet distance came out negative ({value}); covariances not PSD?")
     return max(value, 0.0)
 
 
 def fd_from_stats(mu1, sigma1, mu2, sigma2) -> float:
     """||μ1−μ2||² + tr(Σ1) + tr(Σ2) − 2·tr((Σ1 Σ2)^½), with symmetric roots as the factors."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    s1 = np.atleast_2d(np.asarray(sigma1, np.float64))
+    s2 = np.atleast_2d(np.asarray(sigma2, np.float64))
     d = mu1.shape[0]
     if mu1.shape != (d,) or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
         raise ValueError(
-            f"inconsistent shapes: mu1 {mu1.shape}, sigma1 {s1.shape}, mu2 {mu2.shape}, sigma2 {s2.shape}")
+            f"inconsistent shapes: mu1 {mu1.shape}, sigma1 {s1.shape}, mu2 {mu2.shape}, "
+            f"sigma2 {s2.shape}")
     for name, arr in (("mu1", mu1), ("sigma1", s1), ("mu2", mu2), ("sigma2", s2)):
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} contains NaN or Inf values")
@@ -129,7 +133,8 @@ def kid(feats_a, feats_b, subset_size: int = 1000, num_subsets: int = 100,
     """
     a, b = _check_pair(feats_a, feats_b)
     if subset_size < 2 or num_subsets < 1:
-        raise ValueError(f"need subset_size >= 2 and num_subsets >= 1, got {subset_size}, {num_subsets}")
+        raise ValueError(f"need subset_size >= 2 and num_subsets >= 1, got {subset_size}, "
+                         f"{num_subsets}")
     m = min(subset_size, a.shape[0], b.shape[0])
     rng = np.random.default_rng(seed)
     values = np.array([

@@ -61,7 +61,8 @@ def _avg_pool_exclude_pad(x):
     """3×3/1 average pool over valid pixels only: TF's padding='SAME' pool (count_include_pad=False)."""
     window, pads = (1, 3, 3, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
     total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, (1,) * 4, pads)
-    count = jax.lax.reduce_window(jnp.ones_like(x[:1, :, :, :1]), 0.0, jax.lax.add, window, (1,) * 4, pads)
+    ones = jnp.ones_like(x[:1, :, :, :1])
+    count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, (1,) * 4, pads)
     return total / count
 
 
@@ -241,7 +242,9 @@ def _convert(key: str, array: np.ndarray):
         value = array.transpose(2, 3, 1, 0) if leaf == "weight" and array.ndim == 4 else array
         return [((*module, rename[tail]), value)]
     if module == ["fc"] and leaf in ("weight", "bias"):
-        return [(("fc", "kernel" if leaf == "weight" else "bias"), array.T if leaf == "weight" else array)]
+        if leaf == "weight":
+            return [(("fc", "kernel"), array.T)]
+        return [(("fc", "bias"), array)]
     return None
 
 

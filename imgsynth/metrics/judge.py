@@ -34,7 +34,7 @@ WEIGHTS_FILE, INFO_FILE = "weights.npz", "judge.json"
 @dataclasses.dataclass(frozen=True)
 class JudgeConfig:
     resolution: int = 32
-    widths: tuple[int, ...] = (32, 64)  # one stage each; every stage after the first halves H, W
+    widths: tuple[int, ...] = (48, 96)  # one stage each; every stage after the first halves H, W
     hidden: int = 64  # per-cell hidden width; features have CELLS * hidden dimensions
     stem: int = 2  # space-to-depth factor before the first conv: full-res convs cost the most
 
@@ -86,8 +86,10 @@ class JudgeNet(nnx.Module):
         # Max over the feature pixels whose centre lies in the cell: detection of a small object
         # survives a max where an average over the whole cell dilutes it.
         owner = np.minimum(((np.arange(size) + 0.5) * GRID / size).astype(int), GRID - 1)
-        spans = [(int(np.argmax(owner == r)), int(size - np.argmax(owner[::-1] == r))) for r in range(GRID)]
-        max_BND = jnp.stack([x[:, y0:y1, x0:x1].max(axis=(1, 2)) for y0, y1 in spans for x0, x1 in spans], 1)
+        spans = [(int(np.argmax(owner == r)), int(size - np.argmax(owner[::-1] == r)))
+                 for r in range(GRID)]
+        max_BND = jnp.stack([x[:, y0:y1, x0:x1].max(axis=(1, 2))
+                             for y0, y1 in spans for x0, x1 in spans], axis=1)
         cells = jnp.concatenate([mean_BRCD.reshape(b, CELLS, -1), max_BND], axis=-1)
         h_BND = jax.nn.relu(self.cell_hidden(cells))
         return self.cell_out(h_BND), h_BND.reshape(b, -1)
@@ -120,7 +122,8 @@ def decode(cls: np.ndarray, color: np.ndarray, size: np.ndarray) -> list[Scene]:
     scenes = []
     for row_cls, row_color, row_size in zip(np.asarray(cls), np.asarray(color), np.asarray(size)):
         scenes.append(Scene(tuple(
-            SceneObject(SHAPES[k - 1], COLOR_NAMES[row_color[c]], SIZES[row_size[c]], *divmod(c, GRID))
+            SceneObject(SHAPES[k - 1], COLOR_NAMES[row_color[c]], SIZES[row_size[c]],
+                        *divmod(c, GRID))
             for c, k in enumerate(row_cls) if k > 0)))
     return scenes
 
@@ -154,14 +157,16 @@ class Judge:
             raise ValueError(f"the judge reads [N, {r}, {r}, 3] images, got shape {images.shape}")
         if images.dtype != np.uint8:
             raise ValueError(f"the judge reads uint8 images in [0, 255], got {images.dtype}; "
-                             "convert generated images with np.clip(np.rint(x), 0, 255).astype(np.uint8)")
+                             "convert generated images with "
+                             "np.clip(np.rint(x), 0, 255).astype(np.uint8)")
         outs = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             pad = self.batch_size - len(chunk)
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad, r, r, 3), np.uint8)])
-            outs.append([np.asarray(o)[: self.batch_size - pad] for o in _forward(self.model, jnp.asarray(chunk))])
+            out = _forward(self.model, jnp.asarray(chunk))
+            outs.append([np.asarray(o)[: self.batch_size - pad] for o in out])
         return [np.concatenate(parts) for parts in zip(*outs)]
 
     def read_scenes(self, images) -> list[Scene]:

@@ -56,7 +56,8 @@ def prompt_following(scenes: Sequence[Scene], captions: Sequence[str],
 def judge_prompt_following(judge, images, captions, categories) -> dict:
     """`prompt_following` on the scenes `judge` reads from `images`, with its ceiling attached."""
     result = prompt_following(judge.read_scenes(images), captions, categories)
-    return {**result, "ceiling": judge.ceiling, "ceiling_per_category": judge.info.get("ceiling_per_category")}
+    return {**result, "ceiling": judge.ceiling,
+            "ceiling_per_category": judge.info.get("ceiling_per_category")}
 
 
 @dataclasses.dataclass(frozen=True)
