@@ -90,6 +90,7 @@ def test_brief_judge_trains_saves_loads_and_reads(data_dir, test_split, capsys):
                              settings=TJ.TrainSettings(steps=40, per_step_examples=32, warmup_steps=5))
     info = json.load(open(os.path.join(J.judge_dir(data_dir, "r32_tiny"), J.INFO_FILE)))
     assert info["version"] == "1.0.0" and info["builder_config"] == "r32_tiny"
+    assert info["fd_real_floor"]["num"] == 64 and info["fd_real_floor"]["value"] > 0
     assert 0.0 <= info["ceiling"] <= 1.0 and set(info["ceiling_per_category"]) <= set(S.SCENE_CATEGORIES)
     judge = J.load_judge(data_dir, "r32_tiny")
     assert judge.ceiling == trained.ceiling

@@ -1,8 +1,8 @@
 """Alignment score: a small contrastive image–caption model trained on the dataset itself.
 
 The CLIP score of the study, without CLIP: score = 100 · max(cos(image, caption), 0) averaged
-over pairs, where the embeddings come from a CNN image tower (per-cell pooled features, as in the
-judge, so layout survives) and a small Transformer over the dataset's word tokens (word order
+over pairs, where the embeddings come from a CNN image tower (2×2 space-to-depth stem, per-cell
+pooled features as in the judge, so layout survives) and a small Transformer over the dataset's word tokens (word order
 matters: "a red circle above a blue square" ≠ "a blue circle above a red square"). Trained with a
 symmetric InfoNCE loss in which pairs with identical captions count as positives.
 
@@ -25,7 +25,7 @@ from flax import nnx
 from imgsynth.data.scene import GRID
 from imgsynth.data.tokenizer import WordTokenizer
 from imgsynth.metrics import _data, _weights
-from imgsynth.metrics.judge import _cell_pool_matrix
+from imgsynth.metrics.judge import _cell_pool_matrix, _space_to_depth
 
 WEIGHTS_FILE, INFO_FILE, VOCAB_FILE = "weights.npz", "alignment.json", "vocab.json"
 RETRIEVAL_GROUP = 100
@@ -44,7 +44,7 @@ class AlignmentConfig:
     resolution: int = 32
     vocab_size: int = 64
     text_max_len: int = 16
-    widths: tuple[int, ...] = (16, 32, 64)
+    widths: tuple[int, ...] = (32, 64)  # conv stages after a 2x2 space-to-depth stem
     width: int = 128  # text Transformer width and image head width
     layers: int = 2
     heads: int = 4
@@ -53,7 +53,7 @@ class AlignmentConfig:
 
 class ImageTower(nnx.Module):
     def __init__(self, cfg: AlignmentConfig, *, rngs: nnx.Rngs):
-        convs, cin = [], 3
+        convs, cin = [], 12
         for i, w in enumerate(cfg.widths):
             convs.append(nnx.Conv(cin, w, (3, 3), strides=1 if i == 0 else 2, rngs=rngs))
             convs.append(nnx.Conv(w, w, (3, 3), rngs=rngs))
@@ -64,7 +64,7 @@ class ImageTower(nnx.Module):
         self.proj = nnx.Linear(cfg.width, cfg.embed_dim, rngs=rngs)
 
     def __call__(self, images_BHWC):
-        x = images_BHWC.astype(jnp.float32) / 127.5 - 1.0
+        x = _space_to_depth(images_BHWC.astype(jnp.float32) / 127.5 - 1.0, 2)
         for conv in self.convs:
             x = jax.nn.relu(conv(x))
         p = _cell_pool_matrix(x.shape[1], self.resolution / x.shape[1], self.resolution)

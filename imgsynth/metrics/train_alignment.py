@@ -32,7 +32,7 @@ from imgsynth.metrics.alignment import (INFO_FILE, RETRIEVAL_GROUP, Alignment, A
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
-    steps: int = 1500
+    steps: int = 1000
     per_step_examples: int = 256
     learning_rate: float = 1e-3
     warmup_steps: int = 100

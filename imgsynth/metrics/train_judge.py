@@ -24,12 +24,13 @@ import optax
 from flax import nnx
 
 from imgsynth.data import shapes
-from imgsynth.metrics import _data
+from imgsynth.metrics import _data, frechet
 from imgsynth.metrics.judge import (INFO_FILE, Judge, JudgeConfig, JudgeNet, encode_scenes,
                                     judge_dir, load_judge_from, scene_accuracy, split_logits)
 from imgsynth.metrics.prompt_following import prompt_following
 
 MIN_CEILING = 0.99
+FD_FLOOR_SAMPLES = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +68,18 @@ def _train_step(model, optimizer, images, cls, color, size):
     return loss
 
 
-def evaluate(judge: Judge, split: _data.Split) -> dict:
-    """Ceiling (prompt following on real images), per category, and exact scene accuracy."""
-    scenes = judge.read_scenes(split.images)
-    result = prompt_following(scenes, split.captions, split.categories)
-    return {"ceiling": result["accuracy"], "ceiling_per_category": result["per_category"],
-            "scene_accuracy": scene_accuracy(scenes, split.scenes), "num_test": len(scenes)}
+def evaluate(judge: Judge, test: _data.Split, validation: _data.Split | None = None) -> dict:
+    """Ceiling (prompt following on real images), per category, exact scene accuracy, and the FD
+    between real test and real validation images (the floor a generator's FD is read against)."""
+    scenes = judge.read_scenes(test.images)
+    result = prompt_following(scenes, test.captions, test.categories)
+    out = {"ceiling": result["accuracy"], "ceiling_per_category": result["per_category"],
+           "scene_accuracy": scene_accuracy(scenes, test.scenes), "num_test": len(scenes)}
+    if validation is not None:
+        n = min(len(test.captions), len(validation.captions))
+        out["fd_real_floor"] = {"num": n, "value": frechet.fd(judge.features(test.images[:n]),
+                                                              judge.features(validation.images[:n]))}
+    return out
 
 
 def train_judge(data_dir: str, builder_config: str = "r32", *, config: JudgeConfig | None = None,
@@ -108,7 +115,8 @@ def train_judge(data_dir: str, builder_config: str = "r32", *, config: JudgeConf
                 f"{(time.perf_counter() - train_start) / 60:.1f} min")
     judge = Judge(model)
     test = _data.read_split(data_dir, builder_config, "test", limit=test_limit)
-    measured = evaluate(judge, test)
+    validation = _data.read_split(data_dir, builder_config, "validation", limit=FD_FLOOR_SAMPLES)
+    measured = evaluate(judge, test, validation)
     train_minutes = (time.perf_counter() - start) / 60
     judge.info = {
         "dataset": shapes.NAME, "builder_config": builder_config, "version": shapes.VERSION,
