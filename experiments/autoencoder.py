@@ -1,0 +1,65 @@
+"""Autoencoder config: `experiments/autoencoder.py:kind=kl` or `:kind=lfq` (add `,runlocal` to shrink).
+
+Both kinds share the trunk and the downsampling factor, so diffusion (KL latents) and the token
+paradigms (LFQ indices) see the same number of image tokens: at 32 px and f = 4, 8×8 = 64.
+The defaults are the hyper-parameters measured in docs/autoencoders.md.
+"""
+import ml_collections
+
+from imgsynth.config import parse_arg
+
+# Channel multipliers, one per resolution level of the trunk (log2(downsample / patch_size) + 1).
+CHANNEL_MULT = {2: (1,), 4: (1, 2), 8: (1, 2, 2), 16: (1, 2, 2, 4)}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = parse_arg(arg, kind="kl", downsample=4, resolution=32, steps=0, seed=0,
+                    global_batch_size=0, runlocal=False)
+    if arg.kind not in ("kl", "lfq"):
+        raise ValueError(f"kind must be 'kl' or 'lfq', got {arg.kind!r}")
+    if arg.downsample not in CHANNEL_MULT:
+        raise ValueError(f"downsample must be one of {sorted(CHANNEL_MULT)}, got {arg.downsample}")
+    c = ml_collections.ConfigDict()
+    c.seed = arg.seed
+
+    c.autoencoder = ml_collections.ConfigDict(dict(
+        kind=arg.kind,
+        downsample=arg.downsample,
+        patch_size=2,             # pixels per side folded into channels before the first conv
+        channels=32,              # base width; level i has channels * channel_mult[i]
+        channel_mult=CHANNEL_MULT[arg.downsample],
+        num_res_blocks=1,         # per level in the encoder; the decoder has one more
+        latent_channels=4,        # KL
+        kl_weight=1e-6,           # KL, on the per-element mean KL
+        lfq_bits=10,              # LFQ: 2^10 = 1024 codes
+        entropy_weight=0.1,       # LFQ: weight of (per-sample − codebook) entropy
+        commit_weight=0.25,       # LFQ
+        lfq_temperature=0.01,     # LFQ: T of softmax(−‖z − c‖² / T) in the entropy terms
+        recon_loss="l1",
+    ))
+    c.data = ml_collections.ConfigDict(dict(
+        name="shapes", data_dir="", resolution=arg.resolution,
+        builder_config=f"r{arg.resolution}", text_max_len=16, tokenizer="word"))
+    c.cache_dir = "~/.cache/imgsynth"
+
+    c.global_batch_size = arg.global_batch_size or 64
+    c.total_steps = arg.steps or 3_000
+    c.optimizer = ml_collections.ConfigDict(dict(
+        lr=2e-3, b1=0.9, b2=0.99, weight_decay=0.0, clip_norm=1.0, schedule="cosine",
+        warmup_steps=100, min_lr_ratio=0.0, decay_fraction=0.2))
+    c.ema_decay = 0.999
+    c.log_every_steps = 50
+    c.eval_examples = 1_000
+
+    if arg.runlocal:
+        c.autoencoder.channels = 8
+        c.autoencoder.lfq_bits = 6
+        c.data.builder_config = f"r{arg.resolution}_tiny"
+        c.global_batch_size = arg.global_batch_size or 8
+        c.total_steps = arg.steps or 10
+        c.optimizer.warmup_steps = 2
+        c.ema_decay = 0.9
+        c.log_every_steps = 2
+        c.eval_examples = 16
+    c.runlocal = arg.runlocal
+    return c
