@@ -23,6 +23,21 @@ def test_split(data_dir):
     return _data.read_split(data_dir, "r32_tiny", "test")
 
 
+def test_fast_split_reader_matches_tfds_decoding(data_dir, test_split):
+    import tensorflow_datasets as tfds
+    source = tfds.builder_from_directory(_data.dataset_path(data_dir, "r32_tiny")).as_data_source("test")
+    assert len(test_split.captions) == len(source) == 64
+    for i in (0, 17, 63):
+        r = source[i]
+        np.testing.assert_array_equal(test_split.images[i], r["image"])
+        assert test_split.captions[i] == r["caption"].decode()
+        assert test_split.categories[i] == S.CATEGORIES[r["category"]]
+        assert test_split.scenes[i] == S.Scene.from_record(r["objects"])
+    assert _data.read_split(data_dir, "r32_tiny", "test", limit=5, with_images=False).images is None
+    with pytest.raises(ValueError, match="not 'nope'"):
+        _data.read_split(data_dir, "r32_tiny", "nope")
+
+
 def test_target_encoding_round_trips_real_scenes_and_agrees_with_the_checker(test_split):
     scenes = test_split.scenes
     t = J.encode_scenes(scenes)

@@ -6,6 +6,7 @@ dataset, so a result is always tied to the exact data its instrument was calibra
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -13,6 +14,9 @@ import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
+from array_record.python.array_record_data_source import ArrayRecordDataSource
+from PIL import Image
+from tensorflow_datasets.proto import tf_example_pb2
 
 from imgsynth.data import build, shapes
 from imgsynth.data import scene as scene_lib
@@ -51,22 +55,41 @@ class Split:
     scenes: list[scene_lib.Scene]
 
 
+def _example(raw: bytes, with_image: bool):
+    """One stored record, parsed straight from its tf.train.Example: ~3x faster than TFDS's
+    generic feature decoding, which dominates reading 100k small images."""
+    f = tf_example_pb2.Example.FromString(raw).features.feature
+
+    def ints(key):
+        return list(f[key].int64_list.value) if key in f else []
+
+    image = None
+    if with_image:
+        png = f["image"].bytes_list.value[0]
+        image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.uint8)
+    objects = {k: ints(f"objects/{k}") for k in ("shape", "color", "size", "row", "col")}
+    return (image, f["caption"].bytes_list.value[0].decode(),
+            scene_lib.CATEGORIES[ints("category")[0]], scene_lib.Scene.from_record(objects))
+
+
 def read_split(data_dir: str, builder_config: str, split: str, limit: int | None = None,
                with_images: bool = True) -> Split:
-    """The first `limit` records of `split` (all when None), in stored order."""
-    source = tfds.builder_from_directory(dataset_path(data_dir, builder_config)).as_data_source(
-        split, decoders=None if with_images else {"image": tfds.decode.SkipDecoding()})
+    """The first `limit` records of `split` (all when None), in stored order (the order of
+    `as_data_source(split)`)."""
+    info = tfds.builder_from_directory(dataset_path(data_dir, builder_config)).info
+    if split not in info.splits:
+        raise ValueError(f"shapes {builder_config!r} has splits {list(info.splits)}, not {split!r}")
+    source = ArrayRecordDataSource([os.fspath(p) for p in info.splits[split].filepaths])
     n = len(source) if limit is None else min(int(limit), len(source))
     images, captions, categories, scenes = [], [], [], []
-    records = (r for start in range(0, n, 1000)  # batched reads are ~3x faster than one by one
-               for r in source.__getitems__(list(range(start, min(start + 1000, n)))))
-    for r in records:
-        if with_images:
-            images.append(np.asarray(r["image"], np.uint8))
-        caption = r["caption"]
-        captions.append(caption.decode() if isinstance(caption, bytes) else str(caption))
-        categories.append(scene_lib.CATEGORIES[int(r["category"])])
-        scenes.append(scene_lib.Scene.from_record(r["objects"]))
+    for start in range(0, n, 1000):
+        for raw in source.__getitems__(list(range(start, min(start + 1000, n)))):
+            image, caption, category, scene = _example(raw, with_images)
+            if with_images:
+                images.append(image)
+            captions.append(caption)
+            categories.append(category)
+            scenes.append(scene)
     return Split(np.stack(images) if with_images and images else None, captions, categories, scenes)
 
 

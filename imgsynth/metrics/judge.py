@@ -4,8 +4,9 @@ The dataset puts at most one object in each cell of a GRID×GRID grid, so the ju
 per cell and predicts, for each, empty-or-shape, colour and size. Count, positions and attributes
 then decode exactly (`decode`), and `scene.satisfies` turns a read-back scene into the
 prompt-following verdict. Convolutional features are average-pooled over each cell's exact area
-(cells need not align with pixels: 32 px / 3), and one small head shared by all cells reads each
-pooled vector, so every training image teaches the head nine times.
+(cells need not align with pixels: 32 px / 3) and max-pooled over the feature pixels whose centre
+lies in the cell; one small head shared by all cells reads each pooled vector, so every training
+image teaches the head nine times.
 
 The judge is trained once per dataset version by `python -m imgsynth.metrics.train_judge` and
 cached at `<data_dir>/judges/<builder_config>-<version>/` (`weights.npz`, `judge.json` with the
@@ -22,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from imgsynth.data import scene as scene_lib
 from imgsynth.data.scene import COLOR_NAMES, GRID, SHAPES, SIZES, Scene, SceneObject
 from imgsynth.metrics import _data, _weights, frechet
 
