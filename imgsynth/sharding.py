@@ -6,6 +6,7 @@ is a config change, never a model change.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -83,10 +84,40 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 
 def to_global(batch: Any, mesh: jax.sharding.Mesh) -> Any:
-    """Host-local numpy batch (this process's share) → global arrays sharded along the batch."""
+    """Host-local numpy batch (this process's share) → global arrays sharded along the batch.
+
+    The input pipeline gives process p the elements p, p + P, p + 2P, ... of each global batch,
+    while the devices of process p hold a contiguous range of rows. With several processes the
+    rows are put back into single-process order on the devices (one small all-to-all of the
+    input batch), because noise and masks are drawn by row: a run then computes the same losses
+    whatever the number of hosts.
+    """
     sharding = batch_sharding(mesh)
-    return jax.tree.map(
+    out = jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+    if jax.process_count() == 1:
+        return out
+    rows = {x.shape[0] for x in jax.tree.leaves(out)}
+    if len(rows) != 1:
+        raise ValueError(f"batch leaves disagree on the number of rows: {sorted(rows)}")
+    return _strided_to_canonical(sharding, rows.pop())(out)
+
+
+@functools.lru_cache(maxsize=16)
+def _strided_to_canonical(sharding: NamedSharding, global_rows: int) -> Callable[[Any], Any]:
+    """A jitted row permutation: global row of (process p, local row j) → row j·P + p."""
+    owner = {}   # global row -> (process, position among that process's rows)
+    per_process: dict[int, list[int]] = {}
+    for device, index in sharding.devices_indices_map((global_rows,)).items():
+        start, stop, _ = index[0].indices(global_rows)
+        per_process.setdefault(device.process_index, []).extend(range(start, stop))
+    processes = sorted(per_process)
+    for p in processes:
+        for j, row in enumerate(sorted(set(per_process[p]))):
+            owner[(processes.index(p), j)] = row
+    count = len(processes)
+    perm = np.array([owner[(c % count, c // count)] for c in range(global_rows)])
+    return jax.jit(lambda tree: jax.tree.map(lambda x: x[perm], tree), out_shardings=sharding)
 
 
 def create_sharded(build: Callable[[], nnx.Module], mesh: jax.sharding.Mesh,
@@ -113,7 +144,9 @@ def initialize_distributed() -> None:
     """Joins a multi-process job when the environment describes one; a single host is a no-op.
 
     TPU-VM workers and SLURM tasks are auto-detected by `jax.distributed.initialize()`; a manual
-    job sets IMGSYNTH_COORDINATOR, IMGSYNTH_NUM_PROCESSES and IMGSYNTH_PROCESS_ID.
+    job sets IMGSYNTH_COORDINATOR, IMGSYNTH_NUM_PROCESSES and IMGSYNTH_PROCESS_ID. TPU VMs made by
+    `gcloud` describe their pod in metadata, not in the environment: IMGSYNTH_DISTRIBUTED=auto
+    (set by the launcher on every worker) asks for auto-detection.
     """
     if jax.distributed.is_initialized():
         return
@@ -125,8 +158,10 @@ def initialize_distributed() -> None:
             coordinator_address=env["IMGSYNTH_COORDINATOR"],
             num_processes=int(env["IMGSYNTH_NUM_PROCESSES"]),
             process_id=int(env["IMGSYNTH_PROCESS_ID"]))
-    elif any(k in env for k in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")) \
-            and int(env.get("SLURM_NTASKS", "2")) > 1:
+    elif env.get("IMGSYNTH_DISTRIBUTED") == "auto" or (
+            any(k in env for k in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES",
+                                   "MEGASCALE_COORDINATOR_ADDRESS"))
+            and int(env.get("SLURM_NTASKS", "2")) > 1):
         jax.distributed.initialize()
     else:
         return

@@ -1,0 +1,30 @@
+"""Autoencoder ablation: the same generators on a weaker autoencoder (narrower bottleneck).
+
+    python -m launch --grid=experiments/grids/ablation_autoencoder.py --workdir=./cpu_study
+
+The KL autoencoder keeps 2 latent channels instead of 4 and the LFQ autoencoder 6 bits (64
+codes) instead of 10, at the same downsampling, so every paradigm sees as many image tokens as in
+the main grid. Its own autoencoders are trained and its data encoded once (a separate stage key).
+Run in the workdir of `cpu_study`; the report compares with the main runs and groups the
+instrument ceilings by autoencoder.
+"""
+from importlib import util as _util
+import os as _os
+
+_spec = _util.spec_from_file_location(
+    "_cpu_study", _os.path.join(_os.path.dirname(__file__), "cpu_study.py"))
+_cpu = _util.module_from_spec(_spec)
+_spec.loader.exec_module(_cpu)
+
+SIZES = ("T", "XS")
+BUDGETS = (2e12, 1e13)
+WEAK_AUTOENCODER = {"autoencoder.latent_channels": 2, "autoencoder.lfq_bits": 6}
+
+
+def sweep(add):
+    for paradigm in _cpu.PARADIGMS:
+        for size in SIZES:
+            for budget in BUDGETS:
+                add(paradigm=paradigm, size=size, budget=budget,
+                    overrides={**_cpu.OVERRIDES, **WEAK_AUTOENCODER},
+                    ablation={"autoencoder": "small"})

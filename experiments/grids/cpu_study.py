@@ -1,0 +1,30 @@
+"""The CPU study: 3 paradigms x 3 sizes x 4 budgets (36 runs) on the full r32 shapes data.
+
+    python -m launch --grid=experiments/grids/cpu_study.py --workdir=./cpu_study --parallel=2
+
+A faithful miniature of the paper's grid: budgets span 10x and sizes 24x in FLOPs per example, so
+the isoFLOP view has both under- and over-sized models at every budget. Training takes about
+1.8 hours of a 2-core CPU (`--dry_run` prints the per-run estimate). Run the ablation grids in the
+same workdir: they are compared against these runs.
+"""
+
+PARADIGMS = ("flow", "maskgit", "ar")
+SIZES = ("T", "XS", "S")
+BUDGETS = (1e12, 2e12, 5e12, 1e13)   # T: 530-5,300 steps; S: 22-220 steps
+
+OVERRIDES = {
+    "global_batch_size": 32,
+    "optimizer.warmup_steps": 10,
+    "ema_decay": 0.99,          # runs are 22-5,300 steps: a ~100-step average
+    "log_every_steps": 25,
+    "eval_every_steps": 250,
+    "eval_examples": 512,
+    "checkpoint_every_steps": 500,
+}
+
+
+def sweep(add):
+    for paradigm in PARADIGMS:
+        for size in SIZES:
+            for budget in BUDGETS:
+                add(paradigm=paradigm, size=size, budget=budget, overrides=OVERRIDES)

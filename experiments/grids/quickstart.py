@@ -1,0 +1,25 @@
+"""Quickstart: every paradigm at two tiny sizes and two budgets — the whole study in minutes.
+
+    python -m launch --grid=experiments/grids/quickstart.py --workdir=./study   (or imgsynth-study)
+
+12 runs on the small shapes split (`runlocal`: r32_small, global_batch_size 32). Training takes
+about 8 minutes of a 2-core CPU (`--dry_run` prints the per-run estimate); data, autoencoders,
+judge, evaluation and the report come on top.
+"""
+
+PARADIGMS = ("flow", "maskgit", "ar")
+SIZES = ("T", "XS")
+BUDGETS = (3e11, 1e12)   # training FLOPs; T: ~160 / 530 steps, XS: ~22 / 75 steps
+
+OVERRIDES = {
+    "eval_every_steps": 100,
+    "checkpoint_every_steps": 250,
+}
+
+
+def sweep(add):
+    for paradigm in PARADIGMS:
+        for size in SIZES:
+            for budget in BUDGETS:
+                add(paradigm=paradigm, size=size, budget=budget, runlocal=True,
+                    overrides=OVERRIDES)

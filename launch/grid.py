@@ -1,0 +1,298 @@
+"""Experiment grids: a grid file's `sweep(add)` expanded into complete, named run configs.
+
+A grid file is plain Python (big_vision sweeps):
+
+    def sweep(add):
+        for paradigm in ("flow", "maskgit", "ar"):
+            for budget in (3e11, 1e12):
+                add(paradigm=paradigm, size="T", budget=budget,
+                    overrides={"optimizer.lr": 1e-3},        # dotted config keys
+                    ablation={"ema": "off"})                 # label; omit for main-grid runs
+
+Each `add` becomes `default_config(paradigm, "size=..,budget=..[,runlocal]")`, then the overrides,
+then `config.grid = {name, budget, ablation}` and `config.keep_flops` = the grid's budgets below this
+run's (checkpoints kept there give the intermediate points of the curves). Runs are named
+`<paradigm>-<size>-<budget:.0e>[-<ablation>]`; two runs with one name are an error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from imgsynth import config as config_lib, registry
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRIDS_DIR = os.path.join(REPO_ROOT, "experiments", "grids")
+
+# Keys the grid itself decides; overriding them would make a run disagree with its name or budget.
+RESERVED_KEYS = ("paradigm", "size", "runlocal", "grid", "keep_flops", "total_steps",
+                 "total_examples", "total_flops")
+
+# Achieved training FLOP/s of a whole 2-core CPU machine, by size, for ETAs (train.py on
+# synthetic data, global_batch_size 32; measured at load ~7 as T 10, XS 14-25 GFLOP/s and scaled
+# to an idle machine). Small widths use the cores poorly. `--flops_per_s` replaces these.
+CPU_FLOPS_PER_S = {"T": 25e9, "XS": 40e9, "S": 60e9, "M": 70e9}
+# Per-run seconds besides the update steps on a CPU: imports, compiles, evals, checkpoints
+# (~20-30 s idle), and the run's evaluation (sampling + metrics, estimated).
+CPU_TRAIN_OVERHEAD_S = 30.0
+CPU_EVAL_S = 30.0
+
+
+class GridError(ValueError):
+    """A grid that cannot be expanded; raised before anything runs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One (paradigm, size, budget[, ablation]) point of a grid, with its complete config."""
+    name: str
+    paradigm: str
+    size: str
+    budget: float
+    ablation: dict
+    overrides: dict
+    config: ml_collections.ConfigDict
+    steps: int
+    flops_per_step: float
+    params: int
+
+    @property
+    def train_flops(self) -> float:
+        """FLOPs the run will spend: whole steps, so at most the budget."""
+        return self.steps * self.flops_per_step
+
+    @property
+    def synthetic(self) -> bool:
+        return self.config.data.name == "synthetic"
+
+    def stage_key(self) -> str:
+        """Runs with one key share every pipeline stage (data, autoencoders, encoded data)."""
+        c = self.config
+        return json.dumps({"paradigm": c.paradigm, "data": c.data.to_dict(),
+                           "autoencoder": c.autoencoder.to_dict(), "cache_dir": c.cache_dir},
+                          sort_keys=True, default=str)
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    name: str
+    path: str
+    runs: tuple[Run, ...]
+
+    def run(self, name: str) -> Run:
+        for r in self.runs:
+            if r.name == name:
+                return r
+        close = difflib.get_close_matches(name, [r.name for r in self.runs], n=3)
+        raise GridError(f"grid {self.name!r} has no run {name!r}"
+                        + (f"; did you mean {', '.join(close)}?" if close else ""))
+
+    def select(self, pattern: str | None) -> tuple[Run, ...]:
+        """Runs whose name matches the regular expression `pattern` (all when None)."""
+        if not pattern:
+            return self.runs
+        chosen = tuple(r for r in self.runs if re.search(pattern, r.name))
+        if not chosen:
+            raise GridError(f"no run of grid {self.name!r} matches {pattern!r}")
+        return chosen
+
+
+def resolve(grid: str) -> str:
+    """A grid name (`quickstart`) or a file path → the absolute path of the grid file.
+
+    Names resolve to experiments/grids/<name>.py of the repository checkout this package lives in:
+    the grids are part of the checkout, not of an installed wheel.
+    """
+    if grid.endswith(".py") or os.sep in grid:
+        path = os.path.abspath(grid)
+        if not os.path.isfile(path):
+            raise GridError(f"grid file {grid!r} does not exist")
+        return path
+    path = os.path.join(GRIDS_DIR, f"{grid}.py")
+    if not os.path.isfile(path):
+        known = sorted(f[:-3] for f in os.listdir(GRIDS_DIR) if f.endswith(".py")
+                       and not f.startswith("_")) if os.path.isdir(GRIDS_DIR) else []
+        raise GridError(
+            f"unknown grid {grid!r}: no {path}. Known grids: {known or 'none found'}. Grids live "
+            "in the repository checkout (experiments/grids/); install with `pip install -e .` from "
+            "the checkout, or pass --grid=PATH/TO/GRID.py")
+    return path
+
+
+def load(grid: str) -> Grid:
+    """Loads and expands a grid file (name or path); every error names the file and the run."""
+    path = resolve(grid)
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"imgsynth_grid_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise GridError(f"{path}: cannot load the grid file: {type(e).__name__}: {e}") from e
+    sweep = getattr(module, "sweep", None)
+    if not callable(sweep):
+        raise GridError(f"{path}: a grid file must define `def sweep(add): ...`")
+    return expand(sweep, name=name, path=path)
+
+
+def expand(sweep, *, name: str, path: str = "<sweep>") -> Grid:
+    """Calls `sweep(add)` and turns every `add(...)` into a Run."""
+    specs: list[dict] = []
+
+    def add(paradigm: str, size: str, budget: float, *, overrides: dict | None = None,
+            ablation: dict | None = None, runlocal: bool = False) -> None:
+        specs.append(dict(paradigm=paradigm, size=size, budget=budget,
+                          overrides=dict(overrides or {}), ablation=dict(ablation or {}),
+                          runlocal=runlocal))
+
+    try:
+        sweep(add)
+    except Exception as e:
+        hint = (" add() takes paradigm=, size=, budget=, and optionally overrides={'dotted.key': "
+                "value}, ablation={'label': value}, runlocal=True." if isinstance(e, TypeError)
+                else "")
+        raise GridError(f"{path}: sweep(add) failed: {type(e).__name__}: {e}.{hint}") from e
+    if not specs:
+        raise GridError(f"{path}: sweep(add) added no runs")
+    for i, s in enumerate(specs):
+        _check_spec(s, f"{path}: run #{i + 1} ({s.get('paradigm')}, {s.get('size')}, "
+                       f"{s.get('budget')})")
+    budgets = sorted({float(s["budget"]) for s in specs})
+    runs, seen = [], {}
+    for i, s in enumerate(specs):
+        where = f"{path}: run #{i + 1}"
+        run = _make_run(s, name, budgets, where)
+        if run.name in seen:
+            raise GridError(
+                f"{where} and run #{seen[run.name] + 1} are both named {run.name!r}; runs of a grid "
+                "need distinct (paradigm, size, budget to one significant digit, ablation)")
+        seen[run.name] = i
+        runs.append(run)
+    return Grid(name=name, path=path, runs=tuple(runs))
+
+
+def _check_spec(s: dict, where: str) -> None:
+    if not isinstance(s["paradigm"], str) or not isinstance(s["size"], str):
+        raise GridError(f"{where}: paradigm and size must be strings")
+    b = s["budget"]
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
+        raise GridError(f"{where}: budget must be a positive number of training FLOPs, got {b!r}")
+    for key in s["overrides"]:
+        if not isinstance(key, str) or not key:
+            raise GridError(f"{where}: override keys must be dotted config keys, got {key!r}")
+        if key.split(".")[0] in RESERVED_KEYS:
+            raise GridError(f"{where}: {key!r} is set by the grid itself (paradigm=, size=, "
+                            "budget=, runlocal=, ablation=); it cannot be an override")
+    for key, value in s["ablation"].items():
+        if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
+            raise GridError(f"{where}: ablation must map names to str/number/bool labels, got "
+                            f"{key!r}: {value!r}")
+    if not isinstance(s["runlocal"], bool):
+        raise GridError(f"{where}: runlocal must be True or False")
+
+
+def run_name(paradigm: str, size: str, budget: float, ablation: dict) -> str:
+    name = f"{paradigm}-{size}-{budget:.0e}"
+    for key, value in sorted(ablation.items()):
+        label = json.dumps(value) if isinstance(value, bool) else str(value)
+        name += "-" + re.sub(r"[^A-Za-z0-9._=+]", "_", f"{key}={label}")
+    return name
+
+
+def _make_run(s: dict, grid_name: str, budgets: Sequence[float], where: str) -> Run:
+    budget = float(s["budget"])
+    name = run_name(s["paradigm"], s["size"], budget, s["ablation"])
+    where = f"{where} ({name})"
+    arg = f"size={s['size']},budget={budget!r}" + (",runlocal" if s["runlocal"] else "")
+    try:
+        config = config_lib.default_config(s["paradigm"], arg)
+    except (KeyError, ValueError) as e:
+        raise GridError(f"{where}: {e.args[0] if e.args else e}") from None
+    for key, value in s["overrides"].items():
+        _override(config, key, value, where)
+    config.grid = ml_collections.ConfigDict(
+        {"name": grid_name, "budget": budget, "ablation": dict(s["ablation"])})
+    config.keep_flops = tuple(b for b in budgets if b < budget)
+    try:
+        steps = registry.steps_for_budget(config, budget)
+        cost = registry.paradigm_module(config).model_cost(config)
+    except (KeyError, ValueError) as e:
+        raise GridError(f"{where}: {e.args[0] if e.args else e}") from None
+    return Run(name=name, paradigm=s["paradigm"], size=s["size"], budget=budget,
+               ablation=dict(s["ablation"]), overrides=dict(s["overrides"]), config=config,
+               steps=steps, flops_per_step=cost.train_flops_per_example * config.global_batch_size,
+               params=cost.params_total)
+
+
+def _override(config: ml_collections.ConfigDict, key: str, value: Any, where: str) -> None:
+    """Sets a dotted key that must already exist: a typo is an error, not a silent new field."""
+    node, path = config, key.split(".")
+    for i, part in enumerate(path):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            close = difflib.get_close_matches(part, known, n=3)
+            raise GridError(
+                f"{where}: override {key!r}: no config key {'.'.join(path[:i + 1])!r}"
+                + (f"; did you mean {', '.join('.'.join(path[:i] + [c]) for c in close)}?"
+                   if close else ""))
+        if i < len(path) - 1:
+            node = node[part]
+    try:
+        node[path[-1]] = value
+    except (TypeError, ValueError) as e:
+        raise GridError(f"{where}: override {key}={value!r}: {e}") from None
+
+
+# Estimates ----------------------------------------------------------------------------------------
+
+def estimate_seconds(run: Run, flops_per_s: float | None = None) -> float | None:
+    """Wall-clock seconds of one run (train + evaluate) on the whole machine; None if unknown.
+
+    Without `flops_per_s`, only the CPU sizes have a measured rate.
+    """
+    rate = flops_per_s or CPU_FLOPS_PER_S.get(run.size)
+    if rate is None:
+        return None
+    overhead = CPU_TRAIN_OVERHEAD_S + CPU_EVAL_S if flops_per_s is None else 0.0
+    return overhead + run.train_flops / rate
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def plan_table(runs: Sequence[Run], flops_per_s: float | None = None) -> str:
+    """The --dry_run table: per run steps, FLOPs, parameters, kept budgets and an ETA."""
+    header = (f"{'run':<34} {'steps':>8} {'batch':>6} {'train FLOPs':>11} {'params':>9} "
+              f"{'keep':>4} {'ETA':>8}")
+    lines = [header, "-" * len(header)]
+    total, unknown = 0.0, 0
+    for r in runs:
+        eta = estimate_seconds(r, flops_per_s)
+        total += eta or 0.0
+        unknown += eta is None
+        lines.append(f"{r.name:<34} {r.steps:>8} {r.config.global_batch_size:>6} "
+                     f"{r.train_flops:>11.3g} {r.params / 1e6:>8.2f}M {len(r.config.keep_flops):>4} "
+                     f"{format_duration(eta):>8}")
+    lines.append("-" * len(header))
+    flops = sum(r.train_flops for r in runs)
+    lines.append(f"{len(runs)} runs, {flops:.3g} training FLOPs, sequential ETA "
+                 f"{format_duration(total if unknown < len(runs) else None)}"
+                 + (f" (+{unknown} runs without a rate: pass --flops_per_s)" if unknown else ""))
+    return "\n".join(lines)

@@ -1,0 +1,386 @@
+"""Local backend: every run in its own subprocess, `parallel` at a time, the cores divided among them.
+
+Order: the shared pipeline stages (once per distinct data/autoencoder setting), then training, then
+the evaluation of each run as soon as its training is done. Resumable: a done run is skipped, a
+half-done one resumes from its checkpoint (train.py does that), a failed one is skipped unless
+`retry_failed`. A failure is recorded (status.json, launch_status.json, the log tail) and the grid
+goes on. Ctrl-C or SIGTERM is forwarded to the runs, which checkpoint and stop; every status is
+left "pending" and the next launch resumes them. A second Ctrl-C kills them (they still resume,
+from their last periodic checkpoint).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import fcntl
+import hashlib
+import importlib.util
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+
+from launch import grid as grid_lib, runs as runs_lib
+
+EXIT_INTERRUPTED = 130
+
+
+class LaunchError(RuntimeError):
+    """The launcher cannot start (another launcher holds the workdir, ...)."""
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Thread counts for one child: PJRT_NPROC sizes XLA's CPU thread pool; the rest cover
+    TensorFlow (data loading, TFDS) and any BLAS the child touches."""
+    t = str(max(1, threads))
+    return {"PJRT_NPROC": t, "OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t,
+            "OPENBLAS_NUM_THREADS": t, "TF_NUM_INTRAOP_THREADS": t, "TF_NUM_INTEROP_THREADS": "1"}
+
+
+def core_slots(parallel: int, cores: Sequence[int]) -> list[tuple[int, ...] | None]:
+    """Disjoint core sets, one per parallel slot (None: no pinning, e.g. one slot or too few cores)."""
+    cores = sorted(cores)
+    per = len(cores) // parallel
+    if parallel == 1 or per == 0:
+        return [None] * parallel
+    return [tuple(cores[i * per:(i + 1) * per]) for i in range(parallel)]
+
+
+def available_cores() -> tuple[int, ...]:
+    if hasattr(os, "sched_getaffinity"):
+        return tuple(sorted(os.sched_getaffinity(0)))
+    return tuple(range(os.cpu_count() or 1))
+
+
+@dataclasses.dataclass
+class _Job:
+    kind: str                      # "train", "eval" or "prepare"
+    run: grid_lib.Run
+    proc: subprocess.Popen
+    slot: int
+    log_path: str
+    log_offset: int
+    started: float
+
+
+class LocalLauncher:
+    def __init__(self, grid: grid_lib.Grid, workdir: str, *, parallel: int = 1,
+                 retry_failed: bool = False, commands: runs_lib.Commands = runs_lib.Commands(),
+                 runs: Sequence[grid_lib.Run] | None = None, flops_per_s: float | None = None,
+                 out: Callable[[str], None] | None = None, poll_s: float = 0.5,
+                 progress_every_s: float = 30.0, cores: Sequence[int] | None = None):
+        if parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {parallel}")
+        self.grid, self.workdir = grid, os.path.abspath(workdir)
+        self.runs = tuple(runs if runs is not None else grid.runs)
+        self.parallel, self.retry_failed, self.commands = parallel, retry_failed, commands
+        self.flops_per_s, self.poll_s, self.progress_every_s = flops_per_s, poll_s, progress_every_s
+        self.out = out or (lambda line: print(line, flush=True))
+        cores = tuple(cores) if cores is not None else available_cores()
+        self.threads = max(1, len(cores) // parallel)
+        self.slots = core_slots(parallel, cores)
+        self.evaluate_available = (commands.evaluate != runs_lib.Commands.evaluate
+                                   or importlib.util.find_spec("imgsynth.evaluate") is not None)
+        self._stopping = self._killed = False
+        self._active: list[_Job] = []
+        self._finished_estimate = self._finished_elapsed = 0.0
+
+    # ---- entry point ---------------------------------------------------------------------------
+    def run(self) -> int:
+        """Runs the grid; returns 0 (all done), 1 (some failed) or 130 (interrupted)."""
+        os.makedirs(os.path.join(self.workdir, "runs"), exist_ok=True)
+        with open(os.path.join(self.workdir, ".launch.lock"), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LaunchError(f"another launcher is running on {self.workdir}; wait for it or "
+                                  "stop it (Ctrl-C) first") from None
+            self.state = runs_lib.LaunchState(self.workdir, self.grid)
+            old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                return self._run()
+            finally:
+                for s, handler in old.items():
+                    signal.signal(s, handler)
+
+    def _run(self) -> int:
+        self.t0 = time.monotonic()
+        queue = collections.deque(self._plan())
+        self._prepare_stages(queue)
+        self._progress()
+        last = time.monotonic()
+        while True:
+            while not self._stopping and queue and len(self._active) < self.parallel:
+                kind, run = queue.popleft()
+                self._start(kind, run)
+                self._progress()
+            if not self._active and (self._stopping or not queue):
+                break
+            time.sleep(self.poll_s)
+            for job in list(self._active):
+                rc = job.proc.poll()
+                if rc is not None:
+                    self._active.remove(job)
+                    if self._finish(job, rc):
+                        self.state.update_run(job.run.name, eval="queued")
+                        queue.appendleft(("eval", job.run))
+                    self._progress()
+            if time.monotonic() - last >= self.progress_every_s:
+                self._progress()
+                last = time.monotonic()
+        self.out(runs_lib.status_table(runs_lib.status_rows(self.workdir, self.runs)))
+        if self._stopping:
+            self.out("stopped: every run is checkpointed or pending; launch again to resume")
+            return EXIT_INTERRUPTED
+        failed = [n for n, r in self.state.data["runs"].items() if n in {x.name for x in self.runs}
+                  and (r.get("train") in ("failed", "blocked") or r.get("eval") == "failed")]
+        return 1 if failed else 0
+
+    # ---- what to do ----------------------------------------------------------------------------
+    def _wants_eval(self, run: grid_lib.Run) -> bool:
+        d = runs_lib.run_dir(self.workdir, run.name)
+        if os.path.exists(os.path.join(d, "eval.json")):
+            return False
+        if not self.evaluate_available:
+            self.state.update_run(
+                run.name, eval="unavailable",
+                eval_reason="imgsynth.evaluate is not available in this checkout; evaluate later "
+                            f"with `python -m imgsynth.evaluate --workdir={d}` or launch again")
+            return False
+        return self.retry_failed or self.state.run(run.name).get("eval") != "failed"
+
+    def _plan(self) -> list[tuple[str, grid_lib.Run]]:
+        todo = []
+        for run in self.runs:
+            d = runs_lib.run_dir(self.workdir, run.name)
+            owner = runs_lib.grid_of(d)
+            if owner is not None and owner != self.grid.name:
+                self.state.update_run(run.name, train="blocked", reason=(
+                    f"{d} holds a run of grid {owner!r}, not {self.grid.name!r}; use another "
+                    "--workdir"))
+                continue
+            status = runs_lib.read_status(d)["status"]
+            if status == "done":
+                self.state.update_run(run.name, train="done")
+                if self._wants_eval(run):
+                    self.state.update_run(run.name, eval="queued")
+                    todo.append(("eval", run))
+            elif status == "failed" and not self.retry_failed:
+                self.state.update_run(run.name, train="failed")
+            else:
+                self.state.update_run(run.name, train="queued")
+                todo.append(("train", run))
+        return todo
+
+    # ---- stages ----------------------------------------------------------------------------------
+    def _prepare_stages(self, queue: collections.deque) -> None:
+        """Runs `launch.prepare` once per stage key of the runs about to train; a failed stage
+        blocks its runs (recorded) and the rest of the grid goes on."""
+        groups: dict[str, list[grid_lib.Run]] = {}
+        for kind, run in queue:
+            if kind == "train" and not run.synthetic:
+                groups.setdefault(run.stage_key(), []).append(run)
+        blocked = set()
+        for key, members in groups.items():
+            if self._stopping:
+                break
+            tag = hashlib.sha1(key.encode()).hexdigest()[:10]
+            log_path = os.path.join(self.workdir, "stages", f"{tag}.log")
+            self.out(f"stages {tag}: preparing data and autoencoders for {len(members)} runs "
+                     f"({members[0].paradigm}, {members[0].config.data.builder_config})")
+            self.state.update_stage(tag, setting=key, status="running", log=log_path)
+            job = self._spawn("prepare", members[0], log_path, slot=None)
+            rc = self._wait(job)
+            if rc == 0:
+                self.state.update_stage(tag, status="done", reason=None)
+                continue
+            tail = runs_lib.log_tail(log_path, job.log_offset)
+            reason = ("interrupted" if self._stopping else runs_lib.failure_reason(tail, rc))
+            self.state.update_stage(tag, status="failed", reason=reason, log_tail=tail)
+            if not self._stopping:
+                self.out(f"stages {tag} failed: {reason} (log: {log_path})")
+                for run in members:
+                    blocked.add(run.name)
+                    self.state.update_run(run.name, train="blocked",
+                                          reason=f"stage {tag} failed: {reason}; see {log_path}")
+        kept = [(k, r) for k, r in queue if r.name not in blocked]
+        queue.clear()
+        queue.extend(kept)
+
+    # ---- processes -------------------------------------------------------------------------------
+    def _argv(self, kind: str, run: grid_lib.Run) -> list[str]:
+        d = runs_lib.run_dir(self.workdir, run.name)
+        if kind == "train":
+            return self.commands.train_argv(self.grid.path, run.name, d)
+        if kind == "eval":
+            return self.commands.evaluate_argv(d)
+        return self.commands.prepare_argv(self.grid.path, run.name)
+
+    def _spawn(self, kind: str, run: grid_lib.Run, log_path: str, slot: int | None) -> _Job:
+        argv = self._argv(kind, run)
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (grid_lib.REPO_ROOT, env.get("PYTHONPATH")) if p)
+        cores = self.slots[slot] if slot is not None else None
+        if slot is not None and self.parallel > 1:
+            env.update(thread_env(self.threads))
+        with open(log_path, "ab") as log:
+            offset = log.tell()
+            log.write(f"\n=== {kind} {runs_lib.now()}: {runs_lib.shell(argv)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True)   # Ctrl-C reaches the launcher only; it forwards it
+        if cores and hasattr(os, "sched_setaffinity"):
+            try:   # before the child's first thread: Python start-up alone takes far longer
+                os.sched_setaffinity(proc.pid, cores)
+            except OSError:
+                pass
+        return _Job(kind, run, proc, slot if slot is not None else -1, log_path, offset,
+                    time.monotonic())
+
+    def _wait(self, job: _Job) -> int:
+        """Waits for a foreground job; Ctrl-C is forwarded by the signal handler meanwhile."""
+        self._active.append(job)
+        while job.proc.poll() is None:
+            time.sleep(self.poll_s)
+        self._active.remove(job)
+        return job.proc.returncode
+
+    def _start(self, kind: str, run: grid_lib.Run) -> None:
+        used = {j.slot for j in self._active}
+        slot = next(i for i in range(self.parallel) if i not in used)
+        d = runs_lib.run_dir(self.workdir, run.name)
+        job = self._spawn(kind, run, os.path.join(d, runs_lib.LOG_FILE), slot)
+        self._active.append(job)
+        self.state.update_run(run.name, **{"train" if kind == "train" else "eval": "running"})
+
+    def _finish(self, job: _Job, rc: int) -> bool:
+        """Records how a job ended (fixing status.json if the child could not); True when the run
+        should be evaluated next."""
+        run, d = job.run, runs_lib.run_dir(self.workdir, job.run.name)
+        elapsed = time.monotonic() - job.started
+        tail = runs_lib.log_tail(job.log_path, job.log_offset)
+        if job.kind == "eval":
+            if rc == 0 and os.path.exists(os.path.join(d, "eval.json")):
+                self.state.update_run(run.name, eval="done", eval_reason=None, eval_s=elapsed)
+                self._count(job, elapsed)
+            elif self._stopping:
+                self.state.update_run(run.name, eval="pending", eval_reason="interrupted")
+            else:
+                reason = runs_lib.failure_reason(tail, rc) if rc else "exit code 0 but no eval.json"
+                self.state.update_run(run.name, eval="failed", eval_reason=reason, log_tail=tail)
+                self.out(f"{run.name}: evaluation failed: {reason}")
+            return False
+        status = runs_lib.read_status(d)
+        if status["status"] == "done":   # even if the child then died on the way out
+            self.state.update_run(run.name, train="done", reason=None, train_s=elapsed,
+                                  returncode=rc)
+            self._count(job, elapsed)
+            return self._wants_eval(run)
+        if self._stopping:
+            if status["status"] != "pending":   # killed before or while it could write it
+                runs_lib.write_status(d, "pending", reason=(
+                    f"interrupted by the launcher at step {status.get('step', 0)}; launch again "
+                    "to resume from the last checkpoint"), step=status.get("step", 0))
+            self.state.update_run(run.name, train="pending", reason="interrupted", returncode=rc)
+            return False
+        if rc == 0 and status["status"] == "pending":   # pre-empted by a signal from elsewhere
+            self.state.update_run(run.name, train="pending", reason=status.get("reason"),
+                                  returncode=0)
+            return False
+        reason = runs_lib.failure_reason(tail, rc)
+        if status["status"] == "failed" and status.get("reason"):
+            reason = f"exit code {rc}: {status['reason']}"
+        else:
+            runs_lib.write_status(d, "failed", reason=reason, step=status.get("step", 0))
+        self.state.update_run(run.name, train="failed", reason=reason, log_tail=tail,
+                              returncode=rc)
+        self.out(f"{run.name}: FAILED ({reason}); log: {job.log_path}")
+        return False
+
+    def _on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if not self._stopping:
+            self._stopping = True
+            self.out(f"\n{name}: stopping; {len(self._active)} running jobs checkpoint and stop "
+                     "(send it again to kill them)")
+            for job in self._active:
+                _signal_group(job.proc, signal.SIGINT)
+        elif not self._killed:
+            self._killed = True
+            self.out(f"\n{name} again: killing {len(self._active)} jobs")
+            for job in self._active:
+                _signal_group(job.proc, signal.SIGKILL)
+
+    # ---- progress ----------------------------------------------------------------------------------
+    def _estimate(self, kind: str, run: grid_lib.Run) -> float | None:
+        total = grid_lib.estimate_seconds(run, self.flops_per_s)
+        if total is None:
+            return None
+        evaluation = grid_lib.CPU_EVAL_S if self.flops_per_s is None else 0.0
+        return evaluation if kind == "eval" else total - evaluation
+
+    def _count(self, job: _Job, elapsed: float) -> None:
+        estimate = self._estimate(job.kind, job.run)
+        if estimate:
+            self._finished_estimate += estimate
+            self._finished_elapsed += elapsed
+
+    def _eta(self) -> float | None:
+        remaining = 0.0
+        for job in self._active:
+            est = self._estimate(job.kind, job.run)
+            if est is None:
+                return None
+            done = 0.0
+            if job.kind == "train":
+                step = runs_lib.last_metrics(runs_lib.run_dir(self.workdir, job.run.name)).get("step")
+                done = min(1.0, (step or 0) / max(job.run.steps, 1))
+            remaining += est * (1 - done)
+        for run in self.runs:
+            r = self.state.run(run.name)
+            if any(j.run is run for j in self._active):
+                continue
+            if r.get("train") == "queued":
+                est = grid_lib.estimate_seconds(run, self.flops_per_s)
+            elif r.get("eval") == "queued":
+                est = self._estimate("eval", run)
+            else:
+                continue
+            if est is None:
+                return None
+            remaining += est
+        # Parallel runs share the cores: calibrate by how long finished jobs really took.
+        ratio = (self._finished_elapsed / self._finished_estimate if self._finished_estimate
+                 else float(self.parallel))
+        return remaining * ratio / self.parallel
+
+    def _progress(self) -> None:
+        runs = self.state.data["runs"]
+        names = {r.name for r in self.runs}
+        trained = sum(1 for n, r in runs.items() if n in names and r.get("train") == "done")
+        evaluated = sum(1 for n, r in runs.items() if n in names and r.get("eval") == "done")
+        failed = sum(1 for n, r in runs.items() if n in names
+                     and (r.get("train") in ("failed", "blocked") or r.get("eval") == "failed"))
+        active = []
+        for job in self._active:
+            if job.kind == "train":
+                step = runs_lib.last_metrics(runs_lib.run_dir(self.workdir, job.run.name)).get("step")
+                active.append(f"{job.run.name} {step or 0}/{job.run.steps}")
+            else:
+                active.append(f"{job.run.name} ({job.kind})")
+        elapsed = grid_lib.format_duration(time.monotonic() - self.t0)
+        self.out(f"[{elapsed}] trained {trained}/{len(self.runs)}, evaluated {evaluated}, "
+                 f"failed {failed} | running: {', '.join(active) or '–'} | "
+                 f"ETA {grid_lib.format_duration(self._eta())}")
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -1,0 +1,197 @@
+"""What every backend shares: the commands a run needs, its files, and the grid's own status.
+
+A run directory is `WORKDIR/runs/<run>/` (config.json, status.json, metrics.jsonl, checkpoints,
+eval.json, written by train/evaluate) plus `launch.log`, the output of every attempt. The launcher
+keeps `WORKDIR/launch_status.json`: per run the last outcome of training and evaluation, and the
+reason and log tail of a failure. It never calls into JAX, so it can run on a login node.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+
+from imgsynth import workdir as wd
+from launch import grid as grid_lib
+
+CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grid_config.py")
+STATE_FILE = "launch_status.json"
+LOG_FILE = "launch.log"
+TAIL_LINES = 25
+
+
+@dataclasses.dataclass(frozen=True)
+class Commands:
+    """The argv of the programs a run needs. Tests swap in fakes; remote backends change paths."""
+    python: str = sys.executable
+    train: tuple[str, ...] = ("-m", "imgsynth.train")
+    evaluate: tuple[str, ...] = ("-m", "imgsynth.evaluate")
+    prepare: tuple[str, ...] = ("-m", "launch.prepare")
+    config_file: str = CONFIG_FILE
+
+    def config_flag(self, grid_path: str, run: str) -> str:
+        if "," in grid_path or "," in run:
+            raise ValueError(f"grid path {grid_path!r} and run name {run!r} may not contain ','")
+        return f"--config={self.config_file}:grid={grid_path},run={run}"
+
+    def train_argv(self, grid_path: str, run: str, run_dir: str) -> list[str]:
+        return [self.python, *self.train, self.config_flag(grid_path, run), f"--workdir={run_dir}"]
+
+    def compile_argv(self, grid_path: str, run: str) -> list[str]:
+        return [self.python, *self.train, self.config_flag(grid_path, run), "--compile_only"]
+
+    def evaluate_argv(self, run_dir: str) -> list[str]:
+        return [self.python, *self.evaluate, f"--workdir={run_dir}"]
+
+    def prepare_argv(self, grid_path: str, run: str) -> list[str]:
+        return [self.python, *self.prepare, self.config_flag(grid_path, run)]
+
+
+def shell(argv: Sequence[str]) -> str:
+    return shlex.join(argv)
+
+
+def run_dir(workdir: str, run: str) -> str:
+    return os.path.join(workdir, "runs", run)
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# Run files --------------------------------------------------------------------------------------
+
+def read_status(directory: str) -> dict:
+    try:
+        return wd.read_status(directory)
+    except (OSError, ValueError):   # half-written by a foreign tool: treat as unknown
+        return {"status": "pending", "reason": "unreadable status.json"}
+
+
+def write_status(directory: str, status: str, reason: str | None = None, **extra) -> None:
+    """The same record train.py writes, without asking JAX for the process index."""
+    if status not in wd.STATUSES:
+        raise ValueError(f"status must be one of {wd.STATUSES}, got {status!r}")
+    wd.write_json(os.path.join(directory, "status.json"),
+                  {"status": status, "reason": reason, "updated": now(), **extra})
+
+
+def grid_of(directory: str) -> str | None:
+    """The grid name recorded in an existing run's config.json (None: no run there yet)."""
+    try:
+        config = wd.read_json(os.path.join(directory, "config.json"))
+    except (OSError, ValueError):
+        return None
+    return (config or {}).get("grid", {}).get("name") if config else None
+
+
+def last_metrics(directory: str, max_bytes: int = 65536) -> dict:
+    """The last step and training loss in metrics.jsonl, reading only the end of the file."""
+    path = os.path.join(directory, "metrics.jsonl")
+    if not os.path.exists(path):
+        return {}
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - max_bytes))
+        lines = f.read().decode(errors="replace").splitlines()
+    out: dict = {}
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        out.setdefault("step", row.get("step"))
+        if row.get("train/loss") is not None:
+            out["loss"] = row["train/loss"]
+            break
+    return out
+
+
+def log_tail(path: str, offset: int = 0, lines: int = TAIL_LINES) -> str:
+    """The last `lines` lines written to `path` after byte `offset` (one attempt's output)."""
+    if not os.path.exists(path):
+        return ""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()[-65536:].decode(errors="replace")
+    return "\n".join(data.rstrip().splitlines()[-lines:])
+
+
+def failure_reason(tail: str, returncode: int) -> str:
+    """One line for the status table: the last line that looks like an error, and the exit code."""
+    candidates = [l.strip() for l in tail.splitlines() if l.strip()]
+    errors = [l for l in candidates if "error" in l.lower() or "exception" in l.lower()]
+    line = (errors or candidates or ["(no output)"])[-1]
+    return f"exit code {returncode}: {line[:300]}"
+
+
+# The grid's status file -------------------------------------------------------------------------
+
+class LaunchState:
+    """WORKDIR/launch_status.json: per run and stage, the launcher's last outcome. Atomic writes."""
+
+    def __init__(self, workdir: str, grid: grid_lib.Grid | None = None):
+        self.path = os.path.join(workdir, STATE_FILE)
+        self.data = wd.read_json(self.path) or {}
+        self.data.setdefault("runs", {})
+        self.data.setdefault("stages", {})
+        if grid is not None:
+            self.data["grid"] = grid.name
+            self.data["grid_path"] = grid.path
+
+    def run(self, name: str) -> dict:
+        return self.data["runs"].get(name, {})
+
+    def update_run(self, name: str, **fields) -> None:
+        self.data["runs"].setdefault(name, {}).update(fields, updated=now())
+        self.save()
+
+    def update_stage(self, tag: str, **fields) -> None:
+        self.data["stages"].setdefault(tag, {}).update(fields, updated=now())
+        self.save()
+
+    def save(self) -> None:
+        self.data["updated"] = now()
+        wd.write_json(self.path, self.data)
+
+
+# The --status table -----------------------------------------------------------------------------
+
+def status_rows(workdir: str, runs: Sequence[grid_lib.Run]) -> list[dict]:
+    state = LaunchState(workdir)
+    rows = []
+    for r in runs:
+        d = run_dir(workdir, r.name)
+        status = read_status(d)
+        launch = state.run(r.name)
+        metrics = last_metrics(d)
+        step = metrics.get("step") if metrics.get("step") is not None else status.get("step")
+        evaluation = ("done" if os.path.exists(os.path.join(d, "eval.json"))
+                      else launch.get("eval", "–") if status["status"] == "done" else "–")
+        reason = status.get("reason") or launch.get("reason") or ""
+        if status["status"] == "done" and launch.get("eval") in ("failed", "unavailable"):
+            reason = launch.get("eval_reason", "")
+        rows.append({"run": r.name, "status": status["status"], "step": step, "total": r.steps,
+                     "loss": metrics.get("loss"), "eval": evaluation, "reason": reason})
+    return rows
+
+
+def status_table(rows: Sequence[dict]) -> str:
+    header = f"{'run':<34} {'status':<8} {'step/total':>15} {'loss':>8} {'eval':<11} reason"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        step = f"{row['step'] if row['step'] is not None else '–'}/{row['total']}"
+        loss = f"{row['loss']:.4f}" if isinstance(row["loss"], (int, float)) else "–"
+        reason = " ".join(str(row["reason"]).split())[:90]
+        lines.append(f"{row['run']:<34} {row['status']:<8} {step:>15} {loss:>8} "
+                     f"{row['eval']:<11} {reason}")
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    lines.append("-" * len(header))
+    lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""Grid expansion: budgets → steps, keep_flops, names, overrides, the shipped grids, bad grids."""
+import math
+import textwrap
+
+import pytest
+
+from imgsynth import registry
+from launch import grid as grid_lib, grid_config
+
+
+def write_grid(tmp_path, body, name="g"):
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+def test_expansion_steps_names_keep_flops_overrides(tmp_path):
+    path = write_grid(tmp_path, """
+        def sweep(add):
+            for budget in (1e12, 3e12, 1e13):
+                add(paradigm="flow", size="T", budget=budget,
+                    overrides={"global_batch_size": 16, "optimizer.lr": 5e-4})
+            add(paradigm="ar", size="XS", budget=3e12, runlocal=True,
+                overrides={"ema_decay": 0.5}, ablation={"ema": "short", "x": True})
+        """)
+    g = grid_lib.load(path)
+    assert g.name == "g" and [r.name for r in g.runs] == [
+        "flow-T-1e+12", "flow-T-3e+12", "flow-T-1e+13", "ar-XS-3e+12-ema=short-x=true"]
+    for r in g.runs:
+        assert r.steps == registry.steps_for_budget(r.config, r.budget)
+        assert r.train_flops <= r.budget < r.train_flops + r.flops_per_step
+        assert r.config.grid.name == "g" and r.config.grid.budget == r.budget
+        assert r.config.total_flops == r.budget
+    flow = g.run("flow-T-1e+13").config
+    assert flow.keep_flops == (1e12, 3e12)          # the grid's budgets below this one
+    assert g.run("flow-T-1e+12").config.keep_flops == ()
+    assert flow.global_batch_size == 16 and flow.optimizer.lr == 5e-4
+    assert flow.data.builder_config == "r32"
+    ar = g.run("ar-XS-3e+12-ema=short-x=true")
+    assert ar.config.keep_flops == (1e12,)          # budgets of the whole grid, any paradigm
+    assert ar.config.ema_decay == 0.5 and ar.config.runlocal
+    assert ar.config.data.builder_config == "r32_small"
+    assert ar.config.grid.ablation.to_dict() == {"ema": "short", "x": True}
+    # The config file train.py reads gives exactly the same config.
+    same = grid_config.get_config(f"grid={path},run={ar.name}")
+    assert same.to_json(sort_keys=True) == ar.config.to_json(sort_keys=True)
+    with pytest.raises(grid_lib.GridError, match="did you mean"):
+        g.run("flow-T-1e+14")
+
+
+def test_shipped_grids():
+    quick = grid_lib.load("quickstart")
+    assert {r.paradigm for r in quick.runs} == {"flow", "maskgit", "ar"}
+    assert len({r.size for r in quick.runs}) >= 2 and len({r.budget for r in quick.runs}) >= 2
+    assert all(r.size in registry.CPU_SIZES for r in quick.runs)
+    eta = sum(grid_lib.estimate_seconds(r) for r in quick.runs)
+    assert eta < 17 * 60, eta          # leaves time for data, autoencoders, judge, report
+
+    cpu = grid_lib.load("cpu_study")
+    assert len({r.size for r in cpu.runs}) >= 3 and len({r.budget for r in cpu.runs}) >= 4
+    assert len(cpu.runs) == len({r.size for r in cpu.runs}) * len({r.budget for r in cpu.runs}) * 3
+    assert sum(grid_lib.estimate_seconds(r) for r in cpu.runs) < 2 * 3600
+    assert min(r.steps for r in cpu.runs) >= 20
+
+    paper = grid_lib.load("paper")
+    assert {r.size for r in paper.runs} == {"L", "XL", "XXL", "3XL"}
+    assert min(r.budget for r in paper.runs) == 1e17 and max(r.budget for r in paper.runs) == 1e20
+    for r in paper.runs:
+        assert r.config.model.dtype == "bfloat16" and r.config.model.remat
+        assert r.config.global_batch_size == 256 and len(r.config.mesh) == 3
+        assert grid_lib.estimate_seconds(r) is None          # no CPU rate for pod sizes
+        assert math.isclose(grid_lib.estimate_seconds(r, 1e15), r.train_flops / 1e15)
+
+    main = {(r.paradigm, r.size, r.budget) for r in cpu.runs}
+    for name, label in (("ablation_ema", "ema_decay"), ("ablation_autoencoder", "autoencoder")):
+        abl = grid_lib.load(name)
+        for r in abl.runs:
+            assert label in r.config.grid.ablation and f"-{label}=" in r.name
+            assert (r.paradigm, r.size, r.budget) in main     # compared with a main-grid run
+    weak = grid_lib.load("ablation_autoencoder").runs[0].config.autoencoder
+    assert weak.latent_channels < 4 and weak.lfq_bits < 10
+    table = grid_lib.plan_table(quick.runs)
+    assert "flow-T-3e+11" in table and "12 runs" in table
+
+
+@pytest.mark.parametrize("body, message", [
+    ("x = 1", "must define `def sweep"),
+    ("def sweep(add):\n    pass", "added no runs"),
+    ("def sweep(add):\n    add(paradigm='gan', size='T', budget=1e12)", "unknown paradigm 'gan'"),
+    ("def sweep(add):\n    add(paradigm='flow', size='Q', budget=1e12)", "unknown size 'Q'"),
+    ("def sweep(add):\n    add(paradigm='flow', size='T', budget=0)", "positive number"),
+    ("def sweep(add):\n    add(paradigm='flow', size='T', budget=1e6)", "less than one training"),
+    ("def sweep(add):\n    add(paradigm='flow', size='T', budget=1e12, lr=1)",
+     "unexpected keyword argument 'lr'.*overrides="),
+    ("def sweep(add):\n    add(paradigm='flow', size='T', budget=1e12, overrides={'optimizer.lrr': 1})",
+     "no config key 'optimizer.lrr'; did you mean optimizer.lr"),
+    ("def sweep(add):\n    add(paradigm='flow', size='T', budget=1e12, overrides={'keep_flops': ()})",
+     "set by the grid itself"),
+    ("def sweep(add):\n    add(paradigm='flow', size='T', budget=1e12, overrides={'ema_decay': 'x'})",
+     "override ema_decay='x'"),
+    ("def sweep(add):\n    add(paradigm='flow', size='T', budget=1e12, ablation={'ae': [1]})",
+     "ablation must map"),
+    ("def sweep(add):\n    add(paradigm='flow', size='T', budget=1.1e12)\n"
+     "    add(paradigm='flow', size='T', budget=1.2e12)", "both named 'flow-T-1e\\+12'"),
+    ("def sweep(add):\n    raise RuntimeError('oops')", "sweep\\(add\\) failed: RuntimeError: oops"),
+    ("def sweep(add) oops", "cannot load the grid file"),
+])
+def test_bad_grids_fail_early_with_clear_errors(tmp_path, body, message):
+    path = write_grid(tmp_path, body)
+    with pytest.raises(grid_lib.GridError, match=message) as e:
+        grid_lib.load(path)
+    assert path in str(e.value)
+
+
+def test_unknown_grid_name_lists_known_ones():
+    with pytest.raises(grid_lib.GridError, match="Known grids: .*quickstart"):
+        grid_lib.load("no_such_grid")
+    with pytest.raises(grid_lib.GridError, match="does not exist"):
+        grid_lib.load("missing/grid.py")
