@@ -18,7 +18,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="imgsynth-study", description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", default="quickstart", help="grid name or path (default: quickstart)")
     p.add_argument("--workdir", default="./study", help="study directory (default: ./study)")
-    p.add_argument("--parallel", type=int, default=1, help="runs at a time (default: 1)")
+    p.add_argument("--parallel", type=int, default=min(2, os.cpu_count() or 1),
+                   help="runs at a time, the cores divided among them (default: 2, or 1 on a "
+                        "one-core machine)")
     p.add_argument("--retry_failed", action="store_true", help="rerun runs that failed before")
     p.add_argument("--dry_run", action="store_true", help="print the runs and their ETA only")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the fits")

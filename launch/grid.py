@@ -10,8 +10,8 @@ A grid file is plain Python (big_vision sweeps):
                     ablation={"ema": "off"})                 # label; omit for main-grid runs
 
 Each `add` becomes `default_config(paradigm, "size=..,budget=..[,runlocal]")`, then the overrides,
-then `config.grid = {name, budget, ablation}` and `config.keep_flops` = the grid's budgets below this
-run's (checkpoints kept there give the intermediate points of the curves). Runs are named
+then `config.grid = {name, budget, ablation}` and `config.keep_flops` = the grid's budgets below
+this run's (checkpoints kept there give the intermediate points of the curves). Runs are named
 `<paradigm>-<size>-<budget:.0e>[-<ablation>]`; two runs with one name are an error.
 """
 from __future__ import annotations
@@ -75,10 +75,13 @@ class Run:
         return self.config.data.name == "synthetic"
 
     def stage_key(self) -> str:
-        """Runs with one key share every pipeline stage (data, autoencoders, encoded data)."""
+        """Runs with one key share every pipeline stage (data, autoencoder, encoded data, judge,
+        alignment): everything `imgsynth.stages` reads from a generator config but the model."""
         c = self.config
-        return json.dumps({"paradigm": c.paradigm, "data": c.data.to_dict(),
-                           "autoencoder": c.autoencoder.to_dict(), "cache_dir": c.cache_dir},
+        instruments = c.get("instruments")
+        return json.dumps({"data": c.data.to_dict(), "autoencoder": c.autoencoder.to_dict(),
+                           "instruments": instruments.to_dict() if instruments else None,
+                           "cache_dir": c.cache_dir, "runlocal": c.get("runlocal")},
                           sort_keys=True, default=str)
 
 
@@ -173,8 +176,8 @@ def expand(sweep, *, name: str, path: str = "<sweep>") -> Grid:
         run = _make_run(s, name, budgets, where)
         if run.name in seen:
             raise GridError(
-                f"{where} and run #{seen[run.name] + 1} are both named {run.name!r}; runs of a grid "
-                "need distinct (paradigm, size, budget to one significant digit, ablation)")
+                f"{where} and run #{seen[run.name] + 1} are both named {run.name!r}; runs of a "
+                "grid need distinct (paradigm, size, budget to one significant digit, ablation)")
         seen[run.name] = i
         runs.append(run)
     return Grid(name=name, path=path, runs=tuple(runs))
@@ -288,8 +291,8 @@ def plan_table(runs: Sequence[Run], flops_per_s: float | None = None) -> str:
         total += eta or 0.0
         unknown += eta is None
         lines.append(f"{r.name:<34} {r.steps:>8} {r.config.global_batch_size:>6} "
-                     f"{r.train_flops:>11.3g} {r.params / 1e6:>8.2f}M {len(r.config.keep_flops):>4} "
-                     f"{format_duration(eta):>8}")
+                     f"{r.train_flops:>11.3g} {r.params / 1e6:>8.2f}M "
+                     f"{len(r.config.keep_flops):>4} {format_duration(eta):>8}")
     lines.append("-" * len(header))
     flops = sum(r.train_flops for r in runs)
     lines.append(f"{len(runs)} runs, {flops:.3g} training FLOPs, sequential ETA "

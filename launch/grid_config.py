@@ -1,6 +1,7 @@
 """The config of one run of a grid, for `imgsynth.train` / `launch.prepare`:
 
-    python -m imgsynth.train --config=launch/grid_config.py:grid=experiments/grids/quickstart.py,run=flow-T-1e+12 --workdir=DIR
+    python -m imgsynth.train --workdir=DIR \
+        --config=launch/grid_config.py:grid=experiments/grids/quickstart.py,run=flow-T-1e+12
 
 The grid file is expanded again and the named run's complete config returned, so the command line
 stays short and a run is reproduced from (grid file, run name). `--config.x=v` flags still apply.

@@ -1,4 +1,4 @@
-"""Local backend: every run in its own subprocess, `parallel` at a time, the cores divided among them.
+"""Local backend: every run in its own subprocess, `parallel` at a time, the cores divided.
 
 Order: the shared pipeline stages (once per distinct data/autoencoder setting), then training, then
 the evaluation of each run as soon as its training is done. Resumable: a done run is skipped, a
@@ -39,7 +39,7 @@ def thread_env(threads: int) -> dict[str, str]:
 
 
 def core_slots(parallel: int, cores: Sequence[int]) -> list[tuple[int, ...] | None]:
-    """Disjoint core sets, one per parallel slot (None: no pinning, e.g. one slot or too few cores)."""
+    """Disjoint core sets, one per parallel slot (None: no pinning: one slot, or too few cores)."""
     cores = sorted(cores)
     per = len(cores) // parallel
     if parallel == 1 or per == 0:
@@ -315,13 +315,16 @@ class LocalLauncher:
             for job in self._active:
                 _signal_group(job.proc, signal.SIGKILL)
 
-    # ---- progress ----------------------------------------------------------------------------------
+    # ---- progress --------------------------------------------------------------------------------
     def _estimate(self, kind: str, run: grid_lib.Run) -> float | None:
         total = grid_lib.estimate_seconds(run, self.flops_per_s)
         if total is None:
             return None
         evaluation = grid_lib.CPU_EVAL_S if self.flops_per_s is None else 0.0
         return evaluation if kind == "eval" else total - evaluation
+
+    def _step_of(self, run: grid_lib.Run) -> int:
+        return runs_lib.last_metrics(runs_lib.run_dir(self.workdir, run.name)).get("step") or 0
 
     def _count(self, job: _Job, elapsed: float) -> None:
         estimate = self._estimate(job.kind, job.run)
@@ -337,8 +340,8 @@ class LocalLauncher:
                 return None
             done = 0.0
             if job.kind == "train":
-                step = runs_lib.last_metrics(runs_lib.run_dir(self.workdir, job.run.name)).get("step")
-                done = min(1.0, (step or 0) / max(job.run.steps, 1))
+                step = self._step_of(job.run)
+                done = min(1.0, step / max(job.run.steps, 1))
             remaining += est * (1 - done)
         for run in self.runs:
             r = self.state.run(run.name)
@@ -368,8 +371,8 @@ class LocalLauncher:
         active = []
         for job in self._active:
             if job.kind == "train":
-                step = runs_lib.last_metrics(runs_lib.run_dir(self.workdir, job.run.name)).get("step")
-                active.append(f"{job.run.name} {step or 0}/{job.run.steps}")
+                step = self._step_of(job.run)
+                active.append(f"{job.run.name} {step}/{job.run.steps}")
             else:
                 active.append(f"{job.run.name} ({job.kind})")
         elapsed = grid_lib.format_duration(time.monotonic() - self.t0)

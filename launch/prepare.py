@@ -1,4 +1,4 @@
-"""Builds the shared pipeline stages (data, autoencoders, encoded data, judge, alignment) a run needs.
+"""Builds the shared stages a run needs: data, autoencoder, encoded data, judge, alignment.
 
     python -m launch.prepare --config=launch/grid_config.py:grid=PATH,run=NAME
 

@@ -1,4 +1,4 @@
-"""TPU-pod backend: `gcloud compute tpus tpu-vm ssh NAME --worker=all` runs every step on every host.
+"""TPU-pod backend: `gcloud compute tpus tpu-vm ssh NAME --worker=all` runs each step on every host.
 
 JAX on TPU is multi-controller: the same command starts on each worker, and
 `jax.distributed.initialize()` finds the others through the TPU metadata

@@ -83,6 +83,9 @@ def test_shipped_grids():
     assert "flow-T-3e+11" in table and "12 runs" in table
 
 
+ADD = "def sweep(add):\n    add(paradigm='flow', size='T', budget=1e12, %s)"
+
+
 @pytest.mark.parametrize("body, message", [
     ("x = 1", "must define `def sweep"),
     ("def sweep(add):\n    pass", "added no runs"),
@@ -92,17 +95,15 @@ def test_shipped_grids():
     ("def sweep(add):\n    add(paradigm='flow', size='T', budget=1e6)", "less than one training"),
     ("def sweep(add):\n    add(paradigm='flow', size='T', budget=1e12, lr=1)",
      "unexpected keyword argument 'lr'.*overrides="),
-    ("def sweep(add):\n    add(paradigm='flow', size='T', budget=1e12, overrides={'optimizer.lrr': 1})",
+    (ADD % "overrides={'optimizer.lrr': 1}",
      "no config key 'optimizer.lrr'; did you mean optimizer.lr"),
-    ("def sweep(add):\n    add(paradigm='flow', size='T', budget=1e12, overrides={'keep_flops': ()})",
-     "set by the grid itself"),
-    ("def sweep(add):\n    add(paradigm='flow', size='T', budget=1e12, overrides={'ema_decay': 'x'})",
-     "override ema_decay='x'"),
-    ("def sweep(add):\n    add(paradigm='flow', size='T', budget=1e12, ablation={'ae': [1]})",
-     "ablation must map"),
+    (ADD % "overrides={'keep_flops': ()}", "set by the grid itself"),
+    (ADD % "overrides={'ema_decay': 'x'}", "override ema_decay='x'"),
+    (ADD % "ablation={'ae': [1]}", "ablation must map"),
     ("def sweep(add):\n    add(paradigm='flow', size='T', budget=1.1e12)\n"
      "    add(paradigm='flow', size='T', budget=1.2e12)", "both named 'flow-T-1e\\+12'"),
-    ("def sweep(add):\n    raise RuntimeError('oops')", "sweep\\(add\\) failed: RuntimeError: oops"),
+    ("def sweep(add):\n    raise RuntimeError('oops')",
+     "sweep\\(add\\) failed: RuntimeError: oops"),
     ("def sweep(add) oops", "cannot load the grid file"),
 ])
 def test_bad_grids_fail_early_with_clear_errors(tmp_path, body, message):

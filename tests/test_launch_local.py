@@ -18,7 +18,8 @@ FAKE = '''
 import json, os, signal, sys, time
 args = dict(a.split("=", 1) for a in sys.argv[2:] if a.startswith("--") and "=" in a)
 kind = sys.argv[1]
-run = args["--config"].rsplit("run=", 1)[1] if "--config" in args else os.path.basename(args["--workdir"])
+run = (args["--config"].rsplit("run=", 1)[1] if "--config" in args
+       else os.path.basename(args["--workdir"]))
 plan = json.load(open(os.environ["FAKE_PLAN"]))
 todo = plan.get(f"{kind}:{run}", "ok")
 time.sleep(0.05)                         # the launcher pins cores right after starting us
@@ -37,8 +38,10 @@ if kind == "eval":
         print("Traceback (most recent call last):\\nRuntimeError: sampler diverged"); sys.exit(1)
     put("eval.json", {"ok": 1}); sys.exit(0)
 if kind == "compile":
-    print("some log line"); print(json.dumps({"devices": 4, "mesh": {"data": 4}, "params_total": 3e5,
-          "peak_bytes_per_device": 2**30, "compile_s": 1.5})); sys.exit(0)
+    print("some log line")
+    print(json.dumps({"devices": 4, "mesh": {"data": 4}, "params_total": 3e5,
+                      "peak_bytes_per_device": 2**30, "compile_s": 1.5}))
+    sys.exit(0)
 os.makedirs(args["--workdir"], exist_ok=True)
 put("config.json", {"grid": {"name": os.environ["FAKE_GRID"]}})
 put("status.json", {"status": "running", "step": 0})
@@ -121,8 +124,8 @@ def test_runs_skip_resume_and_failures(tmp_path, monkeypatch, fake):
     run = launcher(grid, work, fake)
     assert run.run() == 1
     status = {r.name: runs_lib.read_status(runs_lib.run_dir(str(work), r.name)) for r in grid.runs}
-    assert {n: s["status"] for n, s in status.items()} == {
-        "flow-T-1e+12": "done", "flow-T-3e+12": "failed", "ar-T-1e+12": "done", "ar-T-3e+12": "done"}
+    assert {n: s["status"] for n, s in status.items()} == {"flow-T-1e+12": "done",
+        "flow-T-3e+12": "failed", "ar-T-1e+12": "done", "ar-T-3e+12": "done"}
     assert "ValueError: boom" in status["flow-T-3e+12"]["reason"]
     state = json.load(open(work / runs_lib.STATE_FILE))["runs"]
     assert "ValueError: boom" in state["flow-T-3e+12"]["log_tail"]
@@ -181,7 +184,8 @@ def test_missing_evaluator_and_foreign_run_dirs_are_recorded(tmp_path, monkeypat
     run.evaluate_available = False
     assert run.run() == 1                                 # the foreign run dir is a failure
     state = json.load(open(work / runs_lib.STATE_FILE))["runs"]
-    assert state["ar-T-3e+12"]["train"] == "blocked" and "grid 'other'" in state["ar-T-3e+12"]["reason"]
+    assert state["ar-T-3e+12"]["train"] == "blocked"
+    assert "grid 'other'" in state["ar-T-3e+12"]["reason"]
     assert state["flow-T-1e+12"]["train"] == "done"
     assert state["flow-T-1e+12"]["eval"] == "unavailable"
     assert "imgsynth.evaluate is not available" in state["flow-T-1e+12"]["eval_reason"]
@@ -217,8 +221,8 @@ def test_ctrl_c_leaves_every_status_consistent(tmp_path, monkeypatch, fake):
     fake.plan({"train:flow-T-1e+12": "hang",
                                           "train:flow-T-3e+12": "hang_unprotected"})
     (tmp_path / "driver.py").write_text(DRIVER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [grid_lib.REPO_ROOT,
-                                                                     os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [grid_lib.REPO_ROOT, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), grid.path, str(work),
                              str(fake.script)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -277,8 +281,8 @@ def test_study_runs_the_grid_then_the_report(tmp_path, monkeypatch, fake, capsys
     from imgsynth.scaling import report
     grid = make_grid(tmp_path, monkeypatch)
     built = []
-    monkeypatch.setattr(report, "build_report",
-                        lambda workdir, **kw: built.append(workdir) or f"{workdir}/report/report.html")
+    monkeypatch.setattr(report, "build_report", lambda workdir, **kw: built.append(workdir)
+                        or f"{workdir}/report/report.html")
     original = local.LocalLauncher.__init__
     monkeypatch.setattr(local.LocalLauncher, "__init__", lambda self, *a, **kw: original(
         self, *a, **{**kw, "commands": fake.commands, "poll_s": 0.02}))

@@ -5,10 +5,11 @@
 
 An isoFLOP design: each size is trained at the 4-5 budgets around its compute-optimal point (a
 Chinchilla-like N ≈ sqrt(C / 120), i.e. ~20 tokens per parameter), not at every budget, so no run
-is absurdly short or long and every budget has 2-4 sizes. 64 px images with f = 4 autoencoders give 256 image tokens per example; global batch 256 in
-bfloat16 with rematerialisation; L and XL data-parallel, XXL and 3XL fully sharded (FSDP). The
-largest budgets need far more than the 100k-image default split: build a larger shapes split or
-point `data.*` at a real dataset. Check memory before paying for a pod:
+is absurdly short or long and every budget has 2-4 sizes. 64 px images with f = 4 autoencoders
+give 256 image tokens per example; global batch 256 in bfloat16 with rematerialisation; L and XL
+data-parallel, XXL and 3XL fully sharded (FSDP). The largest budgets need far more than the
+100k-image default split: build a larger shapes split or point `data.*` at a real dataset. Check
+memory before paying for a pod:
 `python -m launch --grid=experiments/grids/paper.py --compile_only --fake_devices=64`.
 """
 
