@@ -11,6 +11,10 @@ import pytest
 
 from launch import grid as grid_lib, runs as runs_lib, slurm, tpu
 
+# Starting subprocesses from a process where JAX runs makes JAX warn about fork(); the children
+# exec at once.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+
 GRID = os.path.join(grid_lib.GRIDS_DIR, "quickstart.py")
 
 

@@ -12,6 +12,10 @@ import pytest
 
 from launch import grid as grid_lib, local, memory, runs as runs_lib
 
+# Starting subprocesses from a process where JAX runs makes JAX warn about fork(); the children
+# exec at once.
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+
 # A stand-in for `python -m imgsynth.train` (and evaluate/prepare): behaviour per run from
 # $FAKE_PLAN, every call logged to $FAKE_CALLS. Starts in milliseconds (no JAX).
 FAKE = '''
