@@ -143,7 +143,10 @@ def default_config(paradigm: str, arg: str | None = None, **arg_defaults) -> ml_
         text_key="", label_key="", caption_template="a photo of a {label}",
         synthetic_examples=1024))   # data.name="synthetic": random records (throughput, tests)
     c.autoencoder = ml_collections.ConfigDict(dict(
-        workdir="", kind="kl", downsample=4, latent_channels=4, lfq_bits=10))
+        workdir="",          # a trained autoencoder; "" trains one into cache_dir when missing
+        kind="kl", downsample=4, latent_channels=4, lfq_bits=10,
+        train_steps=0))      # > 0 overrides experiments/autoencoder.py's training length
+    c.instruments = ml_collections.ConfigDict(dict(judge_steps=0, alignment_steps=0))
     c.cache_dir = "~/.cache/imgsynth"   # shared data/autoencoders for runlocal and grids
 
     c.optimizer = ml_collections.ConfigDict(dict(
@@ -160,6 +163,7 @@ def default_config(paradigm: str, arg: str | None = None, **arg_defaults) -> ml_
     c.keep_checkpoints = 2
     c.peak_flops_per_s = 0.0     # 0: measure a large matmul at start
 
+    c.runlocal = args.runlocal
     registry.apply_size(c, args.size)
     c.text.max_len = c.data.text_max_len
     registry.paradigm_module(c).configure(c)
@@ -183,5 +187,4 @@ def default_config(paradigm: str, arg: str | None = None, **arg_defaults) -> ml_
         c.eval_every_steps = 30
         c.eval_examples = 64
         c.checkpoint_every_steps = 30
-    c.runlocal = args.runlocal
     return c

@@ -44,8 +44,11 @@ def plan(config: ml_collections.ConfigDict):
     return module, cost, total_steps, keep_steps
 
 
-def make_update(config, module, graphdef, total_steps: int):
-    """The state initialiser and the update step (AdamW, clipping, EMA) as pure functions."""
+def make_update(config, loss, graphdef, total_steps: int):
+    """The state initialiser and the update step (AdamW, clipping, EMA) as pure functions.
+
+    `loss(model, batch, rng) -> (value, metrics)`; the autoencoders reuse this with their own.
+    """
     tx, lr_schedule = optim.make(config.optimizer, total_steps)
     base_key = jax.random.key(config.seed)
 
@@ -57,7 +60,7 @@ def make_update(config, module, graphdef, total_steps: int):
         rng = jax.random.fold_in(base_key, state["step"])   # resume-safe: a function of the step
 
         def loss_fn(params):
-            return module.loss(nnx.merge(graphdef, params), batch, rng, config)
+            return loss(nnx.merge(graphdef, params), batch, rng)
 
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt = tx.update(grads, state["opt"], state["params"])
@@ -69,6 +72,10 @@ def make_update(config, module, graphdef, total_steps: int):
         return {"params": params, "ema": ema, "opt": opt, "step": state["step"] + 1}, metrics
 
     return init_state, train_step
+
+
+def paradigm_loss(module, config):
+    return lambda model, batch, rng: module.loss(model, batch, rng, config)
 
 
 def compile_only(config: ml_collections.ConfigDict) -> dict:
@@ -84,7 +91,7 @@ def compile_only(config: ml_collections.ConfigDict) -> dict:
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
         graphdef, abstract_params = nnx.get_abstract_model(
             lambda: module.build(config, nnx.Rngs(config.seed)), mesh)
-        init_state, train_step = make_update(config, module, graphdef, total_steps)
+        init_state, train_step = make_update(config, paradigm_loss(module, config), graphdef, total_steps)
         state_shardings = jax.jit(init_state).lower(abstract_params).compile().output_shardings
         abstract_state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -145,7 +152,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, sources=None) -> dict
     # ---- Model, optimizer, sharded state, update step -----------------------------------------
     model = sharding.create_sharded(lambda: module.build(config, nnx.Rngs(config.seed)), mesh)
     graphdef, params = nnx.split(model)
-    init_state, train_step = make_update(config, module, graphdef, total_steps)
+    init_state, train_step = make_update(config, paradigm_loss(module, config), graphdef, total_steps)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
         state = jax.jit(init_state)(params)
         state_shardings = jax.tree.map(lambda x: x.sharding, state)
