@@ -31,7 +31,9 @@ def _free_port() -> int:
 
 def _env(devices: int, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGSYNTH_", "XLA_FLAGS"))}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+    # Optimisation level 0 compiles ~40% faster on both sides of the comparison.
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+                         "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join(filter(None, [grid_lib.REPO_ROOT,
                                                         env.get("PYTHONPATH")])),
                PJRT_NPROC="1", TF_CPP_MIN_LOG_LEVEL="2", **extra)
