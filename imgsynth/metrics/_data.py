@@ -110,5 +110,12 @@ def write_dir_atomically(final: str, files: dict[str, bytes]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process: on a shared machine, wall time overstates what an
+    idle one needs, CPU time does not."""
+    t = os.times()
+    return t.user + t.system
+
+
 def json_bytes(value) -> bytes:
     return (json.dumps(value, indent=1, sort_keys=True) + "\n").encode()

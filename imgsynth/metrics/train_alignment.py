@@ -62,7 +62,7 @@ def train_alignment(data_dir: str, builder_config: str = "r32", *,
 
     `config` sets the architecture; its resolution, vocabulary size and caption length are
     always taken from the dataset."""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _data.cpu_seconds()
     resolution = _data.resolution_of(builder_config)
     dataset = _data.dataset_path(data_dir, builder_config)
     tokenizer = load_tokenizer_file(os.path.join(dataset, "vocab.json"))
@@ -95,19 +95,20 @@ def train_alignment(data_dir: str, builder_config: str = "r32", *,
         if step % 500 == 0 or step == s.steps - 1:
             log(f"alignment: step {step:5d}  train/loss {float(loss):.4f}  "
                 f"{(time.perf_counter() - start) / 60:.1f} min")
-    train_minutes = (time.perf_counter() - start) / 60
-
     result = Alignment(model, tokenizer)
     test = _data.read_split(data_dir, builder_config, "test", limit=test_limit)
     scores = alignment_scores(result, test.images, test.captions)
     shuffled = alignment_scores(result, test.images, np.roll(np.asarray(test.captions), 1).tolist())
     group = min(RETRIEVAL_GROUP, len(test.captions))
+    accuracy = retrieval_accuracy(result, test.images, test.captions, group)
+    train_minutes = (time.perf_counter() - start) / 60
     result.info = {
         "dataset": shapes.NAME, "builder_config": builder_config, "version": shapes.VERSION,
-        "retrieval_accuracy": retrieval_accuracy(result, test.images, test.captions, group),
+        "retrieval_accuracy": accuracy,
         "retrieval_protocol": retrieval_protocol(group), "retrieval_group": group,
         "real_score": float(scores.mean()), "mismatched_score": float(shuffled.mean()),
         "num_test": len(test.captions), "train_minutes": round(train_minutes, 2),
+        "train_cpu_minutes": round((_data.cpu_seconds() - cpu_start) / 60, 2),
         "train_settings": dataclasses.asdict(s), "devices": str(jax.devices()[0].platform),
     }
     log(f"alignment: retrieval accuracy {result.retrieval_accuracy:.4f}; score on real pairs "

@@ -44,11 +44,6 @@ class TrainSettings:
     seed: int = 0
 
 
-def _cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 def _loss(model: JudgeNet, images, cls, color, size):
     logits, _ = model(images)
     l_cls, l_color, l_size = split_logits(logits)
@@ -86,7 +81,7 @@ def train_judge(data_dir: str, builder_config: str = "r32", *, config: JudgeConf
                 settings: TrainSettings = TrainSettings(), test_limit: int | None = None,
                 save: bool = True, log=print) -> Judge:
     """Trains, measures the ceiling on the test split, and (if `save`) caches the judge."""
-    start, cpu_start = time.perf_counter(), _cpu_seconds()
+    start, cpu_start = time.perf_counter(), _data.cpu_seconds()
     resolution = _data.resolution_of(builder_config)
     config = config or JudgeConfig(resolution=resolution)
     if config.resolution != resolution:
@@ -121,7 +116,7 @@ def train_judge(data_dir: str, builder_config: str = "r32", *, config: JudgeConf
     judge.info = {
         "dataset": shapes.NAME, "builder_config": builder_config, "version": shapes.VERSION,
         **measured, "train_minutes": round(train_minutes, 2),
-        "train_cpu_minutes": round((_cpu_seconds() - cpu_start) / 60, 2),
+        "train_cpu_minutes": round((_data.cpu_seconds() - cpu_start) / 60, 2),
         "train_settings": dataclasses.asdict(s), "devices": str(jax.devices()[0].platform),
     }
     log(f"judge: ceiling {judge.ceiling:.4f} on {judge.info['num_test']} test images; per category "
