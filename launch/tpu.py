@@ -198,12 +198,12 @@ class TpuLauncher:
             failed = 0
             for run in self.runs:
                 record = state.run(run.name)
-                if record.get("train") == "done" and record.get("eval") == "done":
-                    continue
-                if record.get("train") == "failed" and not self.retry_failed:
+                if not self.retry_failed and "failed" in (record.get("train"), record.get("eval")):
                     failed += 1
                     continue
                 for step in self.run_steps(run):
+                    if record.get(step.kind) == "done":
+                        continue
                     if self._stopping:
                         return 130
                     self._step = step
