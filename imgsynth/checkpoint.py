@@ -6,6 +6,7 @@ leaves a checkpoint that looks valid but is not.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -18,11 +19,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 class Checkpointer:
     def __init__(self, directory: str, *, max_to_keep: int = 2, keep_steps=()):
         """Keeps the latest `max_to_keep` checkpoints plus every step in `keep_steps` forever."""
-        if jax.default_backend() == "cpu":
-            # Fake CPU devices share one memory: splitting replicated arrays across them for a
-            # parallel write only multiplies tiny device-to-host copies.
-            ocp.type_handlers.register_type_handler(
-                jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+        _register_cpu_array_handler()
         options = ocp.CheckpointManagerOptions(
             create=True, enable_async_checkpointing=False,
             preservation_policy=policies.AnyPreservationPolicy([
@@ -51,6 +48,15 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+@functools.cache
+def _register_cpu_array_handler() -> None:
+    """Fake CPU devices share one memory: splitting replicated arrays across them for a parallel
+    write only multiplies tiny device-to-host copies, so CPU saves write each array once."""
+    if jax.default_backend() == "cpu":
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
 def abstract(tree: Any) -> Any:

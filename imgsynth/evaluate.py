@@ -15,14 +15,13 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from imgsynth import checkpoint as ckpt_lib, registry, sharding, stages, workdir as wd
+from imgsynth import checkpoint as ckpt_lib, stages, workdir as wd
 from imgsynth.data import pipeline
-from imgsynth.metrics import alignment as alignment_lib, frechet, judge as judge_lib
+from imgsynth.metrics import alignment as alignment_lib, frechet
 from imgsynth.metrics import prompt_following as pf
 from imgsynth.train import make_update, paradigm_loss, plan
 
@@ -34,7 +33,11 @@ class NotReady(RuntimeError):
 
 
 def load_run(workdir: str):
-    """(config, paradigm module, graphdef, {'params', 'ema'}) of a finished run."""
+    """(config, paradigm module, graphdef, {'params', 'ema'}, step) of a finished run.
+
+    The weights are restored onto one device: evaluation samples batches that fit one
+    accelerator (or the host) for every size this suite trains on CPU or single hosts.
+    """
     config_path = os.path.join(workdir, "config.json")
     if not os.path.isfile(config_path):
         raise NotReady(f"{workdir} is not a run directory (no config.json)")
@@ -43,15 +46,13 @@ def load_run(workdir: str):
         raise NotReady(f"{workdir} is not done (status {status['status']!r}, step "
                        f"{status.get('step')}); finish training before evaluating")
     config = ml_collections.ConfigDict(wd.read_json(config_path))
+    config.total_flops = config.total_examples = None   # config.json holds the resolved steps
     module, _, total_steps, _ = plan(config)
-    mesh = sharding.make_mesh((-1, 1, 1))
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
-        graphdef, abstract_params = nnx.get_abstract_model(
-            lambda: module.build(config, nnx.Rngs(0)), mesh)
-        init_state, _ = make_update(config, paradigm_loss(module, config), graphdef, total_steps)
-        shardings = jax.jit(init_state).lower(abstract_params).compile().output_shardings
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                jax.eval_shape(init_state, abstract_params), shardings)
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: module.build(config, nnx.Rngs(0))))
+    init_state, _ = make_update(config, paradigm_loss(module, config), graphdef, total_steps)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                            jax.eval_shape(init_state, abstract_params))
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
     state = checkpointer.restore(abstract)
     checkpointer.close()
@@ -62,36 +63,37 @@ def to_uint8(images) -> np.ndarray:
     return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def generate(config, module, graphdef, params, decode, text_ids, text_mask, seed: int) -> np.ndarray:
-    """uint8 images for the captions, in batches of SAMPLE_BATCH under jit."""
+def make_sampler(config, module, graphdef, decode):
+    """One jitted captions → images function, shared by every call (one compile per shape)."""
     @jax.jit
     def fn(params, ids, mask, key):
         return decode(module.sample(nnx.merge(graphdef, params), ids, mask, key, config))
+    return fn
 
+
+def generate(sampler, params, text_ids, text_mask, seed: int) -> np.ndarray:
+    """uint8 images for the captions, in fixed-size batches of SAMPLE_BATCH."""
     out = []
     for start in range(0, len(text_ids), SAMPLE_BATCH):
         ids, mask = text_ids[start:start + SAMPLE_BATCH], text_mask[start:start + SAMPLE_BATCH]
         pad = SAMPLE_BATCH - len(ids)
-        if pad:   # fixed shapes: one compilation
+        if pad:
             ids = np.concatenate([ids, np.repeat(ids[:1], pad, 0)])
             mask = np.concatenate([mask, np.repeat(mask[:1], pad, 0)])
         key = jax.random.fold_in(jax.random.key(seed), start)
-        out.append(to_uint8(fn(params, ids, mask, key))[: SAMPLE_BATCH - pad])
+        out.append(to_uint8(sampler(params, ids, mask, key))[: SAMPLE_BATCH - pad])
     return np.concatenate(out)
 
 
-def timing(config, module, graphdef, params, decode, text_ids, text_mask) -> dict:
+def timing(sampler, params, text_ids, text_mask) -> dict:
     """Images/s at a batch of SAMPLE_BATCH and the latency of one image (after compilation)."""
-    @jax.jit
-    def fn(params, ids, mask, key):
-        return decode(module.sample(nnx.merge(graphdef, params), ids, mask, key, config))
-
     out = {}
     for name, n in (("batch", SAMPLE_BATCH), ("single", 1)):
-        ids, mask = np.resize(text_ids, (n,) + text_ids.shape[1:]), np.resize(text_mask, (n,) + text_mask.shape[1:])
-        jax.block_until_ready(fn(params, ids, mask, jax.random.key(0)))
+        ids = np.resize(text_ids, (n,) + text_ids.shape[1:])
+        mask = np.resize(text_mask, (n,) + text_mask.shape[1:])
+        jax.block_until_ready(sampler(params, ids, mask, jax.random.key(0)))
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(params, ids, mask, jax.random.key(1)))
+        jax.block_until_ready(sampler(params, ids, mask, jax.random.key(1)))
         out[name] = time.perf_counter() - t0
     return {"images_per_s": SAMPLE_BATCH / out["batch"], "latency_s": out["single"],
             "batch_size": SAMPLE_BATCH}
@@ -113,10 +115,10 @@ def evaluate(workdir: str, *, num_samples: int = 300, guidance: float | None = N
     text_ids, text_mask = tokenizer.encode(list(prompts.captions))
     real = instruments.real_images(num_samples)
 
+    sampler = make_sampler(config, module, graphdef, decode)
     results = {}
     for which in ("params", "ema"):
-        images = generate(config, module, graphdef, weights[which], decode,
-                          text_ids, text_mask, seed)
+        images = generate(sampler, weights[which], text_ids, text_mask, seed)
         pf_result = pf.prompt_following(judge.read_scenes(images), prompts.captions, prompts.categories)
         feats_gen, feats_real = judge.features(images), judge.features(real)
         kid = frechet.kid(feats_gen, feats_real, subset_size=100, seed=seed)
@@ -134,7 +136,7 @@ def evaluate(workdir: str, *, num_samples: int = 300, guidance: float | None = N
     png = _sample_grid(workdir, results["ema"].pop("images"), prompts.captions)
     results["raw"].pop("images")
 
-    speed = timing(config, module, graphdef, weights["ema"], decode, text_ids, text_mask)
+    speed = timing(sampler, weights["ema"], text_ids, text_mask)
     latent = module.sample(nnx.merge(graphdef, weights["ema"]), text_ids[:1], text_mask[:1],
                            jax.random.key(0), config)
     # The decoder is convolutional, unrolled: XLA's own count is exact enough here.

@@ -1,0 +1,92 @@
+"""The whole pipeline on tiny data: dataset → autoencoders → encoded latents/tokens → train →
+evaluate, for every paradigm, from a config alone (what `runlocal` does on a fresh clone)."""
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from imgsynth import config as config_lib, evaluate, stages, train, train_autoencoder
+from imgsynth.data import encode, pipeline
+
+EVAL_SCHEMA = {"settings", "weights", "ceilings", "inference", "samples_png"}
+METRICS = {"prompt_following", "fd_judge", "kid", "alignment_score", "eval_loss"}
+
+
+def tiny(paradigm, cache, steps=12):
+    c = config_lib.default_config(paradigm, f"runlocal,steps={steps},global_batch_size=16")
+    c.cache_dir = cache
+    c.data.builder_config = "r32_tiny"
+    c.autoencoder.lfq_bits = 6
+    c.autoencoder.train_steps = 20
+    c.instruments.judge_steps = c.instruments.alignment_steps = 20
+    c.eval_examples, c.eval_every_steps, c.checkpoint_every_steps = 32, 6, 6
+    c.log_every_steps = 2
+    c.peak_flops_per_s = 1e11
+    c.sampler.steps = 4 if paradigm != "ar" else 0
+    return c
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def test_runlocal_flow_trains_checkpoints_and_evaluates(cache, tmp_path):
+    c = tiny("flow", cache)
+    row = train.train(c, str(tmp_path))                 # builds data, autoencoder, latents
+    assert json.load(open(tmp_path / "status.json"))["status"] == "done"
+    assert {"6", "12"} <= set(os.listdir(tmp_path / "checkpoints"))
+    losses = [r["train/loss"] for r in map(json.loads, open(tmp_path / "metrics.jsonl"))
+              if "train/loss" in r]
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+    assert "eval/loss_ema" in row
+
+    stages.prepare(c)                                   # judge and alignment model
+    report = evaluate.evaluate(str(tmp_path), num_samples=12)
+    assert set(report) == EVAL_SCHEMA
+    for which in ("raw", "ema"):
+        assert METRICS <= set(report["weights"][which])
+        pf = report["weights"][which]["prompt_following"]
+        assert 0.0 <= pf["overall"] <= 1.0 and len(pf) >= 2
+    assert report["inference"]["flops_per_image"] > 0 and report["inference"]["images_per_s"] > 0
+    assert os.path.isfile(tmp_path / report["samples_png"])
+    assert json.load(open(tmp_path / "eval.json")) == json.loads(json.dumps(report))
+
+
+@pytest.mark.parametrize("paradigm", ["maskgit", "ar"])
+def test_token_paradigms_end_to_end(cache, tmp_path, paradigm):
+    c = tiny(paradigm, cache, steps=4)
+    train.train(c, str(tmp_path))
+    stages.prepare(c)
+    report = evaluate.evaluate(str(tmp_path), num_samples=8)
+    assert METRICS <= set(report["weights"]["ema"])
+
+
+def test_precompute_reads_back_as_direct_encoding(cache):
+    c = tiny("maskgit", cache)
+    path = stages.encoded(c)
+    model, info = train_autoencoder.load(stages.autoencoder_dir(c), kind="lfq")
+    source = encode.load_encoded(path, "validation", autoencoder_hash=info["hash"])
+    data = stages.data_config(c)
+    raw = pipeline.load_split(data, "validation")
+    transform = pipeline.ModelInputs(pipeline.load_tokenizer(data), 32)
+    for i in (0, 5):
+        direct = transform(raw[i])
+        tokens = np.asarray(model.encode_latents(jnp.asarray(direct["image"][None])))[0]
+        np.testing.assert_array_equal(source[i]["tokens"], tokens)
+        np.testing.assert_array_equal(source[i]["text_ids"], direct["text_ids"])
+    with pytest.raises(ValueError, match="encoded by autoencoder"):
+        encode.load_encoded(path, "train", autoencoder_hash="0" * 16)
+    with pytest.raises(ValueError, match="holds a 'lfq' autoencoder"):
+        train_autoencoder.load(stages.autoencoder_dir(c), kind="kl")
+
+
+def test_evaluate_refuses_unfinished_runs(tmp_path):
+    with pytest.raises(evaluate.NotReady, match="not a run directory"):
+        evaluate.load_run(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "status.json").write_text(json.dumps({"status": "running", "step": 3}))
+    with pytest.raises(evaluate.NotReady, match="not done"):
+        evaluate.load_run(str(tmp_path))
