@@ -216,6 +216,8 @@ def to_unit_float(images) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be [N, H, W, 3] RGB, got shape {images.shape}")
+    if len(images) == 0:
+        raise ValueError("no images")
     if images.dtype == np.uint8:
         return images.astype(np.float32) / 255.0
     x = images.astype(np.float32)
@@ -266,16 +268,18 @@ def _features_step(model: InceptionV3FID, x_BHWC, size: int):
 
 def inception_features(model: InceptionV3FID, images, batch_size: int = 50,
                        size: int = FID_SIZE) -> np.ndarray:
-    """[N, 2048] pool3 features; batches are padded to one shape so only one compile happens."""
-    x = to_unit_float(images)
+    """[N, 2048] pool3 features; batches are padded to one shape so only one compile happens,
+    and converted to float one at a time so a large uint8 set is never held as float32."""
+    images = np.asarray(images)
+    to_unit_float(images[:1])  # shape and dtype checks before any work
     out = []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start:start + batch_size]
+    for start in range(0, len(images), batch_size):
+        chunk = to_unit_float(images[start:start + batch_size])
         if len(chunk) < batch_size:
             pad = np.zeros((batch_size - len(chunk), *chunk.shape[1:]), np.float32)
             chunk = np.concatenate([chunk, pad])
         out.append(np.asarray(_features_step(model, jnp.asarray(chunk), size)))
-    return np.concatenate(out)[: len(x)].astype(np.float64)
+    return np.concatenate(out)[: len(images)].astype(np.float64)
 
 
 @functools.lru_cache(maxsize=2)
