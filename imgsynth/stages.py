@@ -113,28 +113,26 @@ def encoded(config) -> str:
 
 def judge(config) -> str:
     """The dataset's judge (shapes only), trained once and cached next to the dataset."""
-    from imgsynth.metrics import judge as judge_lib, train_judge
-    data = data_config(config)
-    dataset(config)
-    path = judge_lib.judge_dir(data.data_dir, data.builder_config)
-    with _lock(path):
-        if not os.path.isfile(os.path.join(path, judge_lib.INFO_FILE)):
-            settings = train_judge.TrainSettings(**_quick(config, "judge"))
-            train_judge.train_judge(data.data_dir, data.builder_config, settings=settings,
-                                    log=logging.info)
-    return path
+    from imgsynth.metrics import judge as lib, train_judge as trainer
+    return _instrument(config, "judge", lib.judge_dir, lib.INFO_FILE, trainer.train_judge,
+                       trainer.TrainSettings)
 
 
 def alignment(config) -> str:
-    from imgsynth.metrics import alignment as alignment_lib, train_alignment
+    """The dataset's contrastive image-caption model, trained once and cached like the judge."""
+    from imgsynth.metrics import alignment as lib, train_alignment as trainer
+    return _instrument(config, "alignment", lib.alignment_dir, lib.INFO_FILE,
+                       trainer.train_alignment, trainer.TrainSettings)
+
+
+def _instrument(config, what, directory, info_file, train_fn, settings_cls) -> str:
     data = data_config(config)
     dataset(config)
-    path = alignment_lib.alignment_dir(data.data_dir, data.builder_config)
+    path = directory(data.data_dir, data.builder_config)
     with _lock(path):
-        if not os.path.isfile(os.path.join(path, alignment_lib.INFO_FILE)):
-            settings = train_alignment.TrainSettings(**_quick(config, "alignment"))
-            train_alignment.train_alignment(data.data_dir, data.builder_config, settings=settings,
-                                            log=logging.info)
+        if not os.path.isfile(os.path.join(path, info_file)):
+            train_fn(data.data_dir, data.builder_config,
+                     settings=settings_cls(**_quick(config, what)), log=logging.info)
     return path
 
 
