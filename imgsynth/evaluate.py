@@ -146,7 +146,7 @@ def evaluate(workdir: str, *, num_samples: int = 300, guidance: float | None = N
                      "sampler_steps": config.sampler.steps, "sampler": config.sampler.to_dict(),
                      "seed": seed, "checkpoint_step": step},
         "weights": results,
-        "ceilings": instruments.ceilings(),
+        "ceilings": instruments.ceilings(num_samples),
         "inference": {"flops_per_image": module.inference_flops(config),
                       "decoder_flops_per_image": decoder_flops, **speed},
         "samples_png": os.path.basename(png),

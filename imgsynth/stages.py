@@ -173,6 +173,7 @@ class Instruments:
     """What evaluating a run needs: its decoder, the judge, the alignment model, real images."""
     autoencoder: object
     autoencoder_info: dict
+    autoencoder_dir: str
     judge: object
     alignment: object
     data_dir: str
@@ -185,9 +186,34 @@ class Instruments:
         from imgsynth.metrics import _data
         return _data.read_split(self.data_dir, self.builder_config, "test", limit=n).images
 
-    def ceilings(self) -> dict:
-        return {"judge_prompt_following": self.judge.ceiling,
-                "judge_fd_floor": self.judge.info.get("fd_floor"),
+    def autoencoder_ceilings(self, n: int) -> dict:
+        """The judge on autoencoder reconstructions of real test images: the best a generator in
+        this latent space can score. Computed once per (autoencoder, dataset) and cached."""
+        from imgsynth.metrics import _data, frechet, prompt_following
+        path = os.path.join(self.autoencoder_dir, f"ceilings-{self.builder_config}-{n}.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                return json.load(f)
+        import jax
+        real = _data.read_split(self.data_dir, self.builder_config, "test", limit=n)
+        roundtrip = jax.jit(lambda x: self.decode(self.autoencoder.encode_latents(x)))
+        recon = np.concatenate([
+            np.clip(np.rint((np.asarray(roundtrip(real.images[i:i + 256] / 127.5 - 1.0)) + 1)
+                            * 127.5), 0, 255).astype(np.uint8)
+            for i in range(0, len(real.images), 256)])
+        pf = prompt_following.prompt_following(self.judge.read_scenes(recon), real.captions,
+                                               real.categories)
+        out = {"autoencoder_prompt_following": pf["accuracy"],
+               "autoencoder_fd_judge": frechet.fd(self.judge.features(recon),
+                                                  self.judge.features(real.images))}
+        from imgsynth import workdir as wd
+        wd.write_json(path, out)
+        return out
+
+    def ceilings(self, n: int) -> dict:
+        return {**self.autoencoder_ceilings(n),
+                "judge_prompt_following": self.judge.ceiling,
+                "judge_fd_real_floor": (self.judge.info.get("fd_real_floor") or {}).get("value"),
                 "alignment_retrieval_accuracy": self.alignment.retrieval_accuracy,
                 "autoencoder_psnr": self.autoencoder_info["validation"].get("psnr")}
 
@@ -202,7 +228,8 @@ def instruments(config) -> Instruments:
             "scenes; evaluate real data with the Inception FID / CLIP evaluators")
     data = data_config(config)
     model, info = train_autoencoder.load(autoencoder_dir(config), kind=config.autoencoder.kind)
-    return Instruments(model, info, judge_lib.load_judge(data.data_dir, data.builder_config),
+    return Instruments(model, info, autoencoder_dir(config),
+                       judge_lib.load_judge(data.data_dir, data.builder_config),
                        alignment_lib.load_alignment(data.data_dir, data.builder_config),
                        data.data_dir, data.builder_config)
 
