@@ -99,6 +99,7 @@ def write_dir_atomically(final: str, files: dict[str, bytes]) -> None:
     parent = os.path.dirname(os.path.abspath(final))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cached model is for every user
     try:
         for name, data in files.items():
             with open(os.path.join(tmp, name), "wb") as f:
