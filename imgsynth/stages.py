@@ -94,7 +94,7 @@ def autoencoder(config) -> str:
     from imgsynth import train_autoencoder
     path = autoencoder_dir(config)
     if not os.path.isfile(os.path.join(path, train_autoencoder.INFO_FILE)):
-        if config.autoencoder.workdir:
+        if config.autoencoder.workdir and not config.autoencoder.workdir.startswith(cache_root(config)):
             raise FileNotFoundError(f"autoencoder.workdir={path} holds no trained autoencoder")
         dataset(config)
         with _lock(path):
@@ -152,6 +152,18 @@ def prepare(config, *, evaluation: bool = True) -> dict:
     return out
 
 
+def pin_autoencoder(config) -> ml_collections.ConfigDict:
+    """A copy of `config` whose `autoencoder.workdir` names the exact autoencoder it will use.
+
+    Written into the run's config.json, so evaluation decodes with the autoencoder that made the
+    training latents even if experiments/autoencoder.py changes later.
+    """
+    pinned = ml_collections.ConfigDict(config.to_dict())
+    if config.data.name != "synthetic":
+        pinned.autoencoder.workdir = autoencoder_dir(config)
+    return pinned
+
+
 def generator_data(config):
     """(train, eval) random-access sources of the records the paradigm trains on."""
     if config.data.name == "synthetic":
@@ -161,7 +173,7 @@ def generator_data(config):
     from imgsynth import train_autoencoder
     from imgsynth.data import encode
     path = encoded(config)
-    _, info = train_autoencoder.load(autoencoder_dir(config), kind=config.autoencoder.kind)
+    _, info = train_autoencoder.load(autoencoder(config), kind=config.autoencoder.kind)
     return tuple(encode.load_encoded(path, split, autoencoder_hash=info["hash"])
                  for split in ("train", "validation"))
 

@@ -125,6 +125,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, sources=None) -> dict
     # ---- Run files ---------------------------------------------------------------------------
     sharding.initialize_distributed()
     module, cost, total_steps, keep_steps = plan(config)
+    if sources is None:
+        from imgsynth import stages
+        config = stages.pin_autoencoder(config)
     status = wd.read_status(workdir)
     if status["status"] == "done":
         logging.info("%s is already done (step %s); nothing to do", workdir, status.get("step"))
@@ -143,7 +146,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, sources=None) -> dict
 
     # ---- Input -------------------------------------------------------------------------------
     if sources is None:
-        from imgsynth import stages
         sources = stages.generator_data(config)
     train_source, eval_source = sources
     train_iter = pipeline.train_iterator(train_source, global_batch_size=config.global_batch_size,
