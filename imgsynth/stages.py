@@ -39,7 +39,7 @@ def data_config(config) -> ml_collections.ConfigDict:
     return data
 
 
-def _experiment(name: str):
+def experiment(name: str):
     """A config file of the repository's experiments/ folder (the suite runs from a checkout)."""
     import importlib.util
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -61,7 +61,7 @@ def autoencoder_config(config) -> ml_collections.ConfigDict:
     """
     a = config.autoencoder
     arg = f"kind={a.kind},downsample={a.downsample},resolution={config.data.resolution}"
-    ae = _experiment("autoencoder").get_config(arg + (",runlocal" if config.get("runlocal") else ""))
+    ae = experiment("autoencoder").get_config(arg + (",runlocal" if config.get("runlocal") else ""))
     ae.autoencoder.latent_channels, ae.autoencoder.lfq_bits = a.latent_channels, a.lfq_bits
     ae.data = data_config(config)
     ae.cache_dir = config.cache_dir
