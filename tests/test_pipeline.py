@@ -90,3 +90,26 @@ def test_evaluate_refuses_unfinished_runs(tmp_path):
     (tmp_path / "status.json").write_text(json.dumps({"status": "running", "step": 3}))
     with pytest.raises(evaluate.NotReady, match="not done"):
         evaluate.load_run(str(tmp_path))
+
+
+def test_autoencoder_resumes_after_a_crash(cache, tmp_path, monkeypatch):
+    from imgsynth import checkpoint as ckpt_lib
+    c = stages.autoencoder_config(tiny("flow", cache))
+    c.total_steps, c.checkpoint_every_steps, c.eval_examples = 4, 2, 16
+    straight = train_autoencoder.train(c, str(tmp_path / "a"))
+
+    save = ckpt_lib.Checkpointer.save
+
+    def save_then_die(self, step, state, it=None):
+        save(self, step, state, it)
+        if step == 2:
+            raise KeyboardInterrupt("simulated kill after the step-2 checkpoint")
+
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_autoencoder.train(c, str(tmp_path / "b"))
+    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save)
+    resumed = train_autoencoder.train(c, str(tmp_path / "b"))
+    assert resumed["hash"] == straight["hash"]          # identical final weights
+    with pytest.raises(FileNotFoundError, match="no trained autoencoder"):
+        train_autoencoder.load(str(tmp_path / "missing"))
