@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 import shlex
+import subprocess
 import sys
 import textwrap
 
@@ -52,8 +53,12 @@ def test_tpu_dry_run_command_lines():
     assert "queued-resources describe qr" in text
     for step in steps:       # the printed lines are valid shell for the same argv
         assert shlex.join(step.argv) in text and shlex.split(shlex.join(step.argv)) == step.argv
-    # No cloud client library (TensorFlow's protobuf may bring the bare `google` namespace).
-    assert not any(m == "googleapiclient" or m.startswith("google.cloud") for m in sys.modules)
+    # The launcher imports no cloud client library (checked in a clean interpreter: other tests
+    # in this process may have imported TensorFlow, which brings google.* modules of its own).
+    check = ("import sys, launch.tpu, launch.slurm, launch.local, launch.grid; "
+             "bad = [m for m in sys.modules if m == 'googleapiclient' or m.startswith('google')]; "
+             "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", check], check=True)
 
 
 def test_tpu_run_sequence_with_mocked_gcloud(tmp_path):
