@@ -243,7 +243,9 @@ def test_ctrl_c_leaves_every_status_consistent(tmp_path, monkeypatch, fake):
     assert killed["status"] == "pending" and "interrupted by the launcher" in killed["reason"]
     assert "stopping" in output
     started = {c["run"] for c in fake.calls("train")}
-    assert len(started) == 3                       # nothing new started after Ctrl-C
+    # The two hung runs, plus at most the one quick run the scheduler may have started before
+    # them; nothing new is started after Ctrl-C.
+    assert {"flow-T-1e+12", "flow-T-3e+12"} <= started and len(started) <= 3, started
     # Launching again resumes the interrupted runs and runs the rest.
     fake.plan({})
     assert launcher(grid, work, fake).run() == 0
