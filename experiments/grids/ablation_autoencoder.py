@@ -17,7 +17,7 @@ _cpu = _util.module_from_spec(_spec)
 _spec.loader.exec_module(_cpu)
 
 SIZES = ("T", "XS")
-BUDGETS = (2e12, 1e13)
+BUDGETS = (1e12, 5e12)
 WEAK_AUTOENCODER = {"autoencoder.latent_channels": 2, "autoencoder.lfq_bits": 6}
 
 

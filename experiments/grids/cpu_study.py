@@ -3,19 +3,20 @@
     python -m launch --grid=experiments/grids/cpu_study.py --workdir=./cpu_study --parallel=2
 
 A faithful miniature of the paper's grid: budgets span 10x and sizes 24x in FLOPs per example, so
-the isoFLOP view has both under- and over-sized models at every budget. Training takes about
-1.8 hours of a 2-core CPU (`--dry_run` prints the per-run estimate). Run the ablation grids in the
-same workdir: they are compared against these runs.
+the isoFLOP view has both under- and over-sized models at every budget. Training and evaluation
+take about 70 minutes of a 2-core CPU (`--dry_run` prints the per-run estimate), the shared stages
+(full r32 data, two autoencoders, judge, alignment model) about 20 more. Run the ablation grids in
+the same workdir: they are compared against these runs.
 """
 
 PARADIGMS = ("flow", "maskgit", "ar")
 SIZES = ("T", "XS", "S")
-BUDGETS = (1e12, 2e12, 5e12, 1e13)   # T: 530-5,300 steps; S: 22-220 steps
+BUDGETS = (5e11, 1e12, 2e12, 5e12)   # T: 265-2,650 steps; S: 11-110 steps
 
 OVERRIDES = {
     "global_batch_size": 32,
     "optimizer.warmup_steps": 10,
-    "ema_decay": 0.99,          # runs are 22-5,300 steps: a ~100-step average
+    "ema_decay": 0.99,          # runs are 11-2,650 steps: a ~100-step average
     "log_every_steps": 25,
     "eval_every_steps": 250,
     "eval_examples": 512,

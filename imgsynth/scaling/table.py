@@ -39,7 +39,8 @@ RESULT_COLUMNS = (RUN_COLUMNS + tuple(f"{w}/{m}" for w in WEIGHTS for m in EVAL_
 CURVE_COLUMNS = ("run", "paradigm", "size", "budget", "ablation", "params_non_embedding", "step",
                  "examples_seen", "train_flops", "eval/loss", "eval/loss_ema")
 STRING_COLUMNS = frozenset(
-    {"run", "paradigm", "size", "grid", "ablation", "status", "reason", "samples_png"})
+    {"run", "paradigm", "size", "grid", "ablation", "status", "reason", "samples_png",
+     "settings/sampler/method"})   # flow's ODE solver (euler | heun); the token samplers have none
 STATUSES = ("pending", "running", "done", "failed")
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,9 @@ def _add_evaluation(row, evaluation, name, run_dir, workdir, warn) -> None:
         warn(f"{name}: eval.json lacks {len(missing)} key(s), NaN in the table: "
              + ", ".join(missing[:8]) + (" …" if len(missing) > 8 else ""))
     for key, value in values.items():
+        if key in STRING_COLUMNS:
+            row[key] = str(value)
+            continue
         row[key] = _number(value)
         if math.isnan(row[key]) and value is not None:
             warn(f"{name}: eval.json {key}={value!r} is not a number; NaN")
