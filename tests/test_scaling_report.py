@@ -1,5 +1,6 @@
 """The report builds from a fabricated study, is self-contained, and renders in headless
 Chromium to a page that is not blank and carries every figure."""
+import json
 import os
 import re
 import shutil
@@ -37,8 +38,16 @@ def test_report_files_and_self_containment(built):
     workdir, path = built
     out = os.path.join(workdir, "report")
     assert path == os.path.join(out, "report.html")
-    for name in ("results.csv", "curves.csv", "fits.json", *[f"{f}.png" for f in FIGURES]):
+    for name in ("results.csv", "curves.csv", "fits.json", "findings.md",
+                 *[f"{f}.png" for f in FIGURES]):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
+    with open(os.path.join(out, "findings.md"), encoding="utf-8") as f:
+        md = f.read()
+    with open(os.path.join(out, "fits.json"), encoding="utf-8") as f:
+        fits = json.load(f)
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "**" in line]
+    assert len(rows) == len(fits["findings"])   # one Markdown row per finding, winner in bold
+    assert all(f"**{x['winner']}**" in row for x, row in zip(fits["findings"], rows))
     assert not [f for f in os.listdir(out) if ".tmp" in f]
     with open(path, encoding="utf-8") as f:
         page = f.read()

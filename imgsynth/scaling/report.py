@@ -100,42 +100,63 @@ class _Figures:
                 f"<figcaption>{caption}</figcaption></figure>")
 
 
-def _findings_html(f: dict) -> str:
-    paradigms = f["meta"]["paradigms"]
+def _finding_rows(f: dict, win, esc=str) -> list[list[str]]:
+    """Rows of the findings table; `win` marks the leader's cells, `esc` escapes text."""
     rows = []
     for x in f["findings"]:
         cells = []
-        for p in paradigms:
-            v = x["values"].get(p)
-            text = _num(v)
+        for p in f["meta"]["paradigms"]:
+            text = _num(x["values"].get(p))
             if x["kind"] == "extrapolated" and x.get("ci95", {}).get(p):
-                text += f" <span class='note'>{_ci(x['ci95'][p])}</span>"
-            cells.append(f"<span class='win'>{text}</span>" if p == x["winner"] else text)
+                text += f" {_ci(x['ci95'][p])}"
+            cells.append(win(text) if p == x["winner"] else text)
         clear = {None: "–", True: "yes", False: "no (intervals overlap)"}[x["clear"]]
-        rows.append([_esc(x["label"]), _num(x["budget"], 2), x["kind"],
-                     f"<span class='win'>{_esc(x['winner'])}</span>", *cells, clear])
-    out = _table(["metric", "budget (FLOPs)", "", "ahead", *paradigms, "clear lead?"], rows, left=1)
-    cross = []
+        rows.append([esc(x["label"]), _num(x["budget"], 2), x["kind"], win(esc(x["winner"])),
+                     *cells, clear])
+    return rows
+
+
+def _crossover_rows(f: dict, esc=str) -> list[list[str]]:
+    rows = []
     for c in f["crossovers"]:
         if c["metric"].split("/")[0] != f["meta"]["primary_weights"]:
             continue
         if c["status"] == "crossover":
-            when = f"{_num(c['flops'], 2)} {_ci(c['ci95'], 2)}"
-            where = " (within the data)" if c["within_data"] else " (extrapolated)"
-            verdict = f"{_esc(c['challenger'])} overtakes {_esc(c['leader'])} at {when}{where}"
+            where = "within the data" if c["within_data"] else "extrapolated"
+            verdict = (f"{esc(c['challenger'])} overtakes {esc(c['leader'])} at "
+                       f"{_num(c['flops'], 2)} {_ci(c['ci95'], 2)} ({where})")
         else:
-            verdict = (f"no crossover in range: {_esc(c['leader'])} stays ahead of "
-                       f"{_esc(c['challenger'])}")
+            verdict = (f"no crossover in range: {esc(c['leader'])} stays ahead of "
+                       f"{esc(c['challenger'])}")
         frac = c.get("fraction_of_resamples_crossing")
-        share = "–" if frac is None else f"{100 * frac:.0f} %"
-        cross.append([_esc(c["label"]), verdict, share])
+        rows.append([esc(c["label"]), verdict, "–" if frac is None else f"{100 * frac:.0f} %"])
+    return rows
+
+
+FINDINGS_HEADERS = ("metric", "budget (FLOPs)", "", "ahead")
+CROSSOVER_HEADERS = ("metric", "crossover budget (FLOPs) [95% CI]", "resamples crossing")
+
+
+def _findings_html(f: dict) -> str:
+    win = lambda text: f"<span class='win'>{text}</span>"  # noqa: E731
+    out = _table([*FINDINGS_HEADERS, *f["meta"]["paradigms"], "clear lead?"],
+                 _finding_rows(f, win, _esc), left=1)
     lo, hi = f["meta"]["crossover_range"]
     out += (f"<h3>Extrapolated crossovers</h3><p class='note'>Searched over {_num(lo, 2)} – "
             f"{_num(hi, 2)} FLOPs (smallest run to largest requested budget). The interval is the "
             "95% bootstrap interval among resamples that cross; the last column says how many "
             "resamples cross in range at all.</p>")
-    out += _table(["metric", "crossover budget (FLOPs) [95% CI]", "resamples crossing"], cross)
-    return out
+    return out + _table(CROSSOVER_HEADERS, _crossover_rows(f, _esc))
+
+
+def findings_markdown(f: dict) -> str:
+    """The findings and crossover tables as Markdown, for a README or a paper draft."""
+    def table_md(headers, rows):
+        return [f"| {' | '.join(headers)} |", "|" + "---|" * len(headers),
+                *(f"| {' | '.join(r)} |" for r in rows)]
+    lines = table_md([*FINDINGS_HEADERS, *f["meta"]["paradigms"], "clear lead?"],
+                     _finding_rows(f, lambda text: f"**{text}**"))
+    return "\n".join(lines + [""] + table_md(CROSSOVER_HEADERS, _crossover_rows(f))) + "\n"
 
 
 def _summary_html(f: dict) -> str:
@@ -434,6 +455,7 @@ def build_report(workdir: str, budgets: Sequence[float] | None = None, n_bootstr
     table.write_tables(results, out_dir)
     f = fitting.fit_study(results.rows, budgets=budgets, n_bootstrap=n_bootstrap, seed=seed)
     fitting.write_fits(f, os.path.join(out_dir, "fits.json"))
+    atomic_write(os.path.join(out_dir, "findings.md"), findings_markdown(f))
     page = render_html(results, f, _Figures(out_dir), workdir)
     path = os.path.join(out_dir, "report.html")
     atomic_write(path, page)
