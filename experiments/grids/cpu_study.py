@@ -3,10 +3,12 @@
     python -m launch --grid=experiments/grids/cpu_study.py --workdir=./cpu_study --parallel=2
 
 A faithful miniature of the paper's grid: budgets span 10x and sizes 24x in FLOPs per example, so
-the isoFLOP view has both under- and over-sized models at every budget. Training and evaluation
-take about 70 minutes of a 2-core CPU (`--dry_run` prints the per-run estimate), the shared stages
-(full r32 data, two autoencoders, judge, alignment model) about 20 more. Run the ablation grids in
-the same workdir: they are compared against these runs.
+the isoFLOP view has both under- and over-sized models at every budget. Measured on a 2-core CPU
+(docs/benchmarks.md): the shared stages (full r32 data, two autoencoders, judge, alignment model)
+about 30-40 minutes, the T and XS runs of all paradigms about 50 minutes, and each S run's
+evaluation about 10 minutes of one core, so the whole grid takes over 2 hours; `--runs` selects a
+subset (e.g. `--runs='-(T|XS)-'`). Run the ablation grids in the same workdir: they are compared
+against these runs.
 """
 
 PARADIGMS = ("flow", "maskgit", "ar")
