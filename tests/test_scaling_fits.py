@@ -118,3 +118,17 @@ def test_refusals_are_recorded_not_faked(study):
         fits.fit_study([r for r in rows if r["status"] != "done"])
     with pytest.raises(ValueError, match="n_bootstrap"):
         fits.fit_study(rows, n_bootstrap=0)
+
+
+def test_heldout_skips_observations_of_zero():
+    """Prompt following can be exactly 0 at the largest budget: no infinite relative error."""
+    metric = fits.Metric("ema/prompt_following/counting", "counting", True, 1.0)
+    C = np.repeat([1e12, 2e12, 5e12, 1e13], 3)
+    y = np.clip(1 - 0.9 * (C / 1e12) ** -0.3, 0, 1) * np.tile([1.0, 1.1, 0.9], 4)
+    y[-3:] = [0.0, 0.4, 0.0]
+    with np.errstate(all="raise"):
+        out = fits._heldout_compute(C, metric.to_error(y), C, [f"r{i}" for i in range(12)], metric)
+    assert out["n_zero_observed"] == 2 and math.isfinite(out["mean_abs_rel_error"])
+    y[-3:] = 0.0
+    out = fits._heldout_compute(C, metric.to_error(y), C, [f"r{i}" for i in range(12)], metric)
+    assert "relative error undefined" in out["error"]

@@ -154,8 +154,12 @@ def _heldout_compute(C, err, groups, names, metric) -> dict:
     except est.FitError as e:
         return {**out, "error": f"refit without the largest budget refused: {e}"}
     pred, obs = metric.from_error(law(C[test])), metric.from_error(err[test])
-    rel = np.abs(pred - obs) / np.abs(obs)
-    out.update(mean_abs_rel_error=float(rel.mean()), params=law.params(), points=[
+    nonzero = obs != 0   # a metric observed as exactly 0 (no prompt satisfied) has no relative error
+    if not nonzero.any():
+        return {**out, "error": "every held-out observation is 0: relative error undefined"}
+    rel = np.abs(pred[nonzero] - obs[nonzero]) / np.abs(obs[nonzero])
+    out.update(mean_abs_rel_error=float(rel.mean()), n_zero_observed=int((~nonzero).sum()),
+               params=law.params(), points=[
         {"run": names[i], "flops": float(C[i]), "observed": float(o), "predicted": float(p)}
         for i, o, p in zip(np.flatnonzero(test), obs, pred)])
     return out
