@@ -171,6 +171,15 @@ def metric_vs_flops(rows, fits: dict, name: str) -> Figure | None:
     return fig
 
 
+def _ceiling_groups(runs, column: str, label: str):
+    """The judge's ceiling is one per dataset; an autoencoder's belongs to the paradigms using it
+    (KL for flow, LFQ for the token paradigms), so it is drawn per paradigm in its colour."""
+    if "autoencoder" not in column:
+        return [(None, label, "#333333")]
+    return [(p, f"{label}, {paradigm_label(p)}", paradigm_color(p))
+            for p in sorted({r["paradigm"] for r in runs})]
+
+
 def _ceilings(ax, runs, key: str) -> list[float]:
     """Instrument bounds as horizontal lines: what a perfect generator would score."""
     lines = {"prompt_following": [("ceilings/judge_prompt_following", "judge on real images", ":"),
@@ -179,11 +188,13 @@ def _ceilings(ax, runs, key: str) -> list[float]:
              "fd_judge": [("ceilings/autoencoder_fd_judge", "autoencoder reconstructions", "--")]}
     drawn = []
     for column, label, ls in lines.get(key, []):
-        values = [r[column] for r in runs if np.isfinite(r.get(column, np.nan))]
-        if values:
-            v = float(np.median(values))
-            ax.axhline(v, color="#333333", lw=1.0, ls=ls, label=f"ceiling, {label}: {v:.3g}")
-            drawn.append(v)
+        for p, line_label, color in _ceiling_groups(runs, column, label):
+            values = [r[column] for r in runs
+                      if (p is None or r["paradigm"] == p) and np.isfinite(r.get(column, np.nan))]
+            if values:
+                v = float(np.median(values))
+                ax.axhline(v, color=color, lw=1.0, ls=ls, label=f"ceiling, {line_label}: {v:.3g}")
+                drawn.append(v)
     if drawn:
         ax.legend(loc="lower right" if key == "prompt_following" else "upper right",
                   fontsize="x-small", framealpha=0.85)
