@@ -172,8 +172,8 @@ def generator_data(config):
                 synthetic_records(config, max(n // 8, config.global_batch_size), config.seed + 1))
     from imgsynth import train_autoencoder
     from imgsynth.data import encode
-    path = encoded(config)
-    _, info = train_autoencoder.load(autoencoder(config), kind=config.autoencoder.kind)
+    path = encoded(config)   # also checks that the autoencoder is trained and loads
+    info = train_autoencoder.load_info(autoencoder_dir(config), kind=config.autoencoder.kind)
     return tuple(encode.load_encoded(path, split, autoencoder_hash=info["hash"])
                  for split in ("train", "validation"))
 

@@ -180,8 +180,9 @@ def _recon_png(model, images: np.ndarray, path: str) -> None:
     os.replace(tmp, path)
 
 
-def load(workdir: str, kind: str | None = None) -> tuple[ae_lib.Autoencoder, dict]:
-    """The trained (EMA) autoencoder of `workdir` and its info; clear errors if absent or wrong."""
+def load_info(workdir: str, kind: str | None = None) -> dict:
+    """The info (config, hash, metrics) of the autoencoder trained in `workdir`, without its weights;
+    clear errors if it is absent or of the wrong kind."""
     info_path = os.path.join(workdir, INFO_FILE)
     if not os.path.isfile(info_path):
         raise FileNotFoundError(f"no trained autoencoder in {workdir} ({INFO_FILE} missing); train "
@@ -190,6 +191,12 @@ def load(workdir: str, kind: str | None = None) -> tuple[ae_lib.Autoencoder, dic
     info = wd.read_json(info_path)
     if kind is not None and info["kind"] != kind:
         raise ValueError(f"{workdir} holds a {info['kind']!r} autoencoder; this needs {kind!r}")
+    return info
+
+
+def load(workdir: str, kind: str | None = None) -> tuple[ae_lib.Autoencoder, dict]:
+    """The trained (EMA) autoencoder of `workdir` and its info; clear errors if absent or wrong."""
+    info = load_info(workdir, kind)
     model = ae_lib.build_autoencoder(info["config"]["autoencoder"], nnx.Rngs(0))
     with np.load(os.path.join(workdir, "weights.npz")) as weights:
         flat = dict(nnx.to_flat_state(nnx.state(model)))

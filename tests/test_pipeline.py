@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fixtures.crash import killed_after_checkpoint
 from imgsynth import config as config_lib, evaluate, stages, train, train_autoencoder
 from imgsynth.data import encode, pipeline
 
@@ -93,22 +94,11 @@ def test_evaluate_refuses_unfinished_runs(tmp_path):
 
 
 def test_autoencoder_resumes_after_a_crash(cache, tmp_path, monkeypatch):
-    from imgsynth import checkpoint as ckpt_lib
     c = stages.autoencoder_config(tiny("flow", cache))
     c.total_steps, c.checkpoint_every_steps, c.eval_examples = 4, 2, 16
     straight = train_autoencoder.train(c, str(tmp_path / "a"))
-
-    save = ckpt_lib.Checkpointer.save
-
-    def save_then_die(self, step, state, it=None):
-        save(self, step, state, it)
-        if step == 2:
-            raise KeyboardInterrupt("simulated kill after the step-2 checkpoint")
-
-    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(monkeypatch, 2):
         train_autoencoder.train(c, str(tmp_path / "b"))
-    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save)
     resumed = train_autoencoder.train(c, str(tmp_path / "b"))
     assert resumed["hash"] == straight["hash"]          # identical final weights
     with pytest.raises(FileNotFoundError, match="no trained autoencoder"):

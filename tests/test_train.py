@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from fixtures.crash import killed_after_checkpoint
 from imgsynth import checkpoint as ckpt_lib, config as config_lib, stages, train
 
 # Loss and gradient norm at step 2 of each paradigm — i.e. after one update (size T, global
@@ -59,18 +60,9 @@ def test_crash_and_resume_matches_uninterrupted(tmp_path, monkeypatch):
     c = tiny("flow", steps=6, checkpoint_every_steps=3)
     straight = train.train(c, str(tmp_path / "a"))
 
-    save = ckpt_lib.Checkpointer.save
-
-    def save_then_die(self, step, state, it=None):
-        save(self, step, state, it)
-        if step == 3:
-            raise KeyboardInterrupt("simulated kill after the step-3 checkpoint")
-
-    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(monkeypatch, 3):
         train.train(c, str(tmp_path / "b"))
     assert json.load(open(tmp_path / "b" / "status.json"))["status"] == "failed"
-    monkeypatch.setattr(ckpt_lib.Checkpointer, "save", save)
     resumed = train.train(c, str(tmp_path / "b"))
 
     for k in ("train/loss", "train/grad_norm", "eval/loss", "eval/loss_ema"):

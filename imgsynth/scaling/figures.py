@@ -171,24 +171,21 @@ def metric_vs_flops(rows, fits: dict, name: str) -> Figure | None:
     return fig
 
 
-def _ceiling_groups(runs, column: str, label: str):
-    """The judge's ceiling is one per dataset; an autoencoder's belongs to the paradigms using it
-    (KL for flow, LFQ for the token paradigms), so it is drawn per paradigm in its colour."""
-    if "autoencoder" not in column:
-        return [(None, label, "#333333")]
-    return [(p, f"{label}, {paradigm_label(p)}", paradigm_color(p))
-            for p in sorted({r["paradigm"] for r in runs})]
-
-
 def _ceilings(ax, runs, key: str) -> list[float]:
-    """Instrument bounds as horizontal lines: what a perfect generator would score."""
-    lines = {"prompt_following": [("ceilings/judge_prompt_following", "judge on real images", ":"),
-                                  ("ceilings/autoencoder_prompt_following",
-                                   "autoencoder reconstructions", "--")],
-             "fd_judge": [("ceilings/autoencoder_fd_judge", "autoencoder reconstructions", "--")]}
+    """Instrument bounds as horizontal lines: what a perfect generator would score. The judge's
+    ceiling is one per dataset; an autoencoder's belongs to the paradigms that use it (KL for
+    flow, LFQ for the token paradigms), so it is drawn per paradigm in its colour."""
+    judge = ("ceilings/judge_prompt_following", "judge on real images", ":", False)
+    lines = {"prompt_following": [judge, ("ceilings/autoencoder_prompt_following",
+                                          "autoencoder reconstructions", "--", True)],
+             "fd_judge": [("ceilings/autoencoder_fd_judge", "autoencoder reconstructions", "--",
+                           True)]}
     drawn = []
-    for column, label, ls in lines.get(key, []):
-        for p, line_label, color in _ceiling_groups(runs, column, label):
+    for column, label, ls, per_paradigm in lines.get(key, []):
+        groups = ([(p, f"{label}, {paradigm_label(p)}", paradigm_color(p))
+                   for p in sorted({r["paradigm"] for r in runs})] if per_paradigm
+                  else [(None, label, "#333333")])
+        for p, line_label, color in groups:
             values = [r[column] for r in runs
                       if (p is None or r["paradigm"] == p) and np.isfinite(r.get(column, np.nan))]
             if values:
