@@ -12,6 +12,10 @@ from typing import Any
 
 import ml_collections
 
+# Images per weight set (raw and EMA) that `imgsynth.evaluate` samples unless told otherwise; the
+# launcher's ETA counts with it too.
+EVAL_SAMPLES = 300
+
 
 class ConfigError(ValueError):
     """A config that cannot run; raised before anything is compiled or written."""

@@ -19,13 +19,19 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from imgsynth import checkpoint as ckpt_lib, stages, workdir as wd
+from imgsynth import checkpoint as ckpt_lib, config as config_lib, stages, workdir as wd
 from imgsynth.data import pipeline
 from imgsynth.metrics import alignment as alignment_lib, frechet
 from imgsynth.metrics import prompt_following as pf
 from imgsynth.train import make_update, paradigm_loss, plan
 
-SAMPLE_BATCH = 64
+MAX_SAMPLE_BATCH = 64
+
+
+def sample_batch(n: int) -> int:
+    """The batch that splits `n` images most evenly in ceil(n / MAX_SAMPLE_BATCH) batches: 300
+    images are 5 x 60, not 5 x 64 with 20 padded rows sampled for nothing."""
+    return -(-n // -(-n // MAX_SAMPLE_BATCH))
 
 
 class NotReady(RuntimeError):
@@ -71,36 +77,35 @@ def make_sampler(config, module, graphdef, decode):
     return fn
 
 
-def generate(sampler, params, text_ids, text_mask, seed: int) -> np.ndarray:
-    """uint8 images for the captions, in fixed-size batches of SAMPLE_BATCH."""
-    out = []
-    for start in range(0, len(text_ids), SAMPLE_BATCH):
-        ids, mask = text_ids[start:start + SAMPLE_BATCH], text_mask[start:start + SAMPLE_BATCH]
-        pad = SAMPLE_BATCH - len(ids)
+def generate(sampler, params, text_ids, text_mask, seed: int) -> tuple[np.ndarray, list[float]]:
+    """uint8 images for the captions in equal batches of `sample_batch`, and each batch's wall
+    time (sampling, decoding and the copy to the host)."""
+    batch = sample_batch(len(text_ids))
+    out, seconds = [], []
+    for start in range(0, len(text_ids), batch):
+        ids, mask = text_ids[start:start + batch], text_mask[start:start + batch]
+        pad = batch - len(ids)
         if pad:
             ids = np.concatenate([ids, np.repeat(ids[:1], pad, 0)])
             mask = np.concatenate([mask, np.repeat(mask[:1], pad, 0)])
         key = jax.random.fold_in(jax.random.key(seed), start)
-        out.append(to_uint8(sampler(params, ids, mask, key))[: SAMPLE_BATCH - pad])
-    return np.concatenate(out)
-
-
-def timing(sampler, params, text_ids, text_mask) -> dict:
-    """Images/s at a batch of SAMPLE_BATCH and the latency of one image (after compilation)."""
-    out = {}
-    for name, n in (("batch", SAMPLE_BATCH), ("single", 1)):
-        ids = np.resize(text_ids, (n,) + text_ids.shape[1:])
-        mask = np.resize(text_mask, (n,) + text_mask.shape[1:])
-        jax.block_until_ready(sampler(params, ids, mask, jax.random.key(0)))
         t0 = time.perf_counter()
-        jax.block_until_ready(sampler(params, ids, mask, jax.random.key(1)))
-        out[name] = time.perf_counter() - t0
-    return {"images_per_s": SAMPLE_BATCH / out["batch"], "latency_s": out["single"],
-            "batch_size": SAMPLE_BATCH}
+        out.append(to_uint8(sampler(params, ids, mask, key))[: batch - pad])
+        seconds.append(time.perf_counter() - t0)
+    return np.concatenate(out), seconds
 
 
-def evaluate(workdir: str, *, num_samples: int = 300, guidance: float | None = None,
-             sampler_steps: int | None = None, seed: int = 0) -> dict:
+def latency(sampler, params, text_ids, text_mask) -> float:
+    """Seconds for one image at batch 1, after compilation."""
+    ids, mask = text_ids[:1], text_mask[:1]
+    jax.block_until_ready(sampler(params, ids, mask, jax.random.key(0)))
+    t0 = time.perf_counter()
+    jax.block_until_ready(sampler(params, ids, mask, jax.random.key(1)))
+    return time.perf_counter() - t0
+
+
+def evaluate(workdir: str, *, num_samples: int = config_lib.EVAL_SAMPLES,
+             guidance: float | None = None, sampler_steps: int | None = None, seed: int = 0) -> dict:
     config, module, graphdef, weights, step = load_run(workdir)
     if guidance is not None:
         config.sampler.guidance = guidance
@@ -116,11 +121,12 @@ def evaluate(workdir: str, *, num_samples: int = 300, guidance: float | None = N
     real = instruments.real_images(num_samples)
 
     sampler = make_sampler(config, module, graphdef, decode)
+    feats_real = judge.features(real)
     results = {}
-    for which in ("params", "ema"):
-        images = generate(sampler, weights[which], text_ids, text_mask, seed)
+    for which in ("params", "ema"):   # the raw pass compiles the sampler; the EMA pass is timed
+        images, seconds = generate(sampler, weights[which], text_ids, text_mask, seed)
         pf_result = pf.prompt_following(judge.read_scenes(images), prompts.captions, prompts.categories)
-        feats_gen, feats_real = judge.features(images), judge.features(real)
+        feats_gen = judge.features(images)
         kid = frechet.kid(feats_gen, feats_real, subset_size=100, seed=seed)
         results["raw" if which == "params" else "ema"] = {
             "prompt_following": {"overall": pf_result["accuracy"], **pf_result["per_category"]},
@@ -136,9 +142,14 @@ def evaluate(workdir: str, *, num_samples: int = 300, guidance: float | None = N
     png = _sample_grid(workdir, results["ema"].pop("images"), prompts.captions)
     results["raw"].pop("images")
 
-    speed = timing(sampler, weights["ema"], text_ids, text_mask)
-    latent = module.sample(nnx.merge(graphdef, weights["ema"]), text_ids[:1], text_mask[:1],
-                           jax.random.key(0), config)
+    # Throughput from the EMA pass's batches (compiled by the raw pass; padded rows are work too).
+    batch = sample_batch(len(text_ids))
+    speed = {"images_per_s": batch * len(seconds) / sum(seconds),
+             "latency_s": latency(sampler, weights["ema"], text_ids, text_mask),
+             "batch_size": batch}
+    latent = jax.eval_shape(lambda p: module.sample(nnx.merge(graphdef, p), text_ids[:1],
+                                                    text_mask[:1], jax.random.key(0), config),
+                            weights["ema"])
     # The decoder is convolutional, unrolled: XLA's own count is exact enough here.
     decoder_flops = jax.jit(decode).lower(latent).cost_analysis()["flops"]
     report = {
@@ -181,7 +192,8 @@ if __name__ == "__main__":
     from absl import app, flags
 
     _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run directory.")
-    _NUM = flags.DEFINE_integer("num_samples", 300, "Generated images per weight set.")
+    _NUM = flags.DEFINE_integer("num_samples", config_lib.EVAL_SAMPLES,
+                                "Generated images per weight set.")
     _GUIDANCE = flags.DEFINE_float("guidance", None, "Classifier-free guidance (default: config).")
     _STEPS = flags.DEFINE_integer("sampler_steps", None, "Sampler steps (default: config).")
     flags.mark_flag_as_required("workdir")

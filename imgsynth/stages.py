@@ -148,7 +148,15 @@ def prepare(config, *, evaluation: bool = True) -> dict:
         return {}
     out = {"dataset": dataset(config), "encoded": encoded(config)}
     if evaluation and config.data.name == "shapes":
-        out.update(judge=judge(config), alignment=alignment(config))
+        from imgsynth.metrics import alignment as alignment_lib, judge as judge_lib
+        data = data_config(config)
+        todo = [("judge", judge, judge_lib.judge_dir),
+                ("alignment", alignment, alignment_lib.alignment_dir)]
+        # An instrument another preparer is training right now comes last: two preparers of a
+        # grid then train one each instead of one waiting on the other's lock.
+        todo.sort(key=lambda t: _lock.held(t[2](data.data_dir, data.builder_config)))
+        for name, build_fn, _ in todo:
+            out[name] = build_fn(config)
     return out
 
 
@@ -252,6 +260,21 @@ class _lock:
     def __init__(self, path: str):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = os.path.abspath(path) + ".lock"
+
+    @staticmethod
+    def held(path: str) -> bool:
+        """Whether another process holds the lock of `path` at this moment."""
+        import fcntl
+        lock = os.path.abspath(path) + ".lock"
+        if not os.path.exists(lock):
+            return False
+        with open(lock) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
     def __enter__(self):
         import fcntl

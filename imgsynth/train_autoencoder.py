@@ -25,10 +25,11 @@ from flax import nnx
 
 from imgsynth import checkpoint as ckpt_lib, sharding, workdir as wd
 from imgsynth.data import build, pipeline
+from imgsynth.metrics import _weights
 from imgsynth.models import autoencoder as ae_lib
 from imgsynth.train import make_update
 
-INFO_FILE = "autoencoder.json"
+WEIGHTS_FILE, INFO_FILE = "weights.npz", "autoencoder.json"
 
 
 def _images(config, split: str):
@@ -124,13 +125,10 @@ def _finish(config, model: ae_lib.Autoencoder, workdir: str) -> dict:
     val = np.stack([to_image(val_source[i])["image"] for i in range(n_val)])
     validation = evaluate(model, val)
     _recon_png(model, val[:8], os.path.join(workdir, "reconstructions.png"))
-    weights = os.path.join(workdir, "weights.npz")
     flat = {"/".join(map(str, k)): np.asarray(v.get_value())
             for k, v in nnx.to_flat_state(nnx.state(model))}
     if wd.is_writer():
-        tmp = weights + ".tmp.npz"
-        np.savez(tmp, **flat)
-        os.replace(tmp, weights)
+        _weights.write_npz(os.path.join(workdir, WEIGHTS_FILE), flat)
     digest = hashlib.sha256()
     for k in sorted(flat):
         digest.update(k.encode() + flat[k].tobytes())
@@ -197,11 +195,11 @@ def load_info(workdir: str, kind: str | None = None) -> dict:
 def load(workdir: str, kind: str | None = None) -> tuple[ae_lib.Autoencoder, dict]:
     """The trained (EMA) autoencoder of `workdir` and its info; clear errors if absent or wrong."""
     info = load_info(workdir, kind)
-    model = ae_lib.build_autoencoder(info["config"]["autoencoder"], nnx.Rngs(0))
-    with np.load(os.path.join(workdir, "weights.npz")) as weights:
-        flat = dict(nnx.to_flat_state(nnx.state(model)))
-        for key, var in flat.items():
-            var.set_value(jnp.asarray(weights["/".join(map(str, key))]))
+    # Built abstractly: initialising the weights eagerly only to overwrite them costs ~15 s of
+    # per-shape compilation on CPU, paid by every evaluation.
+    model = _weights.restore_state(
+        lambda: ae_lib.build_autoencoder(info["config"]["autoencoder"], nnx.Rngs(0)),
+        os.path.join(workdir, WEIGHTS_FILE), what=f"autoencoder in {workdir}")
     return model, info
 
 

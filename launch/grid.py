@@ -42,9 +42,13 @@ RESERVED_KEYS = ("paradigm", "size", "runlocal", "grid", "keep_flops", "total_st
 # to an idle machine). Small widths use the cores poorly. `--flops_per_s` replaces these.
 CPU_FLOPS_PER_S = {"T": 25e9, "XS": 40e9, "S": 60e9, "M": 70e9}
 # Per-run seconds besides the update steps on a CPU: imports, compiles, evals, checkpoints
-# (~20-30 s idle), and the run's evaluation (sampling + metrics, estimated).
+# (~20-30 s idle).
 CPU_TRAIN_OVERHEAD_S = 30.0
-CPU_EVAL_S = 30.0
+# A run's evaluation on a CPU: start-up, restoring, compiling and the metrics, then sampling
+# 2 x EVAL_SAMPLES images (raw and EMA weights) at an inference rate of the whole machine
+# (measured with imgsynth.evaluate, one run per core; docs/benchmarks.md).
+CPU_EVAL_OVERHEAD_S = 25.0
+CPU_SAMPLE_FLOPS_PER_S = 150e9
 
 
 class GridError(ValueError):
@@ -265,8 +269,16 @@ def estimate_seconds(run: Run, flops_per_s: float | None = None) -> float | None
     rate = flops_per_s or CPU_FLOPS_PER_S.get(run.size)
     if rate is None:
         return None
-    overhead = CPU_TRAIN_OVERHEAD_S + CPU_EVAL_S if flops_per_s is None else 0.0
+    overhead = CPU_TRAIN_OVERHEAD_S + eval_seconds(run) if flops_per_s is None else 0.0
     return overhead + run.train_flops / rate
+
+
+def eval_seconds(run: Run) -> float:
+    """Seconds of the run's evaluation on a CPU, from its analytic inference FLOPs per image:
+    sampling dominates (flow matching at size S: ~20x the start-up)."""
+    per_image = registry.paradigm_module(run.config).inference_flops(run.config)
+    return (CPU_EVAL_OVERHEAD_S
+            + 2 * config_lib.EVAL_SAMPLES * per_image / CPU_SAMPLE_FLOPS_PER_S)
 
 
 def format_duration(seconds: float | None) -> str:

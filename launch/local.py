@@ -175,35 +175,51 @@ class LocalLauncher:
 
     # ---- stages ----------------------------------------------------------------------------------
     def _prepare_stages(self, queue: collections.deque) -> None:
-        """Runs `launch.prepare` once per stage key of the runs about to train; a failed stage
-        blocks its runs (recorded) and the rest of the grid goes on."""
+        """Runs `launch.prepare` once per stage key of the runs about to train, up to `parallel`
+        keys at once, each on its share of the cores (stages two keys share, like the dataset,
+        are built by one and waited for by the other); a failed stage blocks its runs
+        (recorded) and the rest of the grid goes on."""
         groups: dict[str, list[grid_lib.Run]] = {}
         for kind, run in queue:
             if kind == "train" and not run.synthetic:
                 groups.setdefault(run.stage_key(), []).append(run)
-        blocked = set()
-        for key, members in groups.items():
+        pending, running, blocked = list(groups.items()), {}, set()
+        while pending or running:
+            while pending and len(running) < self.parallel and not self._stopping:
+                key, members = pending.pop(0)
+                tag = hashlib.sha1(key.encode()).hexdigest()[:10]
+                log_path = os.path.join(self.workdir, "stages", f"{tag}.log")
+                self.out(f"stages {tag}: preparing data and autoencoders for {len(members)} runs "
+                         f"({members[0].paradigm}, {members[0].config.data.builder_config})")
+                self.state.update_stage(tag, setting=key, status="running", log=log_path)
+                used = {j.slot for j, _ in running.values()}
+                slot = (None if len(groups) == 1 else
+                        next(i for i in range(self.parallel) if i not in used))
+                job = self._spawn("prepare", members[0], log_path, slot=slot)
+                self._active.append(job)
+                running[tag] = job, members
             if self._stopping:
-                break
-            tag = hashlib.sha1(key.encode()).hexdigest()[:10]
-            log_path = os.path.join(self.workdir, "stages", f"{tag}.log")
-            self.out(f"stages {tag}: preparing data and autoencoders for {len(members)} runs "
-                     f"({members[0].paradigm}, {members[0].config.data.builder_config})")
-            self.state.update_stage(tag, setting=key, status="running", log=log_path)
-            job = self._spawn("prepare", members[0], log_path, slot=None)
-            rc = self._wait(job)
-            if rc == 0:
-                self.state.update_stage(tag, status="done", reason=None)
-                continue
-            tail = runs_lib.log_tail(log_path, job.log_offset)
-            reason = ("interrupted" if self._stopping else runs_lib.failure_reason(tail, rc))
-            self.state.update_stage(tag, status="failed", reason=reason, log_tail=tail)
-            if not self._stopping:
-                self.out(f"stages {tag} failed: {reason} (log: {log_path})")
-                for run in members:
-                    blocked.add(run.name)
-                    self.state.update_run(run.name, train="blocked",
-                                          reason=f"stage {tag} failed: {reason}; see {log_path}")
+                pending.clear()
+            time.sleep(self.poll_s)
+            for tag, (job, members) in list(running.items()):
+                rc = job.proc.poll()
+                if rc is None:
+                    continue
+                del running[tag]
+                self._active.remove(job)
+                if rc == 0:
+                    self.state.update_stage(tag, status="done", reason=None)
+                    continue
+                tail = runs_lib.log_tail(job.log_path, job.log_offset)
+                reason = ("interrupted" if self._stopping else runs_lib.failure_reason(tail, rc))
+                self.state.update_stage(tag, status="failed", reason=reason, log_tail=tail)
+                if not self._stopping:
+                    self.out(f"stages {tag} failed: {reason} (log: {job.log_path})")
+                    for run in members:
+                        blocked.add(run.name)
+                        self.state.update_run(run.name, train="blocked",
+                                              reason=f"stage {tag} failed: {reason}; see "
+                                                     f"{job.log_path}")
         kept = [(k, r) for k, r in queue if r.name not in blocked]
         queue.clear()
         queue.extend(kept)
@@ -240,14 +256,6 @@ class LocalLauncher:
                 pass
         return _Job(kind, run, proc, slot if slot is not None else -1, log_path, offset,
                     time.monotonic())
-
-    def _wait(self, job: _Job) -> int:
-        """Waits for a foreground job; Ctrl-C is forwarded by the signal handler meanwhile."""
-        self._active.append(job)
-        while job.proc.poll() is None:
-            time.sleep(self.poll_s)
-        self._active.remove(job)
-        return job.proc.returncode
 
     def _start(self, kind: str, run: grid_lib.Run) -> None:
         used = {j.slot for j in self._active}
@@ -320,7 +328,7 @@ class LocalLauncher:
         total = grid_lib.estimate_seconds(run, self.flops_per_s)
         if total is None:
             return None
-        evaluation = grid_lib.CPU_EVAL_S if self.flops_per_s is None else 0.0
+        evaluation = grid_lib.eval_seconds(run) if self.flops_per_s is None else 0.0
         return evaluation if kind == "eval" else total - evaluation
 
     def _step_of(self, run: grid_lib.Run) -> int:

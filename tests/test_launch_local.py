@@ -201,7 +201,12 @@ def test_stages_once_per_setting_and_a_failed_stage_blocks_its_runs(tmp_path, mo
     work = tmp_path / "study"
     fake.plan({"prepare:ar-T-1e+12": "fail"})
     assert launcher(grid, work, fake).run() == 1
-    assert [c["run"] for c in fake.calls("prepare")] == ["flow-T-1e+12", "ar-T-1e+12"]
+    prepares = fake.calls("prepare")
+    assert sorted(c["run"] for c in prepares) == ["ar-T-1e+12", "flow-T-1e+12"]
+    cores = local.available_cores()
+    if len(cores) >= 2:                       # side by side, on half of the cores each
+        assert [c["threads"] for c in prepares] == [str(len(cores) // 2)] * 2
+        assert not set(prepares[0]["cores"]) & set(prepares[1]["cores"])
     assert sorted(c["run"] for c in fake.calls("train")) == ["flow-T-1e+12", "flow-T-3e+12"]
     state = json.load(open(work / runs_lib.STATE_FILE))
     assert state["runs"]["ar-T-3e+12"]["train"] == "blocked"

@@ -2,6 +2,7 @@
 evaluate, for every paradigm, from a config alone (what `runlocal` does on a fresh clone)."""
 import json
 import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -82,6 +83,31 @@ def test_precompute_reads_back_as_direct_encoding(cache):
         encode.load_encoded(path, "train", autoencoder_hash="0" * 16)
     with pytest.raises(ValueError, match="holds a 'lfq' autoencoder"):
         train_autoencoder.load(stages.autoencoder_dir(c), kind="kl")
+
+
+def test_autoencoder_weights_must_cover_the_model(cache, tmp_path):
+    c = tiny("maskgit", cache)
+    src = stages.autoencoder(c)
+    broken = tmp_path / "ae"
+    shutil.copytree(src, broken)
+    with np.load(broken / train_autoencoder.WEIGHTS_FILE) as f:
+        weights = {k: f[k] for k in f.files}
+    weights.pop(sorted(weights)[0])
+    np.savez(broken / train_autoencoder.WEIGHTS_FILE, **weights)
+    with pytest.raises(ValueError, match="1 model variables no key fills"):
+        train_autoencoder.load(str(broken))
+
+
+def test_stage_lock_is_seen_by_other_preparers(tmp_path):
+    path = str(tmp_path / "judges" / "r32")
+    assert not stages._lock.held(path)
+    with stages._lock(path):
+        assert stages._lock.held(path)
+    assert not stages._lock.held(path)
+
+
+def test_sample_batches_split_evenly():
+    assert [evaluate.sample_batch(n) for n in (12, 64, 65, 128, 300)] == [12, 64, 33, 64, 60]
 
 
 def test_evaluate_refuses_unfinished_runs(tmp_path):
