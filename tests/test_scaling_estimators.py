@@ -118,6 +118,9 @@ def test_isoflop_parabola_minimum_and_frontier():
     assert a == pytest.approx(0.5)
     with pytest.raises(est.FitError, match="not convex"):
         est.fit_isoflop(N, 20.0 - L)
+    u = np.log(N)   # convex, rising over all sizes: its vertex is far below the smallest
+    with pytest.raises(est.FitError, match="outside the sizes trained"):
+        est.fit_isoflop(N, 0.01 * (u - np.log(1e3)) ** 2)
 
 
 @pytest.mark.parametrize("C, y, error, match", [

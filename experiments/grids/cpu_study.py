@@ -2,13 +2,13 @@
 
     python -m launch --grid=experiments/grids/cpu_study.py --workdir=./cpu_study --parallel=2
 
-A faithful miniature of the paper's grid: budgets span 10x and sizes 24x in FLOPs per example, so
-the isoFLOP view has both under- and over-sized models at every budget. Measured on a 2-core CPU
-(docs/benchmarks.md): the shared stages (full r32 data, two autoencoders, judge, alignment model)
-about 30-40 minutes, the T and XS runs of all paradigms about 50 minutes, and each S run's
-evaluation about 10 minutes of one core, so the whole grid takes over 2 hours; `--runs` selects a
-subset (e.g. `--runs='-(T|XS)-'`). Run the ablation grids in the same workdir: they are compared
-against these runs.
+A miniature of the paper's grid: budgets span 10x and sizes 24x in FLOPs per example. Measured
+on an idle 2-core CPU (docs/benchmarks.md): the whole study from an empty cache in 1 h 31 min —
+shared stages (full r32 data, two autoencoders, judge, alignment model) 23 min, 36 runs trained
+in 76 and evaluated in 57 core-minutes (an S flow-matching evaluation ~6 minutes of one core).
+The smallest size had the lowest eval loss at every budget, so the isoFLOP view brackets an
+optimum only at 2e12 for flow matching. `--runs` selects a subset (e.g. `--runs='-(T|XS)-'`).
+Run the ablation grids in the same workdir: they are compared against these runs.
 """
 
 PARADIGMS = ("flow", "maskgit", "ar")

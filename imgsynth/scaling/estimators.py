@@ -515,7 +515,12 @@ def fit_isoflop(N, L) -> Parabola:
     if c2 <= 0:
         raise FitError("isoFLOP curve is not convex in ln N (no interior minimum); the budget's "
                        "optimum lies outside the sizes trained")
-    return Parabola(float(c2), float(c1), float(c0))
+    par = Parabola(float(c2), float(c1), float(c0))
+    if not N.min() <= par.n_opt <= N.max():
+        raise FitError(f"isoFLOP parabola's minimum N = {par.n_opt:.3g} lies outside the sizes "
+                       f"trained ({N.min():.3g} to {N.max():.3g}); the budget's optimum is not "
+                       "bracketed")
+    return par
 
 
 def fit_frontier(C, n_opt) -> tuple[float, float]:

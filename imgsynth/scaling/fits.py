@@ -322,8 +322,7 @@ def fit_isoflops(runs, *, n_bootstrap: int, seed: int, key: str) -> dict:
             n_opts = np.array([_weighted_min(N, L, c) for c in counts])
             resampled[b] = n_opts
             item.update(parabola=[par.c2, par.c1, par.c0], n_opt=par.n_opt,
-                        loss_opt=par.loss_opt, n_opt_ci95=_ci(n_opts),
-                        inside_range=bool(N.min() <= par.n_opt <= N.max()))
+                        loss_opt=par.loss_opt, n_opt_ci95=_ci(n_opts))
         out["budgets"].append(item)
     minima = [x for x in out["budgets"] if "n_opt" in x]
     if len(minima) >= 2:
