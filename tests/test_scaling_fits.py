@@ -132,3 +132,12 @@ def test_heldout_skips_observations_of_zero():
     y[-3:] = 0.0
     out = fits._heldout_compute(C, metric.to_error(y), C, [f"r{i}" for i in range(12)], metric)
     assert "relative error undefined" in out["error"]
+
+
+def test_intervals_leave_out_infinite_resamples():
+    rng = np.random.default_rng(0)
+    finite = rng.normal(10.0, 1.0, 200)
+    with_inf = np.concatenate([finite, [np.inf] * 5, [np.nan] * 5])
+    with np.errstate(invalid="raise"):                 # inf - inf inside a percentile would raise
+        assert fits._ci(with_inf) == pytest.approx(fits._ci(finite))
+    assert fits._ci(np.full(50, np.inf)) is None       # too few finite resamples: no interval

@@ -97,7 +97,7 @@ def _interval(samples: np.ndarray, axis: int = 0):
     if ok.sum(axis=axis).min() < max(10, MIN_OK_FRACTION * samples.shape[axis]):
         return None
     q = 50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)
-    return np.nanpercentile(samples, q, axis=axis)
+    return np.nanpercentile(np.where(ok, samples, np.nan), q, axis=axis)
 
 
 def _ci(samples) -> list[float] | None:
@@ -276,6 +276,10 @@ def _compute_optimal(law: est.LossLaw, params: np.ndarray, k: float, C, budgets)
     def n_opt(flops):
         return G[:, None] * (np.atleast_1d(flops)[None] / k) ** a[:, None]
 
+    def d_opt(flops):
+        with np.errstate(divide="ignore"):   # N* = 0 in those resamples: D* infinite, left out
+            return flops / (k * n_opt(flops)[:, 0])
+
     grid = np.geomspace(np.min(C) / 1.5, max(np.max(C) * 1.5, max(budgets) * 1.2), 60)
     band = _interval(n_opt(grid))
     return {
@@ -283,7 +287,7 @@ def _compute_optimal(law: est.LossLaw, params: np.ndarray, k: float, C, budgets)
         "ci95": {"a": _ci(a), "b": _ci(b)},
         "predictions": [{"flops": float(c), "n_opt": float(opt.n_opt(c)),
                          "d_opt": float(opt.d_opt(c)), "n_opt_ci95": _ci(n_opt(c)[:, 0]),
-                         "d_opt_ci95": _ci(c / (k * n_opt(c)[:, 0]))} for c in budgets],
+                         "d_opt_ci95": _ci(d_opt(c))} for c in budgets],
         "curve": {"flops": grid.tolist(), "n_opt": opt.n_opt(grid).tolist(),
                   "lo": None if band is None else band[0].tolist(),
                   "hi": None if band is None else band[1].tolist()}}
