@@ -259,13 +259,17 @@ class _lock:
 
     def __init__(self, path: str):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.path = os.path.abspath(path) + ".lock"
+        self.path = self.file(path)
 
     @staticmethod
-    def held(path: str) -> bool:
+    def file(path: str) -> str:
+        return os.path.abspath(path) + ".lock"
+
+    @classmethod
+    def held(cls, path: str) -> bool:
         """Whether another process holds the lock of `path` at this moment."""
         import fcntl
-        lock = os.path.abspath(path) + ".lock"
+        lock = cls.file(path)
         if not os.path.exists(lock):
             return False
         with open(lock) as f:

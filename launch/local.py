@@ -192,9 +192,7 @@ class LocalLauncher:
                 self.out(f"stages {tag}: preparing data and autoencoders for {len(members)} runs "
                          f"({members[0].paradigm}, {members[0].config.data.builder_config})")
                 self.state.update_stage(tag, setting=key, status="running", log=log_path)
-                used = {j.slot for j, _ in running.values()}
-                slot = (None if len(groups) == 1 else
-                        next(i for i in range(self.parallel) if i not in used))
+                slot = None if len(groups) == 1 else self._free_slot()
                 job = self._spawn("prepare", members[0], log_path, slot=slot)
                 self._active.append(job)
                 running[tag] = job, members
@@ -257,11 +255,13 @@ class LocalLauncher:
         return _Job(kind, run, proc, slot if slot is not None else -1, log_path, offset,
                     time.monotonic())
 
-    def _start(self, kind: str, run: grid_lib.Run) -> None:
+    def _free_slot(self) -> int:
         used = {j.slot for j in self._active}
-        slot = next(i for i in range(self.parallel) if i not in used)
+        return next(i for i in range(self.parallel) if i not in used)
+
+    def _start(self, kind: str, run: grid_lib.Run) -> None:
         d = runs_lib.run_dir(self.workdir, run.name)
-        job = self._spawn(kind, run, os.path.join(d, runs_lib.LOG_FILE), slot)
+        job = self._spawn(kind, run, os.path.join(d, runs_lib.LOG_FILE), self._free_slot())
         self._active.append(job)
         self.state.update_run(run.name, **{"train" if kind == "train" else "eval": "running"})
 
