@@ -1,0 +1,168 @@
+"""Files every part of the suite shares: atomic writes, file locks, a run's status — without jax.
+
+The launcher runs on login nodes and in job wrappers that never start a JAX backend, so this module
+imports nothing heavy. In a multi-host job only process 0 writes; `is_writer` asks jax for the
+process index only when the calling program has imported jax itself.
+"""
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+STATUSES = ("pending", "running", "done", "failed")
+STATUS_FILE = "status.json"
+
+
+def is_writer() -> bool:
+    """Process 0 of a multi-host job, or the only process."""
+    jax = sys.modules.get("jax")
+    return jax is None or jax.process_index() == 0
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---- Atomic files -------------------------------------------------------------------------------
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
+    """Writes to a temporary name in the same folder, then renames: no reader sees half a file,
+    and a crash mid-write leaves the previous version in place."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def json_text(obj: Any, *, indent: int | None = 2) -> str:
+    """JSON of results: numpy scalars and arrays become numbers and lists, sets become lists."""
+    return json.dumps(obj, indent=indent, sort_keys=True, default=_jsonable)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write(path, json_text(obj))
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_dir(directory: str, files: Mapping[str, bytes]) -> None:
+    """Writes `files` into a temporary sibling folder and renames it to `directory`, replacing an
+    older one: readers see the whole folder or none of it."""
+    directory = os.path.abspath(directory)
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(directory), prefix=".tmp-")
+    try:
+        for name, data in files.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+        if os.path.isdir(directory):
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _jsonable(x):
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, (set, tuple)):
+        return list(x)
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def finite_or_none(v):
+    """A number for JSON: non-finite floats become null (JSON has no NaN)."""
+    if isinstance(v, (bool, str, int)) or v is None:
+        return v
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+# ---- Locks --------------------------------------------------------------------------------------
+
+class FileLock:
+    """An exclusive advisory lock on `<path>.lock`, released when the holder exits or dies.
+
+    Concurrent preparers build a stage once; a second launcher on a workdir is refused
+    (`blocking=False` raises BlockingIOError instead of waiting).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, blocking: bool = True):
+        self.path = self.file(path)
+        self.blocking = blocking
+        self._f = None
+
+    @staticmethod
+    def file(path: str | os.PathLike) -> str:
+        return os.path.abspath(os.fspath(path)) + ".lock"
+
+    @classmethod
+    def held(cls, path: str | os.PathLike) -> bool:
+        """Whether another process holds the lock of `path` at this moment."""
+        lock = cls.file(path)
+        if not os.path.exists(lock):
+            return False
+        with open(lock) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+    def __enter__(self) -> FileLock:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._f = open(self.path, "a")
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
+        except BaseException:
+            self._f.close()
+            self._f = None
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self._f, fcntl.LOCK_UN)
+        self._f.close()
+        self._f = None
+
+
+# ---- Run status ---------------------------------------------------------------------------------
+
+def read_status(workdir: str) -> dict:
+    """status.json of a run ({'status': 'pending'} when absent or unreadable)."""
+    try:
+        status = read_json(os.path.join(workdir, STATUS_FILE))
+    except (OSError, ValueError):   # half-written by a foreign tool: treat as unknown
+        return {"status": "pending", "reason": "unreadable status.json"}
+    return status or {"status": "pending", "reason": None}
+
+
+def write_status(workdir: str, status: str, reason: str | None = None, **extra: Any) -> None:
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    if is_writer():
+        write_json(os.path.join(workdir, STATUS_FILE),
+                   {"status": status, "reason": reason, "updated": now(), **extra})
