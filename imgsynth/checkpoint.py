@@ -1,13 +1,15 @@
 """Orbax checkpoints of the training state together with the grain iterator position.
 
 Saving both in one step means a resumed run sees exactly the batches it would have seen. Orbax
-writes each step to a temporary directory and renames it when complete, so a kill mid-save never
-leaves a checkpoint that looks valid but is not.
+writes each step to a temporary directory and renames it when complete; a checkpoint that still
+fails to restore (a disk fault, a truncated file) is moved aside and the previous one is used.
 """
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import shutil
 from typing import Any
 
 import grain
@@ -20,11 +22,12 @@ class Checkpointer:
     def __init__(self, directory: str, *, max_to_keep: int = 2, keep_steps=()):
         """Keeps the latest `max_to_keep` checkpoints plus every step in `keep_steps` forever."""
         _register_cpu_array_handler()
+        self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
             create=True, enable_async_checkpointing=False,
             preservation_policy=policies.AnyPreservationPolicy([
                 policies.LatestN(n=max_to_keep), policies.CustomSteps(sorted(set(keep_steps)))]))
-        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -40,11 +43,34 @@ class Checkpointer:
         """Restores into the shardings of `abstract_state` (ShapeDtypeStructs with .sharding)."""
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.manager.directory}")
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def restore_latest(self, abstract_state: Any, data_iterator, *, fallback: Any) -> tuple[int, Any]:
+        """(step, state) of the newest checkpoint that restores cleanly, or (0, fallback).
+
+        A checkpoint that fails is logged with the reason and moved to `<dir>.broken/<step>` (kept
+        for inspection, out of the manager's way), and the next older one is tried.
+        """
+        position = data_iterator.get_state()
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return step, self.restore(abstract_state, data_iterator, step)
+            except Exception as e:   # noqa: BLE001 - any fault of one checkpoint
+                logging.warning("checkpoint %d in %s does not restore (%s: %s); trying an older "
+                                "one", step, self.directory, type(e).__name__, str(e)[:300])
+                data_iterator.set_state(position)
+                self._quarantine(step)
+        return 0, fallback
+
+    def _quarantine(self, step: int) -> None:
+        broken = self.directory + ".broken"
+        os.makedirs(broken, exist_ok=True)
+        shutil.move(os.path.join(self.directory, str(step)), os.path.join(broken, str(step)))
+        self.manager.reload()
 
     def close(self) -> None:
         self.manager.close()

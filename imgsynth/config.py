@@ -7,6 +7,7 @@ True. Command-line overrides (`--config.optimizer.lr=3e-4`) come from ml_collect
 from __future__ import annotations
 
 import ast
+import importlib
 import math
 from typing import Any
 
@@ -112,83 +113,16 @@ def validate(config: ml_collections.ConfigDict, *, data_parallel: int,
                 f"{sub.heads} and {name}.mlp_dim={sub.mlp_dim}; change mesh or size")
 
 
-# Defaults shared by every paradigm ----------------------------------------------------------------
+# Experiment files ------------------------------------------------------------------------------
 
-ARG_DEFAULTS = dict(size="S", runlocal=False, budget=0.0, steps=0, seed=0, global_batch_size=0)
-
-
-def default_config(paradigm: str, arg: str | None = None, **arg_defaults) -> ml_collections.ConfigDict:
-    """The full config of a generator run; paradigm config files adjust it.
-
-    `arg` keys: `size` (a ladder name), `runlocal` (tiny everything, for a laptop), `budget` (total
-    training FLOPs), `steps`, `seed`, `global_batch_size`, plus any the paradigm file adds.
-    """
-    from imgsynth import registry
-
-    args = parse_arg(arg, **{**ARG_DEFAULTS, **arg_defaults})
-    c = ml_collections.ConfigDict()
-    c.paradigm = paradigm
-    c.size = args.size
-    c.seed = args.seed
-    c.global_batch_size = args.global_batch_size or 128
-    c.total_steps = None
-    c.total_examples = None
-    c.total_flops = None
-    c.keep_flops = ()           # also checkpoint when cumulative training FLOPs pass these
-    c.grid = ml_collections.ConfigDict({"name": "", "budget": 0.0, "ablation": {}})
-
-    c.model = ml_collections.ConfigDict(dict(
-        width=0, depth=0, heads=0, mlp_dim=0, dtype="float32", scan_layers=True, remat=False))
-    c.text = ml_collections.ConfigDict(dict(
-        width=0, depth=0, heads=0, mlp_dim=0, vocab_size=512, max_len=16))
-    c.data = ml_collections.ConfigDict(dict(
-        name="shapes", data_dir="", resolution=32, builder_config="r32", text_max_len=16,
-        tokenizer="word", src="", folder_name="", tfds_name="", image_key="image",
-        text_key="", label_key="", caption_template="a photo of a {label}",
-        synthetic_examples=1024))   # data.name="synthetic": random records (throughput, tests)
-    c.autoencoder = ml_collections.ConfigDict(dict(
-        workdir="",          # a trained autoencoder; "" trains one into cache_dir when missing
-        kind="kl", downsample=4, latent_channels=4, lfq_bits=10,
-        train_steps=0))      # > 0 overrides experiments/autoencoder.py's training length
-    c.instruments = ml_collections.ConfigDict(dict(judge_steps=0, alignment_steps=0))
-    c.cache_dir = "~/.cache/imgsynth"   # shared data/autoencoders for runlocal and grids
-
-    c.optimizer = ml_collections.ConfigDict(dict(
-        lr=3e-4, b1=0.9, b2=0.95, weight_decay=0.01, clip_norm=1.0, schedule="cosine",
-        warmup_steps=100, min_lr_ratio=0.1, decay_fraction=0.2))
-    c.ema_decay = 0.999
-    c.cfg_dropout = 0.1          # caption dropout, for classifier-free guidance
-    c.sampler = ml_collections.ConfigDict(dict(steps=0, guidance=2.0))
-    c.mesh = (-1, 1, 1)
-    c.log_every_steps = 50
-    c.eval_every_steps = 500
-    c.eval_examples = 512
-    c.checkpoint_every_steps = 500
-    c.keep_checkpoints = 2
-    c.peak_flops_per_s = 0.0     # 0: measure a large matmul at start
-
-    c.runlocal = args.runlocal
-    registry.apply_size(c, args.size)
-    c.text.max_len = c.data.text_max_len
-    registry.paradigm_module(c).configure(c)
-    if args.budget:
-        c.total_flops = args.budget
-    elif args.steps:
-        c.total_steps = args.steps
-    else:
-        c.total_steps = 10_000
-    if args.runlocal:
-        if "size=" not in (arg or ""):
-            registry.apply_size(c, "T")
-        c.global_batch_size = args.global_batch_size or 32
-        if not (args.budget or args.steps):
-            c.total_steps = 60
-        c.data.builder_config = f"r{c.data.resolution}_small"
-        c.optimizer.warmup_steps = 10
-        c.optimizer.lr = 1e-3
-        c.ema_decay = 0.99
-        c.log_every_steps = 10
-        c.eval_every_steps = 30
-        c.eval_examples = 64
-        c.checkpoint_every_steps = 30
-    return c
+def default_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`experiments/<name>.py:<arg>` as a config — what `--config=experiments/<name>.py:<arg>`
+    gives on a command line, for grids and tests that build runs in Python."""
+    try:
+        module = importlib.import_module(f"experiments.{name}")
+    except ModuleNotFoundError as e:
+        if e.name in ("experiments", f"experiments.{name}"):
+            raise ConfigError(f"unknown experiment {name!r}: no experiments/{name}.py (install the "
+                              "repository checkout with `pip install -e .`)") from None
+        raise
+    return module.get_config(arg)

@@ -13,17 +13,17 @@ import json
 import logging
 import os
 import time
+from io import BytesIO
 
 import jax
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from imgsynth import checkpoint as ckpt_lib, config as config_lib, stages, workdir as wd
-from imgsynth.data import pipeline
+from imgsynth import checkpoint as ckpt_lib, config as config_lib, io, loop, optim, registry, stages
+from imgsynth.data import images as images_lib, pipeline
 from imgsynth.metrics import alignment as alignment_lib, frechet
 from imgsynth.metrics import prompt_following as pf
-from imgsynth.train import make_update, paradigm_loss, plan
 
 MAX_SAMPLE_BATCH = 64
 
@@ -47,15 +47,16 @@ def load_run(workdir: str):
     config_path = os.path.join(workdir, "config.json")
     if not os.path.isfile(config_path):
         raise NotReady(f"{workdir} is not a run directory (no config.json)")
-    status = wd.read_status(workdir)
+    status = io.read_status(workdir)
     if status["status"] != "done":
         raise NotReady(f"{workdir} is not done (status {status['status']!r}, step "
                        f"{status.get('step')}); finish training before evaluating")
-    config = ml_collections.ConfigDict(wd.read_json(config_path))
+    config = ml_collections.ConfigDict(io.read_json(config_path))
     config.total_flops = config.total_examples = None   # config.json holds the resolved steps
-    module, _, total_steps, _ = plan(config)
+    plan = registry.plan(config)
+    module = plan.module
     graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: module.build(config, nnx.Rngs(0))))
-    init_state, _ = make_update(config, paradigm_loss(module, config), graphdef, total_steps)
+    init_state, _ = optim.make_update(config, None, graphdef, plan.total_steps)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                             jax.eval_shape(init_state, abstract_params))
@@ -63,10 +64,6 @@ def load_run(workdir: str):
     state = checkpointer.restore(abstract)
     checkpointer.close()
     return config, module, graphdef, {"params": state["params"], "ema": state["ema"]}, int(state["step"])
-
-
-def to_uint8(images) -> np.ndarray:
-    return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def make_sampler(config, module, graphdef, decode):
@@ -90,7 +87,7 @@ def generate(sampler, params, text_ids, text_mask, seed: int) -> tuple[np.ndarra
             mask = np.concatenate([mask, np.repeat(mask[:1], pad, 0)])
         key = jax.random.fold_in(jax.random.key(seed), start)
         t0 = time.perf_counter()
-        out.append(to_uint8(sampler(params, ids, mask, key))[: batch - pad])
+        out.append(images_lib.to_uint8(sampler(params, ids, mask, key))[: batch - pad])
         seconds.append(time.perf_counter() - t0)
     return np.concatenate(out), seconds
 
@@ -135,7 +132,7 @@ def evaluate(workdir: str, *, num_samples: int = config_lib.EVAL_SAMPLES,
             "alignment_score": alignment_lib.alignment_score(align, images, list(prompts.captions)),
             "images": images}
 
-    rows = wd.MetricsLog(workdir).rows()
+    rows = loop.MetricsLog(workdir).rows()
     last = next((r for r in reversed(rows) if "eval/loss" in r), {})
     results["raw"]["eval_loss"] = last.get("eval/loss")
     results["ema"]["eval_loss"] = last.get("eval/loss_ema")
@@ -162,7 +159,7 @@ def evaluate(workdir: str, *, num_samples: int = config_lib.EVAL_SAMPLES,
                       "decoder_flops_per_image": decoder_flops, **speed},
         "samples_png": os.path.basename(png),
     }
-    wd.write_json(os.path.join(workdir, "eval.json"), report)
+    io.write_json(os.path.join(workdir, "eval.json"), report)
     return report
 
 
@@ -181,10 +178,10 @@ def _sample_grid(workdir: str, images: np.ndarray, captions, n: int = 16) -> str
         ax.axis("off")
     fig.tight_layout()
     path = os.path.join(workdir, "samples_ema.png")
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    png = BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    io.atomic_write(path, png.getvalue())
     return path
 
 

@@ -132,19 +132,17 @@ def cached_decode_flops(cfg: TransformerConfig, tokens: int, ctx_tokens: int) ->
 
 def report(config, as_json: bool = False) -> dict:
     """Prints the FLOPs table of a run config; returns the numbers."""
-    from imgsynth import config as config_lib
-    from imgsynth.registry import paradigm_module
+    from imgsynth import config as config_lib, registry
 
-    module = paradigm_module(config)
+    module = registry.paradigm_module(config)
     cost = module.model_cost(config)
     try:
-        steps = config_lib.resolve_steps(config, cost.train_flops_per_example)
+        steps = registry.plan(config).total_steps
     except config_lib.ConfigError as e:
         print(f"(steps: {e})", file=sys.stderr)
         steps = None
     summary = cost.summary(config.global_batch_size, steps)
-    if hasattr(module, "inference_flops"):
-        summary["inference_flops_per_image"] = module.inference_flops(config)
+    summary["inference_flops_per_image"] = module.inference_flops(config)
     print(f"paradigm={config.paradigm} size={config.size} "
           f"global_batch_size={config.global_batch_size}")
     for key, value in summary.items():

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -102,11 +103,15 @@ def finite_or_none(v):
 
 # ---- Locks --------------------------------------------------------------------------------------
 
+class LockedError(RuntimeError):
+    """A non-blocking lock is held by another process (the message names it)."""
+
+
 class FileLock:
     """An exclusive advisory lock on `<path>.lock`, released when the holder exits or dies.
 
     Concurrent preparers build a stage once; a second launcher on a workdir is refused
-    (`blocking=False` raises BlockingIOError instead of waiting).
+    (`blocking=False` raises LockedError, naming the holder, instead of waiting).
     """
 
     def __init__(self, path: str | os.PathLike, *, blocking: bool = True):
@@ -134,14 +139,26 @@ class FileLock:
 
     def __enter__(self) -> FileLock:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self._f = open(self.path, "a")
+        self._f = open(self.path, "a+")
         try:
             fcntl.flock(self._f, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
-        except BaseException:
+        except BlockingIOError:
             self._f.close()
             self._f = None
-            raise
+            raise LockedError(f"{os.path.dirname(self.path)} is in use by another process "
+                              f"({self.holder()}); wait for it or stop it") from None
+        self._f.truncate(0)   # who holds it, for the message a refused process prints
+        self._f.write(f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n")
+        self._f.flush()
         return self
+
+    def holder(self) -> str:
+        """'pid P on HOST since T' of the process that holds the lock (as it wrote it)."""
+        try:
+            with open(self.path) as f:
+                return f.read().strip() or "unknown process"
+        except OSError:
+            return "unknown process"
 
     def __exit__(self, *exc) -> None:
         fcntl.flock(self._f, fcntl.LOCK_UN)

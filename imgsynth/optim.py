@@ -1,8 +1,11 @@
-"""AdamW with warmup and a cosine, constant or warmup-stable-decay (WSD) schedule, plus clipping."""
+"""AdamW with warmup and a cosine, constant or warmup-stable-decay (WSD) schedule, plus clipping,
+and the update step every trainer runs (gradient, optimizer, EMA)."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
+from flax import nnx
 
 
 def schedule(opt, total_steps: int) -> optax.Schedule:
@@ -41,3 +44,35 @@ def make(opt, total_steps: int) -> tuple[optax.GradientTransformation, optax.Sch
         optax.clip_by_global_norm(opt.clip_norm) if opt.clip_norm else optax.identity(),
         optax.adamw(lr, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=_decay_mask))
     return tx, lr
+
+
+def make_update(config, loss, graphdef, total_steps: int, *, optimizer=None):
+    """The state initialiser and the update step (optimizer, EMA) as pure functions.
+
+    `loss(model, batch, rng) -> (value, metrics)`. The state is a plain dict: params, their EMA
+    (decay `config.ema_decay`), optimizer state and step. `optimizer` = (tx, schedule) replaces
+    the AdamW of `config.optimizer`.
+    """
+    tx, lr_schedule = optimizer or make(config.optimizer, total_steps)
+    base_key = jax.random.key(config.seed)
+
+    def init_state(params):
+        return {"params": params, "ema": jax.tree.map(jnp.copy, params), "opt": tx.init(params),
+                "step": jnp.zeros((), jnp.int32)}
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(base_key, state["step"])   # resume-safe: a function of the step
+
+        def loss_fn(params):
+            return loss(nnx.merge(graphdef, params), batch, rng)
+
+        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        ema = optax.incremental_update(params, state["ema"], 1.0 - config.ema_decay)
+        metrics = {f"train/{k}": v for k, v in aux.items()}
+        metrics["train/grad_norm"] = optax.global_norm(grads)
+        metrics["train/lr"] = lr_schedule(state["step"])
+        return {"params": params, "ema": ema, "opt": opt, "step": state["step"] + 1}, metrics
+
+    return init_state, train_step

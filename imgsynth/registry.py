@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
+from typing import Any
 
 import ml_collections
+
+from imgsynth import config as config_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +68,30 @@ def paradigm_module(config: ml_collections.ConfigDict):
         raise
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything decided about a generator run before anything is compiled."""
+    module: Any                  # the paradigm module (satisfies paradigms.base.Paradigm)
+    cost: Any                    # flops.ModelCost
+    total_steps: int
+    keep_steps: tuple[int, ...]  # steps to checkpoint forever (cumulative FLOPs in keep_flops)
+    flops_per_step: float        # training FLOPs of one optimizer step (global batch)
+
+
+def plan(config: ml_collections.ConfigDict) -> Plan:
+    """The one place a run's steps, keep-steps and costs are computed; config errors raise here."""
+    module = paradigm_module(config)
+    cost = module.model_cost(config)
+    total_steps = config_lib.resolve_steps(config, cost.train_flops_per_example)
+    per_step = cost.train_flops_per_example * config.global_batch_size
+    keep_steps = tuple(sorted({min(total_steps, math.floor(b / per_step)) for b in config.keep_flops
+                               if b >= per_step}))
+    return Plan(module, cost, total_steps, keep_steps, per_step)
+
+
 def steps_for_budget(config: ml_collections.ConfigDict, budget_flops: float) -> int:
-    """Whole optimizer steps that fit in `budget_flops` of training compute (rounded down)."""
-    from imgsynth import config as config_lib
-    cost = paradigm_module(config).model_cost(config)
-    probe = ml_collections.ConfigDict({"global_batch_size": config.global_batch_size,
-                                       "total_flops": budget_flops})
-    return config_lib.resolve_steps(probe, cost.train_flops_per_example)
+    """Whole optimizer steps `config` gets for a training budget of `budget_flops` (rounded down)."""
+    probe = ml_collections.ConfigDict(config.to_dict())
+    probe.total_steps = probe.total_examples = None
+    probe.total_flops = budget_flops
+    return plan(probe).total_steps

@@ -79,10 +79,6 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(("data", "fsdp")))
 
 
-def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
 def to_global(batch: Any, mesh: jax.sharding.Mesh) -> Any:
     """Host-local numpy batch (this process's share) → global arrays sharded along the batch.
 

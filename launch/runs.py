@@ -15,7 +15,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from imgsynth import workdir as wd
+from imgsynth import io as wd
 from launch import grid as grid_lib
 
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grid_config.py")

@@ -58,7 +58,7 @@ def test_validate_batch_and_heads():
 def test_unknown_paradigm_and_size():
     with pytest.raises(KeyError, match="unknown size"):
         config_lib.default_config("flow", "size=Q")
-    with pytest.raises(KeyError, match="no module"):
+    with pytest.raises(config_lib.ConfigError, match="no experiments/diffusionx.py"):
         config_lib.default_config("diffusionx")
 
 

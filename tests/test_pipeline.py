@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fixtures.crash import killed_after_checkpoint
-from imgsynth import config as config_lib, evaluate, stages, train, train_autoencoder
+from imgsynth import config as config_lib, evaluate, io, stages, train, train_autoencoder
+from imgsynth.models import autoencoder_files
 from imgsynth.data import encode, pipeline
 
 EVAL_SCHEMA = {"settings", "weights", "ceilings", "inference", "samples_png"}
@@ -69,7 +70,7 @@ def test_token_paradigms_end_to_end(cache, tmp_path, paradigm):
 def test_precompute_reads_back_as_direct_encoding(cache):
     c = tiny("maskgit", cache)
     path = stages.encoded(c)
-    model, info = train_autoencoder.load(stages.autoencoder_dir(c), kind="lfq")
+    model, info = autoencoder_files.load(stages.autoencoder_dir(c), kind="lfq")
     source = encode.load_encoded(path, "validation", autoencoder_hash=info["hash"])
     data = stages.data_config(c)
     raw = pipeline.load_split(data, "validation")
@@ -82,7 +83,7 @@ def test_precompute_reads_back_as_direct_encoding(cache):
     with pytest.raises(ValueError, match="encoded by autoencoder"):
         encode.load_encoded(path, "train", autoencoder_hash="0" * 16)
     with pytest.raises(ValueError, match="holds a 'lfq' autoencoder"):
-        train_autoencoder.load(stages.autoencoder_dir(c), kind="kl")
+        autoencoder_files.load(stages.autoencoder_dir(c), kind="kl")
 
 
 def test_autoencoder_weights_must_cover_the_model(cache, tmp_path):
@@ -90,20 +91,20 @@ def test_autoencoder_weights_must_cover_the_model(cache, tmp_path):
     src = stages.autoencoder(c)
     broken = tmp_path / "ae"
     shutil.copytree(src, broken)
-    with np.load(broken / train_autoencoder.WEIGHTS_FILE) as f:
+    with np.load(broken / autoencoder_files.WEIGHTS_FILE) as f:
         weights = {k: f[k] for k in f.files}
     weights.pop(sorted(weights)[0])
-    np.savez(broken / train_autoencoder.WEIGHTS_FILE, **weights)
+    np.savez(broken / autoencoder_files.WEIGHTS_FILE, **weights)
     with pytest.raises(ValueError, match="1 model variables no key fills"):
-        train_autoencoder.load(str(broken))
+        autoencoder_files.load(str(broken))
 
 
 def test_stage_lock_is_seen_by_other_preparers(tmp_path):
     path = str(tmp_path / "judges" / "r32")
-    assert not stages._lock.held(path)
-    with stages._lock(path):
-        assert stages._lock.held(path)
-    assert not stages._lock.held(path)
+    assert not io.FileLock.held(path)
+    with io.FileLock(path):
+        assert io.FileLock.held(path)
+    assert not io.FileLock.held(path)
 
 
 def test_sample_batches_split_evenly():
@@ -128,4 +129,4 @@ def test_autoencoder_resumes_after_a_crash(cache, tmp_path, monkeypatch):
     resumed = train_autoencoder.train(c, str(tmp_path / "b"))
     assert resumed["hash"] == straight["hash"]          # identical final weights
     with pytest.raises(FileNotFoundError, match="no trained autoencoder"):
-        train_autoencoder.load(str(tmp_path / "missing"))
+        autoencoder_files.load(str(tmp_path / "missing"))

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from fixtures.crash import killed_after_checkpoint
-from imgsynth import checkpoint as ckpt_lib, config as config_lib, stages, train
+from imgsynth import checkpoint as ckpt_lib, config as config_lib, loop, registry, train
+from imgsynth.data import sources
 
 # Loss and gradient norm at step 2 of each paradigm — i.e. after one update (size T, global
 # batch 8, seed 0, synthetic records). Update only when a change is *meant* to alter the numbers (model,
@@ -77,11 +78,11 @@ def test_crash_and_resume_matches_uninterrupted(tmp_path, monkeypatch):
 
 def test_nan_loss_fails_without_checkpoint(tmp_path, monkeypatch):
     c = tiny("flow", steps=3, checkpoint_every_steps=1)
-    records = stages.synthetic_records(c, 64, 0)
+    records = sources.synthetic_records(registry.paradigm_module(c), c, 64, 0)
     for r in records:
         r["latents"] = np.full_like(r["latents"], np.nan)
-    with pytest.raises(train.NonFiniteLoss, match="non-finite training loss"):
-        train.train(c, str(tmp_path), sources=(records, records))
+    with pytest.raises(loop.NonFiniteLoss, match="non-finite training loss"):
+        loop.run(c, str(tmp_path), train.task(c, (records, records)))
     status = json.load(open(tmp_path / "status.json"))
     assert status["status"] == "failed" and "non-finite" in status["reason"]
     assert ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")).latest_step() is None

@@ -37,13 +37,18 @@ def encoded_dir(ae_workdir: str, config_data) -> str:
     return os.path.join(ae_workdir, "encoded", f"{spec.name}-{name}")
 
 
-def encode(ae_workdir: str, config_data, *, batch_size: int = 256, log=logging.info) -> str:
-    """Encodes the train and validation splits; skipped when already complete for these weights."""
-    from imgsynth import train_autoencoder
-    model, info = train_autoencoder.load(ae_workdir)
+def is_complete(path: str, autoencoder_hash: str) -> bool:
+    """Whether `path` holds both splits encoded by the autoencoder with this weight hash."""
+    done = _read_info(path)
+    return done is not None and done["autoencoder_hash"] == autoencoder_hash
+
+
+def encode(model, info: dict, ae_workdir: str, config_data, *, batch_size: int = 256,
+           log=logging.info) -> str:
+    """Encodes the train and validation splits with `model` (the autoencoder of `ae_workdir`,
+    `info` its autoencoder.json); skipped when already complete for these weights."""
     out = encoded_dir(ae_workdir, config_data)
-    done = _read_info(out)
-    if done is not None and done["autoencoder_hash"] == info["hash"]:
+    if is_complete(out, info["hash"]):
         log(f"{out} is complete; nothing to do")
         return out
     pipeline.load_split(config_data, "train")   # a clear error now if the dataset is missing
@@ -140,6 +145,8 @@ if __name__ == "__main__":
             raise SystemExit(f"error: no complete dataset at {build.dataset_dir(cfg)}; build it with "
                              f"`python -m imgsynth.data.build --dataset=shapes --data_dir={_DATA_DIR.value} "
                              f"--config={_BUILDER.value}`")
-        print(encode(_AE.value, cfg, log=print))
+        from imgsynth.models import autoencoder_files
+        model, info = autoencoder_files.load(_AE.value)
+        print(encode(model, info, _AE.value, cfg, log=print))
 
     app.run(main)

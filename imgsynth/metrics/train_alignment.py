@@ -8,7 +8,6 @@ alignment score.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -23,41 +22,28 @@ from flax import nnx
 from imgsynth.data import shapes
 from imgsynth.data.tokenizer import WordTokenizer
 from imgsynth.data.tokenizer import load as load_tokenizer_file
-from imgsynth.metrics import _data
+from imgsynth.metrics import _data, instrument_training
 from imgsynth.metrics.alignment import (INFO_FILE, RETRIEVAL_GROUP, Alignment, AlignmentConfig,
                                         AlignmentNet, alignment_dir, alignment_scores,
                                         load_alignment_from, retrieval_accuracy,
                                         retrieval_protocol)
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-    steps: int = 1000
-    per_step_examples: int = 256
-    learning_rate: float = 1e-3
-    warmup_steps: int = 100
-    weight_decay: float = 1e-4
-    seed: int = 0
+TrainSettings = instrument_training.Settings
 
 
-def _loss(model: AlignmentNet, images, ids, mask, same_caption):
-    img, txt = model.embed(images, ids, mask)
+def _loss(model: AlignmentNet, batch):
+    img, txt = model.embed(batch["images"], batch["ids"], batch["mask"])
     logits = jnp.exp(jnp.minimum(model.logit_scale[...], np.log(100.0))) * img @ txt.T
-    targets = same_caption / same_caption.sum(axis=1, keepdims=True)  # duplicates are positives
+    same = batch["same"]
+    targets = same / same.sum(axis=1, keepdims=True)  # duplicates are positives
     return 0.5 * (optax.softmax_cross_entropy(logits, targets).mean()
                   + optax.softmax_cross_entropy(logits.T, targets).mean())
 
 
-@nnx.jit(donate_argnums=(0, 1))
-def _train_step(model, optimizer, images, ids, mask, same_caption):
-    loss, grads = nnx.value_and_grad(_loss)(model, images, ids, mask, same_caption)
-    optimizer.update(model, grads)
-    return loss
-
-
 def train_alignment(data_dir: str, builder_config: str = "r32", *,
                     config: AlignmentConfig | None = None, settings: TrainSettings = TrainSettings(),
-                    test_limit: int | None = None, save: bool = True, log=print) -> Alignment:
+                    log=print) -> Alignment:
     """Trains on the train split, measures retrieval on the test split, caches (if `save`).
 
     `config` sets the architecture; its resolution, vocabulary size and caption length are
@@ -76,27 +62,16 @@ def train_alignment(data_dir: str, builder_config: str = "r32", *,
     caption_ids = np.unique(np.asarray(train.captions), return_inverse=True)[1]
     log(f"alignment: {len(ids)} training pairs read in {time.perf_counter() - start:.0f} s")
 
-    model = AlignmentNet(config, rngs=nnx.Rngs(s.seed))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, s.learning_rate, s.warmup_steps, s.steps)
-    optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=s.weight_decay), wrt=nnx.Param)
-    rng = np.random.default_rng(s.seed)
-    n, b = len(ids), s.per_step_examples
-    if n < b:
-        raise ValueError(f"{n} training pairs cannot fill a step of {b}")
-    order = rng.permutation(n)
-    for step in range(s.steps):
-        lo = (step * b) % n
-        if lo + b > n:
-            order, lo = rng.permutation(n), 0
-        idx = np.sort(order[lo:lo + b])
+    def batch(idx):
         same = (caption_ids[idx][:, None] == caption_ids[idx][None, :]).astype(np.float32)
-        loss = _train_step(model, optimizer, jnp.asarray(train.images[idx]), jnp.asarray(ids[idx]),
-                           jnp.asarray(mask[idx]), jnp.asarray(same))
-        if step % 500 == 0 or step == s.steps - 1:
-            log(f"alignment: step {step:5d}  train/loss {float(loss):.4f}  "
-                f"{(time.perf_counter() - start) / 60:.1f} min")
+        return {"images": train.images[idx], "ids": ids[idx], "mask": mask[idx], "same": same}
+
+    directory = alignment_dir(data_dir, builder_config)
+    model = instrument_training.train(
+        "alignment", directory + "-training", lambda: AlignmentNet(config, rngs=nnx.Rngs(s.seed)),
+        _loss, batch, len(ids), s)
     result = Alignment(model, tokenizer)
-    test = _data.read_split(data_dir, builder_config, "test", limit=test_limit)
+    test = _data.read_split(data_dir, builder_config, "test")
     scores = alignment_scores(result, test.images, test.captions)
     shuffled = alignment_scores(result, test.images, np.roll(np.asarray(test.captions), 1).tolist())
     group = min(RETRIEVAL_GROUP, len(test.captions))
@@ -114,26 +89,17 @@ def train_alignment(data_dir: str, builder_config: str = "r32", *,
     log(f"alignment: retrieval accuracy {result.retrieval_accuracy:.4f}; score on real pairs "
         f"{result.info['real_score']:.1f}, on mismatched pairs {result.info['mismatched_score']:.1f}; "
         f"{train_minutes:.1f} min")
-    if save:
-        result.save(alignment_dir(data_dir, builder_config))
+    result.save(directory)
     return result
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--builder_config", default="r32")
-    parser.add_argument("--steps", type=int, default=TrainSettings.steps)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="retrain even if a model is cached")
-    args = parser.parse_args(argv)
-    directory = alignment_dir(args.data_dir, args.builder_config)
-    if not args.force and os.path.isfile(os.path.join(directory, INFO_FILE)):
-        result = load_alignment_from(directory)
-        print(f"alignment model already trained at {directory}; --force retrains")
-    else:
-        result = train_alignment(args.data_dir, args.builder_config,
-                                 settings=TrainSettings(steps=args.steps, seed=args.seed))
+    args = instrument_training.cli("alignment model", TrainSettings, argv)
+    result = instrument_training.cached_or_trained(
+        "alignment model", alignment_dir(args.data_dir, args.builder_config), INFO_FILE,
+        load_alignment_from,
+        lambda: train_alignment(args.data_dir, args.builder_config,
+                                settings=TrainSettings(steps=args.steps, seed=args.seed)), args.force)
     print(json.dumps({k: result.info[k] for k in ("retrieval_accuracy", "real_score",
                                                    "mismatched_score", "train_minutes")}))
 

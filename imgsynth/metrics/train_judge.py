@@ -10,21 +10,18 @@ instrument is never used unnoticed.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
 from imgsynth.data import shapes
-from imgsynth.metrics import _data, frechet
+from imgsynth.metrics import _data, frechet, instrument_training
 from imgsynth.metrics.judge import (INFO_FILE, Judge, JudgeConfig, JudgeNet, encode_scenes,
                                     judge_dir, load_judge_from, scene_accuracy, split_logits)
 from imgsynth.metrics.prompt_following import prompt_following
@@ -34,18 +31,16 @@ FD_FLOOR_SAMPLES = 1000
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(instrument_training.Settings):
     """Defaults reach a ceiling >= 0.99 on r32 within ~10 minutes on 2 CPU cores."""
     steps: int = 1500
     per_step_examples: int = 128
     learning_rate: float = 2e-3
-    warmup_steps: int = 100
-    weight_decay: float = 1e-4
-    seed: int = 0
 
 
-def _loss(model: JudgeNet, images, cls, color, size):
-    logits, _ = model(images)
+def _loss(model: JudgeNet, batch):
+    logits, _ = model(batch["images"])
+    cls, color, size = batch["cls"], batch["color"], batch["size"]
     l_cls, l_color, l_size = split_logits(logits)
     occupied = (cls > 0).astype(jnp.float32)
     n_occupied = jnp.maximum(occupied.sum(), 1.0)
@@ -54,13 +49,6 @@ def _loss(model: JudgeNet, images, cls, color, size):
     loss_color = (ce(l_color, jnp.maximum(color, 0)) * occupied).sum() / n_occupied
     loss_size = (ce(l_size, jnp.maximum(size, 0)) * occupied).sum() / n_occupied
     return loss_cls + loss_color + loss_size
-
-
-@nnx.jit(donate_argnums=(0, 1))
-def _train_step(model, optimizer, images, cls, color, size):
-    loss, grads = nnx.value_and_grad(_loss)(model, images, cls, color, size)
-    optimizer.update(model, grads)
-    return loss
 
 
 def evaluate(judge: Judge, test: _data.Split, validation: _data.Split | None = None) -> dict:
@@ -78,9 +66,8 @@ def evaluate(judge: Judge, test: _data.Split, validation: _data.Split | None = N
 
 
 def train_judge(data_dir: str, builder_config: str = "r32", *, config: JudgeConfig | None = None,
-                settings: TrainSettings = TrainSettings(), test_limit: int | None = None,
-                save: bool = True, log=print) -> Judge:
-    """Trains, measures the ceiling on the test split, and (if `save`) caches the judge."""
+                settings: TrainSettings = TrainSettings(), log=print) -> Judge:
+    """Trains, measures the ceiling on the test split, and caches the judge."""
     start, cpu_start = time.perf_counter(), _data.cpu_seconds()
     resolution = _data.resolution_of(builder_config)
     config = config or JudgeConfig(resolution=resolution)
@@ -90,26 +77,13 @@ def train_judge(data_dir: str, builder_config: str = "r32", *, config: JudgeConf
     train = _data.read_split(data_dir, builder_config, "train", limit=s.steps * s.per_step_examples)
     targets = encode_scenes(train.scenes)
     log(f"judge: {len(train.captions)} training images read in {time.perf_counter() - start:.0f} s")
-
-    model = JudgeNet(config, rngs=nnx.Rngs(s.seed))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, s.learning_rate, s.warmup_steps, s.steps)
-    optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=s.weight_decay), wrt=nnx.Param)
-    rng = np.random.default_rng(s.seed)
-    n = len(train.captions)
-    order = rng.permutation(n)
-    train_start = time.perf_counter()
-    for step in range(s.steps):
-        lo = (step * s.per_step_examples) % n
-        if lo + s.per_step_examples > n:  # a new epoch: reshuffle
-            order, lo = rng.permutation(n), 0
-        idx = np.sort(order[lo:lo + s.per_step_examples])
-        loss = _train_step(model, optimizer, jnp.asarray(train.images[idx]),
-                           *(jnp.asarray(targets[k][idx]) for k in ("cls", "color", "size")))
-        if step % 500 == 0 or step == s.steps - 1:
-            log(f"judge: step {step:5d}  train/loss {float(loss):.4f}  "
-                f"{(time.perf_counter() - train_start) / 60:.1f} min")
+    directory = judge_dir(data_dir, builder_config)
+    model = instrument_training.train(
+        "judge", directory + "-training", lambda: JudgeNet(config, rngs=nnx.Rngs(s.seed)), _loss,
+        lambda idx: {"images": train.images[idx], **{k: v[idx] for k, v in targets.items()}},
+        len(train.captions), s)
     judge = Judge(model)
-    test = _data.read_split(data_dir, builder_config, "test", limit=test_limit)
+    test = _data.read_split(data_dir, builder_config, "test")
     validation = _data.read_split(data_dir, builder_config, "validation", limit=FD_FLOOR_SAMPLES)
     measured = evaluate(judge, test, validation)
     train_minutes = (time.perf_counter() - start) / 60
@@ -122,27 +96,18 @@ def train_judge(data_dir: str, builder_config: str = "r32", *, config: JudgeConf
     log(f"judge: ceiling {judge.ceiling:.4f} on {judge.info['num_test']} test images; per category "
         f"{json.dumps(judge.info['ceiling_per_category'])}; scene accuracy "
         f"{judge.info['scene_accuracy']:.4f}; {train_minutes:.1f} min")
-    if save:
-        judge.save(judge_dir(data_dir, builder_config))
+    judge.save(directory)
     return judge
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--builder_config", default="r32")
-    parser.add_argument("--steps", type=int, default=TrainSettings.steps)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min_ceiling", type=float, default=MIN_CEILING)
-    parser.add_argument("--force", action="store_true", help="retrain even if a judge is cached")
-    args = parser.parse_args(argv)
-    directory = judge_dir(args.data_dir, args.builder_config)
-    if not args.force and os.path.isfile(os.path.join(directory, INFO_FILE)):
-        judge = load_judge_from(directory)
-        print(f"judge already trained at {directory} (ceiling {judge.ceiling}); --force retrains")
-    else:
-        judge = train_judge(args.data_dir, args.builder_config,
-                            settings=TrainSettings(steps=args.steps, seed=args.seed))
+    args = instrument_training.cli("judge", TrainSettings, argv, [(
+        "--min_ceiling", dict(type=float, default=MIN_CEILING,
+                              help="exit 1 if the ceiling is lower"))])
+    judge = instrument_training.cached_or_trained(
+        "judge", judge_dir(args.data_dir, args.builder_config), INFO_FILE, load_judge_from,
+        lambda: train_judge(args.data_dir, args.builder_config,
+                            settings=TrainSettings(steps=args.steps, seed=args.seed)), args.force)
     print(json.dumps({k: judge.info[k] for k in ("ceiling", "ceiling_per_category", "scene_accuracy",
                                                   "train_minutes") if k in judge.info}))
     if judge.ceiling < args.min_ceiling:

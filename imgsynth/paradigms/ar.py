@@ -14,22 +14,14 @@ from flax import nnx
 
 from imgsynth import flops
 from imgsynth.paradigms import base, token_model
-from imgsynth.paradigms.token_model import example_batch  # noqa: F401  (plug-in interface)
-
-AUTOENCODER_KIND = "lfq"
-
-
-def configure(config) -> None:
-    config.autoencoder.kind = AUTOENCODER_KIND
-    config.sampler.steps = 0          # one step per token; not a free parameter
-    config.sampler.guidance = 2.0
-    config.sampler.temperature = 1.0
-    config.sampler.top_k = 0          # 0: off
-    config.sampler.top_p = 1.0        # 1.0: off
 
 
 def build(config, rngs: nnx.Rngs) -> token_model.TokenModel:
     return token_model.TokenModel(config, causal=True, rngs=rngs)
+
+
+def example_batch(config, n: int, rng) -> dict:
+    return token_model.example_batch(config, n, rng)
 
 
 def model_cost(config) -> flops.ModelCost:

@@ -1,13 +1,13 @@
-"""Pieces every paradigm shares: backbone and caption-encoder configs, token geometry, FLOPs.
+"""The paradigm interface (`Paradigm`) and the pieces every paradigm shares: backbone and
+caption-encoder configs, token geometry, caption dropout and guidance helpers.
 
-A paradigm module (flow.py, maskgit.py, ar.py) exposes the same handful of functions:
-`configure(config)` (its config defaults), `build(config, rngs)`, `model_cost(config)`,
-`loss(model, batch, rng, config)`, `eval_loss(model, batch, rng, config)`,
-`sample(model, text_ids, text_mask, rng, config)`, `inference_flops(config)` and
-`example_batch(config, n, rng)` (a random batch of the right shapes). The training loop
-calls only these and never asks which paradigm it runs.
+A paradigm is a module (flow.py, maskgit.py, ar.py) with the functions `Paradigm` lists; the
+trainer and evaluation call only these and never ask which paradigm they run. Its config
+defaults live in its experiment file (experiments/<paradigm>.py).
 """
 from __future__ import annotations
+
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,33 @@ from flax import nnx
 from imgsynth import flops
 from imgsynth.models.text import TextEncoder
 from imgsynth.models.transformer import TransformerConfig
+
+
+
+class Paradigm(Protocol):
+    """What a paradigm module provides (tests check each module against it)."""
+
+    def build(self, config, rngs: nnx.Rngs) -> nnx.Module:
+        """The generator: backbone, caption encoder and the paradigm's heads."""
+
+    def model_cost(self, config) -> flops.ModelCost:
+        """Parameters and forward FLOPs per example, per component (analytic)."""
+
+    def inference_flops(self, config) -> float:
+        """FLOPs to sample one image with the configured sampler (guidance included)."""
+
+    def example_batch(self, config, n: int, rng: np.random.Generator) -> dict:
+        """A random batch of the shapes the paradigm trains on (benchmarks, compile checks)."""
+
+    def loss(self, model, batch: dict, rng, config) -> tuple:
+        """(scalar training loss, {name: scalar}) for one batch."""
+
+    def eval_loss(self, model, batch: dict, rng, config) -> dict:
+        """Deterministic per-example losses {name: [B]} (fixed noise/masks from `rng`)."""
+
+    def sample(self, model, text_ids, text_mask, rng, config):
+        """Latents or tokens [B, h, w, ...] for the captions."""
+
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

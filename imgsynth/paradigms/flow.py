@@ -16,17 +16,8 @@ from imgsynth import flops
 from imgsynth.models.transformer import Transformer, dense, sincos_1d, sincos_2d
 from imgsynth.paradigms import base
 
-AUTOENCODER_KIND = "kl"
 TIME_FREQS = 256
 EVAL_TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)
-
-
-def configure(config) -> None:
-    config.autoencoder.kind = AUTOENCODER_KIND
-    config.model.patch_size = 1
-    config.sampler.steps = 16 if config.get("runlocal") else 50
-    config.sampler.method = "euler"    # or "heun"
-    config.sampler.guidance = 2.0
 
 
 def _geometry(config):

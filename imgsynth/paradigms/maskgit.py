@@ -14,22 +14,16 @@ from flax import nnx
 
 from imgsynth import flops
 from imgsynth.paradigms import base, token_model
-from imgsynth.paradigms.token_model import example_batch  # noqa: F401  (plug-in interface)
 
-AUTOENCODER_KIND = "lfq"
 EVAL_MASK_RATIOS = (0.25, 0.5, 0.75, 2 / math.pi)   # 2/π: the mean of cos(π/2·r), r ~ U(0, 1)
-
-
-def configure(config) -> None:
-    config.autoencoder.kind = AUTOENCODER_KIND
-    config.sampler.steps = 12
-    config.sampler.guidance = 2.0
-    config.sampler.temperature = 1.0          # token sampling temperature
-    config.sampler.choice_temperature = 4.5   # Gumbel noise on confidences, annealed to 0
 
 
 def build(config, rngs: nnx.Rngs) -> token_model.TokenModel:
     return token_model.TokenModel(config, causal=False, rngs=rngs)
+
+
+def example_batch(config, n: int, rng) -> dict:
+    return token_model.example_batch(config, n, rng)
 
 
 def model_cost(config) -> flops.ModelCost:

@@ -1,0 +1,93 @@
+"""What every generator experiment shares (big_vision's configs/common.py): the keys of a run
+config with their defaults, the size ladder, durations and the `runlocal` shrink.
+
+A paradigm's own file (flow.py, maskgit.py, ar.py) calls `generator(...)`, sets what is its own
+(autoencoder kind, heads, sampler), then `finish(...)`. Every key any run reads is listed here or
+in a paradigm file, so `config.json` shows a run's whole configuration.
+"""
+import ml_collections
+
+from imgsynth import config as config_lib, registry
+
+# Keys of the text after `:` (`experiments/flow.py:size=S,budget=1e15`).
+ARGS = dict(size="S", runlocal=False, budget=0.0, steps=0, seed=0, global_batch_size=0)
+
+
+def parse(arg: str | None) -> ml_collections.ConfigDict:
+    return config_lib.parse_arg(arg, **ARGS)
+
+
+def generator(paradigm: str, args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The defaults of a generator run of `paradigm` at ladder size `args.size`."""
+    c = ml_collections.ConfigDict()
+    c.paradigm = paradigm
+    c.size = args.size
+    c.seed = args.seed
+    c.global_batch_size = args.global_batch_size or 128
+    c.total_steps = None
+    c.total_examples = None
+    c.total_flops = None
+    c.keep_flops = ()           # also checkpoint when cumulative training FLOPs pass these
+    c.grid = ml_collections.ConfigDict({"name": "", "budget": 0.0, "ablation": {}})
+
+    c.model = ml_collections.ConfigDict(dict(
+        width=0, depth=0, heads=0, mlp_dim=0, dtype="float32", scan_layers=True, remat=False))
+    c.text = ml_collections.ConfigDict(dict(
+        width=0, depth=0, heads=0, mlp_dim=0, vocab_size=512, max_len=16))
+    c.data = ml_collections.ConfigDict(dict(
+        name="shapes", data_dir="", resolution=32, builder_config="r32", text_max_len=16,
+        tokenizer="word", src="", folder_name="", tfds_name="", image_key="image",
+        text_key="", label_key="", caption_template="a photo of a {label}",
+        synthetic_examples=1024))   # data.name="synthetic": random records (throughput, tests)
+    c.autoencoder = ml_collections.ConfigDict(dict(
+        workdir="",          # a trained autoencoder; "" trains one into cache_dir when missing
+        kind="kl", downsample=4, latent_channels=4, lfq_bits=10,
+        train_steps=0))      # > 0 overrides experiments/autoencoder.py's training length
+    c.instruments = ml_collections.ConfigDict(dict(judge_steps=0, alignment_steps=0))
+    c.cache_dir = "~/.cache/imgsynth"   # shared data/autoencoders for runlocal and grids
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        lr=3e-4, b1=0.9, b2=0.95, weight_decay=0.01, clip_norm=1.0, schedule="cosine",
+        warmup_steps=100, min_lr_ratio=0.1, decay_fraction=0.2))
+    c.ema_decay = 0.999
+    c.cfg_dropout = 0.1          # caption dropout, for classifier-free guidance
+    c.sampler = ml_collections.ConfigDict(dict(steps=0, guidance=2.0))
+    c.mesh = (-1, 1, 1)
+    c.log_every_steps = 50
+    c.eval_every_steps = 500
+    c.eval_examples = 512
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 2
+    c.peak_flops_per_s = 0.0     # 0: measure a large matmul at start
+
+    c.runlocal = args.runlocal
+    registry.apply_size(c, args.size)
+    c.text.max_len = c.data.text_max_len
+    return c
+
+
+def finish(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict,
+           arg: str | None) -> ml_collections.ConfigDict:
+    """Sets the duration (a FLOP budget, steps, or 10k steps) and applies `runlocal`: size T,
+    small batch and data, short warm-up and frequent logs — a laptop run of a minute or two."""
+    if args.budget:
+        c.total_flops = args.budget
+    elif args.steps:
+        c.total_steps = args.steps
+    else:
+        c.total_steps = 10_000
+    if args.runlocal:
+        if "size=" not in (arg or ""):
+            registry.apply_size(c, "T")
+        c.global_batch_size = args.global_batch_size or 32
+        if not (args.budget or args.steps):
+            c.total_steps = 60
+        c.data.builder_config = f"r{c.data.resolution}_small"
+        c.optimizer.warmup_steps = 10
+        c.optimizer.lr = 1e-3
+        c.ema_decay = 0.99
+        c.log_every_steps = 10
+        c.eval_every_steps = 30
+        c.eval_examples = 64
+        c.checkpoint_every_steps = 30
+    return c
