@@ -1,1 +1,3 @@
-"""Run configs (ml_collections, `get_config(arg)`) and the grids that sweep them."""
+"""Config files (big_vision style, loaded by path with `--config=experiments/NAME.py:ARGS`) and
+experiment grids; a package so grids can build on each other (`from experiments.grids import
+cpu_study`)."""

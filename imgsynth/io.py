@@ -73,6 +73,7 @@ def write_dir(directory: str, files: Mapping[str, bytes]) -> None:
     directory = os.path.abspath(directory)
     os.makedirs(os.path.dirname(directory), exist_ok=True)
     tmp = tempfile.mkdtemp(dir=os.path.dirname(directory), prefix=".tmp-")
+    os.chmod(tmp, 0o755)   # mkdtemp makes it private; a shared cache is for every user
     try:
         for name, data in files.items():
             with open(os.path.join(tmp, name), "wb") as f:

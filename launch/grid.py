@@ -28,8 +28,6 @@ from typing import Any
 
 import ml_collections
 
-from imgsynth import config as config_lib, registry
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRIDS_DIR = os.path.join(REPO_ROOT, "experiments", "grids")
 
@@ -220,6 +218,7 @@ def _make_run(s: dict, grid_name: str, budgets: Sequence[float], where: str) -> 
     name = run_name(s["paradigm"], s["size"], budget, s["ablation"])
     where = f"{where} ({name})"
     arg = f"size={s['size']},budget={budget!r}" + (",runlocal" if s["runlocal"] else "")
+    from imgsynth import config as config_lib, registry   # paradigm modules: jax
     try:
         config = config_lib.default_config(s["paradigm"], arg)
     except (KeyError, ValueError) as e:
@@ -276,6 +275,7 @@ def estimate_seconds(run: Run, flops_per_s: float | None = None) -> float | None
 def eval_seconds(run: Run) -> float:
     """Seconds of the run's evaluation on a CPU, from its analytic inference FLOPs per image:
     sampling dominates (flow matching at size S: ~20x the start-up)."""
+    from imgsynth import config as config_lib, registry   # paradigm modules: jax
     per_image = registry.paradigm_module(run.config).inference_flops(run.config)
     return (CPU_EVAL_OVERHEAD_S
             + 2 * config_lib.EVAL_SAMPLES * per_image / CPU_SAMPLE_FLOPS_PER_S)

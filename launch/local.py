@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import fcntl
 import hashlib
-import importlib.util
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 
+from imgsynth import io
 from launch import grid as grid_lib, runs as runs_lib
 
 EXIT_INTERRUPTED = 130
@@ -80,8 +79,6 @@ class LocalLauncher:
         cores = tuple(cores) if cores is not None else available_cores()
         self.threads = max(1, len(cores) // parallel)
         self.slots = core_slots(parallel, cores)
-        self.evaluate_available = (commands.evaluate != runs_lib.Commands.evaluate
-                                   or importlib.util.find_spec("imgsynth.evaluate") is not None)
         self._stopping = self._killed = False
         self._active: list[_Job] = []
         self._finished_estimate = self._finished_elapsed = 0.0
@@ -90,12 +87,11 @@ class LocalLauncher:
     def run(self) -> int:
         """Runs the grid; returns 0 (all done), 1 (some failed) or 130 (interrupted)."""
         os.makedirs(os.path.join(self.workdir, "runs"), exist_ok=True)
-        with open(os.path.join(self.workdir, ".launch.lock"), "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LaunchError(f"another launcher is running on {self.workdir}; wait for it or "
-                                  "stop it (Ctrl-C) first") from None
+        try:
+            lock = io.FileLock(os.path.join(self.workdir, ".launch"), blocking=False).__enter__()
+        except io.LockedError as e:
+            raise LaunchError(f"another launcher is running: {e} (Ctrl-C stops it)") from None
+        with lock:
             self.state = runs_lib.LaunchState(self.workdir, self.grid)
             old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
             try:
@@ -142,12 +138,6 @@ class LocalLauncher:
         d = runs_lib.run_dir(self.workdir, run.name)
         if os.path.exists(os.path.join(d, "eval.json")):
             return False
-        if not self.evaluate_available:
-            self.state.update_run(
-                run.name, eval="unavailable",
-                eval_reason="imgsynth.evaluate is not available in this checkout; evaluate later "
-                            f"with `python -m imgsynth.evaluate --workdir={d}` or launch again")
-            return False
         return self.retry_failed or self.state.run(run.name).get("eval") != "failed"
 
     def _plan(self) -> list[tuple[str, grid_lib.Run]]:
@@ -160,7 +150,7 @@ class LocalLauncher:
                     f"{d} holds a run of grid {owner!r}, not {self.grid.name!r}; use another "
                     "--workdir"))
                 continue
-            status = runs_lib.read_status(d)["status"]
+            status = io.read_status(d)["status"]
             if status == "done":
                 self.state.update_run(run.name, train="done")
                 if self._wants_eval(run):
@@ -242,7 +232,7 @@ class LocalLauncher:
             env.update(thread_env(self.threads))
         with open(log_path, "ab") as log:
             offset = log.tell()
-            log.write(f"\n=== {kind} {runs_lib.now()}: {runs_lib.shell(argv)}\n".encode())
+            log.write(f"\n=== {kind} {io.now()}: {runs_lib.shell(argv)}\n".encode())
             log.flush()
             proc = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -282,7 +272,7 @@ class LocalLauncher:
                 self.state.update_run(run.name, eval="failed", eval_reason=reason, log_tail=tail)
                 self.out(f"{run.name}: evaluation failed: {reason}")
             return False
-        status = runs_lib.read_status(d)
+        status = io.read_status(d)
         if status["status"] == "done":   # even if the child then died on the way out
             self.state.update_run(run.name, train="done", reason=None, train_s=elapsed,
                                   returncode=rc)
@@ -290,7 +280,7 @@ class LocalLauncher:
             return self._wants_eval(run)
         if self._stopping:
             if status["status"] != "pending":   # killed before or while it could write it
-                runs_lib.write_status(d, "pending", reason=(
+                io.write_status(d, "pending", reason=(
                     f"interrupted by the launcher at step {status.get('step', 0)}; launch again "
                     "to resume from the last checkpoint"), step=status.get("step", 0))
             self.state.update_run(run.name, train="pending", reason="interrupted", returncode=rc)
@@ -303,7 +293,7 @@ class LocalLauncher:
         if status["status"] == "failed" and status.get("reason"):
             reason = f"exit code {rc}: {status['reason']}"
         else:
-            runs_lib.write_status(d, "failed", reason=reason, step=status.get("step", 0))
+            io.write_status(d, "failed", reason=reason, step=status.get("step", 0))
         self.state.update_run(run.name, train="failed", reason=reason, log_tail=tail,
                               returncode=rc)
         self.out(f"{run.name}: FAILED ({reason}); log: {job.log_path}")

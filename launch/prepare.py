@@ -13,16 +13,8 @@ import logging
 def main(argv) -> None:
     del argv
     logging.basicConfig(level=logging.INFO)
-    config = _CONFIG.value
-    try:
-        from imgsynth import stages
-        prepare = stages.prepare
-    except (ImportError, AttributeError) as e:
-        raise SystemExit(
-            f"error: imgsynth.stages.prepare is not available in this checkout ({e}); the data, "
-            "autoencoder and metric stages cannot be built, so only data.name='synthetic' runs "
-            "can train") from None
-    print(f"stage outputs ready: {prepare(config)}")
+    from imgsynth import stages
+    print(f"stage outputs ready: {stages.prepare(_CONFIG.value)}")
 
 
 if __name__ == "__main__":

@@ -8,14 +8,13 @@ reason and log tail of a failure. It never calls into JAX, so it can run on a lo
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 import shlex
 import sys
 from collections.abc import Sequence
 
-from imgsynth import io as wd
+from imgsynth import io
 from launch import grid as grid_lib
 
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grid_config.py")
@@ -59,31 +58,12 @@ def run_dir(workdir: str, run: str) -> str:
     return os.path.join(workdir, "runs", run)
 
 
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 # Run files --------------------------------------------------------------------------------------
-
-def read_status(directory: str) -> dict:
-    try:
-        return wd.read_status(directory)
-    except (OSError, ValueError):   # half-written by a foreign tool: treat as unknown
-        return {"status": "pending", "reason": "unreadable status.json"}
-
-
-def write_status(directory: str, status: str, reason: str | None = None, **extra) -> None:
-    """The same record train.py writes, without asking JAX for the process index."""
-    if status not in wd.STATUSES:
-        raise ValueError(f"status must be one of {wd.STATUSES}, got {status!r}")
-    wd.write_json(os.path.join(directory, "status.json"),
-                  {"status": status, "reason": reason, "updated": now(), **extra})
-
 
 def grid_of(directory: str) -> str | None:
     """The grid name recorded in an existing run's config.json (None: no run there yet)."""
     try:
-        config = wd.read_json(os.path.join(directory, "config.json"))
+        config = io.read_json(os.path.join(directory, "config.json"))
     except (OSError, ValueError):
         return None
     return (config or {}).get("grid", {}).get("name") if config else None
@@ -136,7 +116,7 @@ class LaunchState:
 
     def __init__(self, workdir: str, grid: grid_lib.Grid | None = None):
         self.path = os.path.join(workdir, STATE_FILE)
-        self.data = wd.read_json(self.path) or {}
+        self.data = io.read_json(self.path) or {}
         self.data.setdefault("runs", {})
         self.data.setdefault("stages", {})
         if grid is not None:
@@ -147,16 +127,16 @@ class LaunchState:
         return self.data["runs"].get(name, {})
 
     def update_run(self, name: str, **fields) -> None:
-        self.data["runs"].setdefault(name, {}).update(fields, updated=now())
+        self.data["runs"].setdefault(name, {}).update(fields, updated=io.now())
         self.save()
 
     def update_stage(self, tag: str, **fields) -> None:
-        self.data["stages"].setdefault(tag, {}).update(fields, updated=now())
+        self.data["stages"].setdefault(tag, {}).update(fields, updated=io.now())
         self.save()
 
     def save(self) -> None:
-        self.data["updated"] = now()
-        wd.write_json(self.path, self.data)
+        self.data["updated"] = io.now()
+        io.write_json(self.path, self.data)
 
 
 # The --status table -----------------------------------------------------------------------------
@@ -166,7 +146,7 @@ def status_rows(workdir: str, runs: Sequence[grid_lib.Run]) -> list[dict]:
     rows = []
     for r in runs:
         d = run_dir(workdir, r.name)
-        status = read_status(d)
+        status = io.read_status(d)
         launch = state.run(r.name)
         metrics = last_metrics(d)
         step = metrics.get("step") if metrics.get("step") is not None else status.get("step")

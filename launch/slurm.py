@@ -12,13 +12,13 @@ This module imports nothing heavy at the top: job processes unpickle `RunTask` f
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import json
 import os
 import re
 import signal
 import subprocess
 from collections.abc import Sequence
+
+from imgsynth import io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,25 +45,6 @@ def time_minutes(text: str) -> int:
     else:                              # HH:MM:SS
         minutes = a * 60 + b + (c > 0)
     return (days or 0) * 1440 + minutes
-
-
-def _status(run_dir: str) -> dict:
-    try:
-        with open(os.path.join(run_dir, "status.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {"status": "pending"}
-
-
-def _write_status(run_dir: str, status: dict) -> None:
-    """The record train.py writes when it could not (killed, crashed before starting)."""
-    import datetime
-    import tempfile
-    status["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(status, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(run_dir, "status.json"))
 
 
 class RunTask:
@@ -94,10 +75,10 @@ class RunTask:
         import submitit
         rank = submitit.JobEnvironment().global_rank
         rc = self._call(self.train)
-        status = _status(self.run_dir)
+        status = io.read_status(self.run_dir)
         if rc != 0 and rank == 0 and status.get("status") not in ("done", "failed"):
-            _write_status(self.run_dir, {"status": "failed", "step": status.get("step", 0),
-                                         "reason": f"exit code {rc} (see the SLURM job log)"})
+            io.write_status(self.run_dir, "failed", f"exit code {rc} (see the SLURM job log)",
+                            step=status.get("step", 0))
         if rc != 0 or status.get("status") != "done":
             raise RuntimeError(f"training of {self.run_dir} ended with exit code {rc} and status "
                                f"{status.get('status')!r}: {status.get('reason')}")
@@ -145,21 +126,17 @@ def submit(grid, workdir: str, options: SlurmOptions, *, runs=None, commands=Non
     state = runs_lib.LaunchState(workdir, grid)
     env = {"PYTHONPATH": os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))), os.environ.get("PYTHONPATH")) if p)}
-    evaluate = (commands.evaluate != runs_lib.Commands.evaluate
-                or importlib.util.find_spec("imgsynth.evaluate") is not None)
-    if not evaluate:
-        out("imgsynth.evaluate is not available in this checkout: jobs only train")
     tasks = []
     for run in runs if runs is not None else grid.runs:
         d = runs_lib.run_dir(workdir, run.name)
-        status = runs_lib.read_status(d)["status"]
+        status = io.read_status(d)["status"]
         evaluated = os.path.exists(os.path.join(d, "eval.json"))
         failed = status == "failed" or state.run(run.name).get("train") == "failed"
         if (status == "done" and evaluated) or (failed and not retry_failed):
             continue
         os.makedirs(d, exist_ok=True)
         tasks.append((run, RunTask(commands.train_argv(grid.path, run.name, d),
-                                   commands.evaluate_argv(d) if evaluate and not evaluated
+                                   commands.evaluate_argv(d) if not evaluated
                                    else None, d, env)))
     if not tasks:
         out("nothing to submit: every run is done (or failed: pass --retry_failed)")
@@ -199,7 +176,6 @@ def wait(grid, workdir: str, jobs, *, out=None) -> int:
             state.update_run(name, train="failed", reason=reason)
             out(f"{name}: FAILED: {reason} (logs: {job.paths.stdout})")
     return 1 if failed else 0
-
 
 
 def _error_line(text: str) -> str | None:

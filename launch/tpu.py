@@ -21,6 +21,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 
+from imgsynth import io
 from launch import grid as grid_lib, runs as runs_lib
 
 
@@ -148,7 +149,7 @@ class TpuLauncher:
     def _subprocess(self, argv: list[str], log_path: str | None = None) -> int:
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         with open(log_path, "ab") as log:
-            log.write(f"\n=== {runs_lib.now()}: {shlex.join(argv)}\n".encode())
+            log.write(f"\n=== {io.now()}: {shlex.join(argv)}\n".encode())
             log.flush()
             self._current = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True)

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from imgsynth import io
 from launch import grid as grid_lib, runs as runs_lib, slurm, tpu
 
 # Starting subprocesses from a process where JAX runs makes JAX warn about fork(); the children
@@ -159,7 +160,7 @@ def test_slurm_with_submitit_local_executor(tmp_path):
     assert len(jobs) == 2
     assert slurm.wait(grid, str(tmp_path / "w"), jobs, out=lines.append) == 1
     ok = runs_lib.run_dir(str(tmp_path / "w"), "flow-T-1e+12")
-    assert runs_lib.read_status(ok) == {"status": "done", "step": 3, "env_ok": "local"}
+    assert io.read_status(ok) == {"status": "done", "step": 3, "env_ok": "local"}
     assert os.path.exists(os.path.join(ok, "eval.json"))
     state = json.load(open(tmp_path / "w" / runs_lib.STATE_FILE))["runs"]
     assert state["flow-T-1e+12"]["train"] == "done" and state["flow-T-1e+12"]["eval"] == "done"

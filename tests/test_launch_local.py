@@ -1,15 +1,15 @@
 """The local backend with fake train/evaluate/prepare programs: resume, skip, failures, threads,
-stages, a missing evaluator, Ctrl-C, the status table, compile-only and the study command."""
+stages, foreign run directories, Ctrl-C, the status table, compile-only and the study command."""
 import json
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 
+from imgsynth import io
 from launch import grid as grid_lib, local, memory, runs as runs_lib
 
 # Starting subprocesses from a process where JAX runs makes JAX warn about fork(); the children
@@ -127,7 +127,7 @@ def test_runs_skip_resume_and_failures(tmp_path, monkeypatch, fake):
     fake.plan({"train:flow-T-3e+12": "fail", "eval:ar-T-1e+12": "fail"})
     run = launcher(grid, work, fake)
     assert run.run() == 1
-    status = {r.name: runs_lib.read_status(runs_lib.run_dir(str(work), r.name)) for r in grid.runs}
+    status = {r.name: io.read_status(runs_lib.run_dir(str(work), r.name)) for r in grid.runs}
     assert {n: s["status"] for n, s in status.items()} == {"flow-T-1e+12": "done",
         "flow-T-3e+12": "failed", "ar-T-1e+12": "done", "ar-T-3e+12": "done"}
     assert "ValueError: boom" in status["flow-T-3e+12"]["reason"]
@@ -159,7 +159,7 @@ def test_runs_skip_resume_and_failures(tmp_path, monkeypatch, fake):
     assert launcher(grid, work, fake, retry_failed=True).run() == 0
     assert [c["run"] for c in fake.calls("train")[4:]] == ["flow-T-3e+12"]
     assert sorted(c["run"] for c in fake.calls("eval")[3:]) == ["ar-T-1e+12", "flow-T-3e+12"]
-    assert all(runs_lib.read_status(runs_lib.run_dir(str(work), r.name))["status"] == "done"
+    assert all(io.read_status(runs_lib.run_dir(str(work), r.name))["status"] == "done"
                for r in grid.runs)
 
 
@@ -167,33 +167,30 @@ def test_silent_crash_is_recorded_and_half_done_runs_resume(tmp_path, monkeypatc
     grid = make_grid(tmp_path, monkeypatch)
     work = tmp_path / "study"
     d = runs_lib.run_dir(str(work), "ar-T-3e+12")
-    runs_lib.write_status(d, "running", step=5)          # a launcher that died mid-run
-    runs_lib.write_status(runs_lib.run_dir(str(work), "ar-T-1e+12"), "done", step=9)
+    io.write_status(d, "running", step=5)          # a launcher that died mid-run
+    io.write_status(runs_lib.run_dir(str(work), "ar-T-1e+12"), "done", step=9)
     fake.plan({"train:flow-T-1e+12": "silent_crash"})
     assert launcher(grid, work, fake, parallel=1).run() == 1
     assert sorted(c["run"] for c in fake.calls("train")) == ["ar-T-3e+12", "flow-T-1e+12",
                                                              "flow-T-3e+12"]
-    crashed = runs_lib.read_status(runs_lib.run_dir(str(work), "flow-T-1e+12"))
+    crashed = io.read_status(runs_lib.run_dir(str(work), "flow-T-1e+12"))
     assert crashed["status"] == "failed" and crashed["reason"].startswith("exit code 3")
-    assert runs_lib.read_status(d)["status"] == "done"
+    assert io.read_status(d)["status"] == "done"
 
 
-def test_missing_evaluator_and_foreign_run_dirs_are_recorded(tmp_path, monkeypatch, fake):
+def test_foreign_run_dirs_are_recorded(tmp_path, monkeypatch, fake):
     grid = make_grid(tmp_path, monkeypatch)
     work = tmp_path / "study"
     foreign = runs_lib.run_dir(str(work), "ar-T-3e+12")
     os.makedirs(foreign)
     (open(os.path.join(foreign, "config.json"), "w")).write(json.dumps({"grid": {"name": "other"}}))
     run = launcher(grid, work, fake)
-    run.evaluate_available = False
     assert run.run() == 1                                 # the foreign run dir is a failure
     state = json.load(open(work / runs_lib.STATE_FILE))["runs"]
     assert state["ar-T-3e+12"]["train"] == "blocked"
     assert "grid 'other'" in state["ar-T-3e+12"]["reason"]
     assert state["flow-T-1e+12"]["train"] == "done"
-    assert state["flow-T-1e+12"]["eval"] == "unavailable"
-    assert "imgsynth.evaluate is not available" in state["flow-T-1e+12"]["eval_reason"]
-    assert not fake.calls("eval") and len(fake.calls("train")) == 3
+    assert len(fake.calls("train")) == 3
 
 
 def test_stages_once_per_setting_and_a_failed_stage_blocks_its_runs(tmp_path, monkeypatch, fake):
@@ -243,7 +240,7 @@ def test_ctrl_c_leaves_every_status_consistent(tmp_path, monkeypatch, fake):
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == local.EXIT_INTERRUPTED, output
-    graceful, killed = (runs_lib.read_status(d) for d in hung)
+    graceful, killed = (io.read_status(d) for d in hung)
     assert graceful == {**graceful, "status": "pending", "reason": "pre-empted at step 3"}
     assert killed["status"] == "pending" and "interrupted by the launcher" in killed["reason"]
     assert "stopping" in output
@@ -254,7 +251,7 @@ def test_ctrl_c_leaves_every_status_consistent(tmp_path, monkeypatch, fake):
     # Launching again resumes the interrupted runs and runs the rest.
     fake.plan({})
     assert launcher(grid, work, fake).run() == 0
-    assert all(runs_lib.read_status(runs_lib.run_dir(str(work), r.name))["status"] == "done"
+    assert all(io.read_status(runs_lib.run_dir(str(work), r.name))["status"] == "done"
                for r in grid.runs)
 
 
@@ -288,7 +285,7 @@ def test_compile_only_table(tmp_path, monkeypatch, fake):
 
 
 def test_study_runs_the_grid_then_the_report(tmp_path, monkeypatch, fake, capsys):
-    from imgsynth import study
+    from launch import study
     from imgsynth.scaling import report
     grid = make_grid(tmp_path, monkeypatch)
     built = []

@@ -8,7 +8,7 @@ import pytest
 
 from imgsynth.data import build
 from imgsynth.data import scene as S
-from imgsynth.metrics import _data, judge as J, prompt_following as PF, train_judge as TJ
+from imgsynth.metrics import _data, frechet, judge as J, prompt_following as PF, train_judge as TJ
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_brief_judge_trains_saves_loads_and_reads(data_dir, test_split, capsys):
     np.testing.assert_allclose(feats, trained.features(images), rtol=1e-5, atol=1e-6)
     scenes = judge.read_scenes(images[:5])
     assert len(scenes) == 5 and all(isinstance(s, S.Scene) for s in scenes)
-    assert J.fd_judge(judge, images, images) == pytest.approx(0.0, abs=1e-6)
+    assert frechet.fd(feats, judge.features(images)) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="uint8"):
         judge.read_scenes(images.astype(np.float32))
     with pytest.raises(ValueError, match=r"\[N, 32, 32, 3\]"):

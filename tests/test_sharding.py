@@ -1,6 +1,5 @@
 """FSDP and tensor parallelism must not change the numbers: loss and gradients match 1 device."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

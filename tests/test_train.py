@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-from flax import nnx
 
 from fixtures.crash import killed_after_checkpoint
 from imgsynth import checkpoint as ckpt_lib, config as config_lib, loop, registry, train

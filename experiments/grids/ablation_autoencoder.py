@@ -8,13 +8,7 @@ the main grid. Its own autoencoders are trained and its data encoded once (a sep
 Run in the workdir of `cpu_study`; the report compares with the main runs and groups the
 instrument ceilings by autoencoder.
 """
-from importlib import util as _util
-import os as _os
-
-_spec = _util.spec_from_file_location(
-    "_cpu_study", _os.path.join(_os.path.dirname(__file__), "cpu_study.py"))
-_cpu = _util.module_from_spec(_spec)
-_spec.loader.exec_module(_cpu)
+from experiments.grids import cpu_study
 
 SIZES = ("T", "XS")
 BUDGETS = (1e12, 5e12)
@@ -22,9 +16,9 @@ WEAK_AUTOENCODER = {"autoencoder.latent_channels": 2, "autoencoder.lfq_bits": 6}
 
 
 def sweep(add):
-    for paradigm in _cpu.PARADIGMS:
+    for paradigm in cpu_study.PARADIGMS:
         for size in SIZES:
             for budget in BUDGETS:
                 add(paradigm=paradigm, size=size, budget=budget,
-                    overrides={**_cpu.OVERRIDES, **WEAK_AUTOENCODER},
+                    overrides={**cpu_study.OVERRIDES, **WEAK_AUTOENCODER},
                     ablation={"autoencoder": "small"})

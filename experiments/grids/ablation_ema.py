@@ -6,13 +6,7 @@ Run in the workdir of `cpu_study`: the report compares each run here with the ma
 same paradigm, size and budget (every run evaluates raw and EMA weights, so the main grid alone
 already shows what averaging adds; this grid shows how much depends on the window).
 """
-from importlib import util as _util
-import os as _os
-
-_spec = _util.spec_from_file_location(
-    "_cpu_study", _os.path.join(_os.path.dirname(__file__), "cpu_study.py"))
-_cpu = _util.module_from_spec(_spec)
-_spec.loader.exec_module(_cpu)
+from experiments.grids import cpu_study
 
 SIZES = ("T", "XS")
 BUDGETS = (2e12, 5e12)
@@ -20,10 +14,10 @@ EMA_DECAYS = (0.9, 0.999)
 
 
 def sweep(add):
-    for paradigm in _cpu.PARADIGMS:
+    for paradigm in cpu_study.PARADIGMS:
         for size in SIZES:
             for budget in BUDGETS:
                 for decay in EMA_DECAYS:
                     add(paradigm=paradigm, size=size, budget=budget,
-                        overrides={**_cpu.OVERRIDES, "ema_decay": decay},
+                        overrides={**cpu_study.OVERRIDES, "ema_decay": decay},
                         ablation={"ema_decay": decay})

@@ -12,19 +12,17 @@ job only process 0 builds and the others wait for the finished directory.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 
 import tensorflow_datasets as tfds
 
+from imgsynth import io
 from imgsynth.data import folder as folder_lib
 from imgsynth.data import mapped, records, shapes
 from imgsynth.data.spec import DataSpec
@@ -72,29 +70,6 @@ def is_complete(path: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Building.
 
-def _is_writer() -> bool:
-    """Process 0 of a multi-host job (or the only process) writes; jax is asked only if loaded."""
-    jax = sys.modules.get("jax")
-    return jax is None or jax.process_index() == 0
-
-
-@contextlib.contextmanager
-def _locked(path: str):
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _write_json(path: str, value) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def _train_captions(path: str) -> list[str]:
     raw = records.RecordSource(path, "train").raw
     return [records.decode_caption(r) for start in range(0, len(raw), 4096)
@@ -126,12 +101,12 @@ def _ensure(final_dir: str, make_builder: Callable[[str], tfds.core.DatasetBuild
     if is_complete(final_dir):
         log(f"{final_dir} is complete; nothing to do")
         return final_dir
-    if not _is_writer():
+    if not io.is_writer():
         return _wait_until_complete(final_dir, wait_timeout_s, log)
     data_dir = os.path.dirname(os.path.dirname(os.path.dirname(final_dir)))
     os.makedirs(data_dir, exist_ok=True)
     lock_name = os.path.relpath(final_dir, data_dir).replace(os.sep, "-")
-    with _locked(os.path.join(data_dir, f".{lock_name}.lock")):
+    with io.FileLock(os.path.join(data_dir, f".{lock_name}")):
         if is_complete(final_dir):
             log(f"{final_dir} was completed by another process; nothing to do")
             return final_dir
@@ -151,7 +126,7 @@ def _ensure(final_dir: str, make_builder: Callable[[str], tfds.core.DatasetBuild
             summary = {"splits": splits, "seconds": round(seconds, 2),
                        "records_per_s": round(sum(splits.values()) / seconds, 1)}
             summary.update(getattr(builder, "summary", {}))
-            _write_json(os.path.join(built, SUMMARY_FILE), summary)
+            io.atomic_write(os.path.join(built, SUMMARY_FILE), io.json_text(summary, indent=1))
             _write_vocab(built, text_max_len, log)
             os.makedirs(os.path.dirname(final_dir), exist_ok=True)
             os.rename(built, final_dir)
@@ -201,9 +176,9 @@ def build_tfds_vocab(config_data, *, log: Log = logging.info) -> str | None:
     if path is None or os.path.exists(path):
         log(f"{spec.tfds_name}: vocabulary {'not needed' if path is None else 'present'}")
         return path
-    if _is_writer():
+    if io.is_writer():
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with _locked(path + ".lock"):
+        with io.FileLock(path):
             if not os.path.exists(path):
                 WordTokenizer.build(mapped.captions(spec, "train"), spec.text_max_len).save(path)
                 log(f"{spec.tfds_name}: vocabulary → {path}")

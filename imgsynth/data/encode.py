@@ -17,13 +17,13 @@ import shutil
 import tempfile
 
 import grain
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 from flax import nnx, serialization
 
+from imgsynth import io
 from imgsynth.data import build, pipeline
 from imgsynth.data.spec import DataSpec
 
@@ -92,11 +92,7 @@ def encode(model, info: dict, ae_workdir: str, config_data, *, batch_size: int =
 
 
 def _read_info(path: str) -> dict | None:
-    p = os.path.join(path, INFO_FILE)
-    if not os.path.isfile(p):
-        return None
-    with open(p) as f:
-        return json.load(f)
+    return io.read_json(os.path.join(path, INFO_FILE))
 
 
 class EncodedSource:

@@ -11,12 +11,13 @@ import abc
 import json
 import os
 import re
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from imgsynth import io
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
@@ -70,14 +71,8 @@ class _Tokenizer(abc.ABC):
         return ids, ids != PAD
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes JSON to a temporary name, then renames, so a reader never sees half a file."""
-        path = os.fspath(path)
-        directory = os.path.dirname(path) or "."
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tokenizer-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._to_json(), f, indent=1)
-        os.replace(tmp, path)
+        """Atomic: a reader never sees half a file."""
+        io.atomic_write(path, json.dumps(self._to_json(), indent=1))
 
     def _to_json(self) -> dict:
         return {"kind": self.kind, "max_len": self.max_len}

@@ -6,19 +6,13 @@ dataset, so a result is always tied to the exact data its instrument was calibra
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python.array_record_data_source import ArrayRecordDataSource
-from PIL import Image
-from tensorflow_datasets.proto import tf_example_pb2
 
-from imgsynth.data import build, shapes
+from imgsynth.data import build, records, shapes
 from imgsynth.data import scene as scene_lib
 
 
@@ -46,6 +40,18 @@ def cache_dir(data_dir: str, kind: str, builder_config: str) -> str:
     return os.path.join(data_dir, kind, f"{builder_config}-{shapes.VERSION}")
 
 
+def trained_dir(data_dir: str, kind: str, builder_config: str, *, info_file: str, what: str,
+                trainer: str) -> str:
+    """The cache directory of a trained metric model; says how to train it when there is none."""
+    directory = cache_dir(data_dir, kind, builder_config)
+    if not os.path.isfile(os.path.join(directory, info_file)):
+        raise FileNotFoundError(
+            f"no {what} trained for shapes {builder_config!r} at {directory}; train it once with "
+            f"`python -m imgsynth.metrics.{trainer} --data_dir={data_dir} "
+            f"--builder_config={builder_config}`")
+    return directory
+
+
 @dataclasses.dataclass
 class Split:
     """Records of one split as arrays: images uint8 [N, H, W, 3] (None if not read)."""
@@ -53,23 +59,6 @@ class Split:
     captions: list[str]
     categories: list[str]
     scenes: list[scene_lib.Scene]
-
-
-def _example(raw: bytes, with_image: bool):
-    """One stored record, parsed straight from its tf.train.Example: ~3x faster than TFDS's
-    generic feature decoding, which dominates reading 100k small images."""
-    f = tf_example_pb2.Example.FromString(raw).features.feature
-
-    def ints(key):
-        return list(f[key].int64_list.value) if key in f else []
-
-    image = None
-    if with_image:
-        png = f["image"].bytes_list.value[0]
-        image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), np.uint8)
-    objects = {k: ints(f"objects/{k}") for k in ("shape", "color", "size", "row", "col")}
-    return (image, f["caption"].bytes_list.value[0].decode(),
-            scene_lib.CATEGORIES[ints("category")[0]], scene_lib.Scene.from_record(objects))
 
 
 def read_split(data_dir: str, builder_config: str, split: str, limit: int | None = None,
@@ -84,31 +73,13 @@ def read_split(data_dir: str, builder_config: str, split: str, limit: int | None
     images, captions, categories, scenes = [], [], [], []
     for start in range(0, n, 1000):
         for raw in source.__getitems__(list(range(start, min(start + 1000, n)))):
-            image, caption, category, scene = _example(raw, with_images)
+            r = records.decode_record(raw, with_images)
             if with_images:
-                images.append(image)
-            captions.append(caption)
-            categories.append(category)
-            scenes.append(scene)
+                images.append(r["image"])
+            captions.append(r["caption"].decode())
+            categories.append(scene_lib.CATEGORIES[int(r["category"])])
+            scenes.append(scene_lib.Scene.from_record(r["objects"]))
     return Split(np.stack(images) if with_images and images else None, captions, categories, scenes)
-
-
-def write_dir_atomically(final: str, files: dict[str, bytes]) -> None:
-    """Writes `files` into a fresh temporary directory beside `final`, then renames it into place
-    (replacing an older one), so a reader never sees a half-written model."""
-    parent = os.path.dirname(os.path.abspath(final))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cached model is for every user
-    try:
-        for name, data in files.items():
-            with open(os.path.join(tmp, name), "wb") as f:
-                f.write(data)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cpu_seconds() -> float:
@@ -117,6 +88,3 @@ def cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
 
-
-def json_bytes(value) -> bytes:
-    return (json.dumps(value, indent=1, sort_keys=True) + "\n").encode()

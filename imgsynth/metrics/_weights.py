@@ -7,15 +7,21 @@ wrong or truncated file can never silently give a half-random network.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import io
 import os
+import sys
 from collections.abc import Callable, Iterable
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
+from imgsynth import io as io_lib
+
 Path = tuple
+WEIGHTS_FILE = "weights.npz"
 Converter = Callable[[str, np.ndarray], Iterable[tuple[Path, np.ndarray]] | None]
 
 
@@ -86,13 +92,30 @@ def load_into(factory: Callable[[], nnx.Module], weights: dict[str, np.ndarray],
 
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Writes an .npz through a temporary name, so a reader never sees a half-written file."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    """Writes an .npz atomically, so a reader never sees a half-written file."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    io_lib.atomic_write(path, buffer.getvalue())
+
+
+def import_torch(kind: str):
+    """PyTorch, which only converting a published checkpoint (`kind`: '.pt', '.pth') needs."""
+    try:
+        import torch
+    except ImportError as e:
+        raise SystemExit(f"converting a {kind} needs PyTorch (pip install torch) on the machine "
+                         "that runs the conversion; imgsynth itself does not depend on it") from e
+    return torch
+
+
+def conversion_main(convert: Callable[[str, str], None], source: str, argv=None) -> None:
+    """`python -m imgsynth.metrics.<evaluator> --convert=CHECKPOINT --out=FILE.npz`."""
+    parser = argparse.ArgumentParser(description=f"Converts {source} to an .npz of its weights.")
+    parser.add_argument("--convert", required=True, help=source)
+    parser.add_argument("--out", required=True, help="output .npz")
+    args = parser.parse_args(argv)
+    convert(args.convert, args.out)
+    print(f"wrote {args.out}", file=sys.stderr)
 
 
 def state_npz_bytes(model: nnx.Module) -> bytes:
@@ -111,3 +134,31 @@ def restore_state(factory: Callable[[], nnx.Module], path: str, what: str) -> nn
         return [(tuple(int(p) if p.isdigit() else p for p in key.split("/")), array)]
 
     return load_into(factory, weights, convert, what=what)
+
+
+def json_bytes(value) -> bytes:
+    return (io_lib.json_text(value, indent=1) + "\n").encode()
+
+
+def save_model(directory: str, model: nnx.Module, info_file: str, info: dict,
+               extra: dict[str, bytes] | None = None) -> None:
+    """A trained metric model's folder — weights.npz, `info_file` (what it was measured to be
+    worth, plus its config) and `extra` files — renamed into place whole; process 0 writes."""
+    if not io_lib.is_writer():
+        return
+    info = {**info, "config": dataclasses.asdict(model.cfg)}
+    io_lib.write_dir(directory, {WEIGHTS_FILE: state_npz_bytes(model),
+                                 info_file: json_bytes(info), **(extra or {})})
+
+
+def load_model(directory: str, info_file: str, config_cls, net_cls, *, what: str):
+    """Inverse of `save_model`: (`net_cls(config)` with the saved weights, info)."""
+    info_path = os.path.join(directory, info_file)
+    if not os.path.isfile(info_path):
+        raise FileNotFoundError(f"no {what} at {directory} ({info_file} missing)")
+    info = io_lib.read_json(info_path)
+    config = config_cls(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in info["config"].items()})
+    model = restore_state(lambda: net_cls(config, rngs=nnx.Rngs(0)),
+                          os.path.join(directory, WEIGHTS_FILE), what)
+    return model, info

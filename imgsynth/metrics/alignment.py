@@ -14,7 +14,6 @@ real held-out test pairs (`retrieval_protocol`). Trained once per dataset versio
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -22,12 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from imgsynth.data.images import to_float
 from imgsynth.data.scene import GRID
 from imgsynth.data.tokenizer import WordTokenizer
 from imgsynth.metrics import _data, _weights
-from imgsynth.metrics.judge import _cell_pool_matrix, _space_to_depth
+from imgsynth.metrics.judge import _cell_pool_matrix
+from imgsynth.models.layers import space_to_depth
 
-WEIGHTS_FILE, INFO_FILE, VOCAB_FILE = "weights.npz", "alignment.json", "vocab.json"
+INFO_FILE, VOCAB_FILE = "alignment.json", "vocab.json"
 RETRIEVAL_GROUP = 100
 
 
@@ -64,7 +65,7 @@ class ImageTower(nnx.Module):
         self.proj = nnx.Linear(cfg.width, cfg.embed_dim, rngs=rngs)
 
     def __call__(self, images_BHWC):
-        x = _space_to_depth(images_BHWC.astype(jnp.float32) / 127.5 - 1.0, 2)
+        x = space_to_depth(to_float(images_BHWC), 2)
         for conv in self.convs:
             x = jax.nn.relu(conv(x))
         p = _cell_pool_matrix(x.shape[1], self.resolution / x.shape[1], self.resolution)
@@ -181,13 +182,9 @@ class Alignment:
         return np.sum(self.embed_images(images) * self.embed_captions(captions), axis=-1)
 
     def save(self, directory: str) -> None:
-        if jax.process_index() != 0:
-            return
-        info = {**self.info, "config": dataclasses.asdict(self.config)}
         vocab = {"kind": "word", "max_len": self.tokenizer.max_len, "vocab": self.tokenizer.vocab}
-        _data.write_dir_atomically(directory, {WEIGHTS_FILE: _weights.state_npz_bytes(self.model),
-                                               INFO_FILE: _data.json_bytes(info),
-                                               VOCAB_FILE: _data.json_bytes(vocab)})
+        _weights.save_model(directory, self.model, INFO_FILE, self.info,
+                            {VOCAB_FILE: _weights.json_bytes(vocab)})
 
 
 def alignment_scores(model: Alignment, images, captions) -> np.ndarray:
@@ -219,25 +216,13 @@ def alignment_dir(data_dir: str, builder_config: str = "r32") -> str:
 
 
 def load_alignment_from(directory: str) -> Alignment:
-    info_path = os.path.join(directory, INFO_FILE)
-    if not os.path.isfile(info_path):
-        raise FileNotFoundError(f"no alignment model at {directory} ({INFO_FILE} missing)")
-    with open(info_path) as f:
-        info = json.load(f)
-    c = info["config"]
-    cfg = AlignmentConfig(**{**c, "widths": tuple(c["widths"])})
-    model = _weights.restore_state(lambda: AlignmentNet(cfg, rngs=nnx.Rngs(0)),
-                                   os.path.join(directory, WEIGHTS_FILE), what="alignment model")
-    tokenizer = WordTokenizer.load(os.path.join(directory, VOCAB_FILE))
-    return Alignment(model, tokenizer, info)
+    model, info = _weights.load_model(directory, INFO_FILE, AlignmentConfig, AlignmentNet,
+                                      what="alignment model")
+    return Alignment(model, WordTokenizer.load(os.path.join(directory, VOCAB_FILE)), info)
 
 
 def load_alignment(data_dir: str, builder_config: str = "r32") -> Alignment:
     """The cached alignment model of a shapes dataset; says how to train it when there is none."""
-    directory = alignment_dir(data_dir, builder_config)
-    if not os.path.isfile(os.path.join(directory, INFO_FILE)):
-        raise FileNotFoundError(
-            f"no alignment model trained for shapes {builder_config!r} at {directory}; train it "
-            f"once with `python -m imgsynth.metrics.train_alignment --data_dir={data_dir} "
-            f"--builder_config={builder_config}`")
-    return load_alignment_from(directory)
+    return load_alignment_from(_data.trained_dir(data_dir, "alignment", builder_config,
+                                                 info_file=INFO_FILE, what="alignment model",
+                                                 trainer="train_alignment"))

@@ -14,10 +14,8 @@ machine with torch, from OpenAI's released checkpoint:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -279,11 +277,7 @@ def clip_score(images, captions, weights_path, vocab_path, batch_size: int = 32,
 
 def convert_checkpoint(pt_path: str, out_path: str) -> None:
     """OpenAI CLIP .pt (JIT archive or state_dict) → .npz with the same names, as float32."""
-    try:
-        import torch
-    except ImportError as e:
-        raise SystemExit("converting a .pt needs PyTorch (pip install torch) on the machine that "
-                         "runs the conversion; imgsynth itself does not depend on it") from e
+    torch = _weights.import_torch(".pt")
     try:
         state = torch.jit.load(pt_path, map_location="cpu").state_dict()
     except RuntimeError:
@@ -296,12 +290,7 @@ def convert_checkpoint(pt_path: str, out_path: str) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--convert", required=True, help="OpenAI CLIP checkpoint (.pt)")
-    parser.add_argument("--out", required=True, help="output .npz")
-    args = parser.parse_args(argv)
-    convert_checkpoint(args.convert, args.out)
-    print(f"wrote {args.out}", file=sys.stderr)
+    _weights.conversion_main(convert_checkpoint, "an OpenAI CLIP checkpoint (.pt)", argv)
 
 
 if __name__ == "__main__":

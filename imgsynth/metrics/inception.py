@@ -16,9 +16,7 @@ The .npz keeps pytorch-fid's state_dict names and layouts (`Conv2d_1a_3x3.conv.w
 """
 from __future__ import annotations
 
-import argparse
 import functools
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -296,11 +294,7 @@ def fid(images_a, images_b, weights_path, batch_size: int = 50) -> float:
 
 def convert_checkpoint(pth_path: str, out_path: str) -> None:
     """pytorch-fid .pth → .npz with the same key names; torch is needed here and only here."""
-    try:
-        import torch
-    except ImportError as e:
-        raise SystemExit("converting a .pth needs PyTorch (pip install torch) on the machine that "
-                         "runs the conversion; imgsynth itself does not depend on it") from e
+    torch = _weights.import_torch(".pth")
     state = torch.load(pth_path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
     arrays = {k: v.detach().cpu().numpy() for k, v in state.items() if not _ignored(k)}
@@ -310,12 +304,7 @@ def convert_checkpoint(pth_path: str, out_path: str) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--convert", required=True, help="pytorch-fid .pth checkpoint")
-    parser.add_argument("--out", required=True, help="output .npz")
-    args = parser.parse_args(argv)
-    convert_checkpoint(args.convert, args.out)
-    print(f"wrote {args.out}", file=sys.stderr)
+    _weights.conversion_main(convert_checkpoint, "a pytorch-fid checkpoint (.pth)", argv)
 
 
 if __name__ == "__main__":

@@ -15,20 +15,20 @@ measured ceiling). `features` (the per-cell hidden vectors, concatenated) feed `
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from imgsynth.data.images import to_float
 from imgsynth.data.scene import COLOR_NAMES, GRID, SHAPES, SIZES, Scene, SceneObject
-from imgsynth.metrics import _data, _weights, frechet
+from imgsynth.metrics import _data, _weights
+from imgsynth.models.layers import space_to_depth
 
 CELLS = GRID * GRID
 NUM_CLASSES = 1 + len(SHAPES)  # class 0 = empty cell
-WEIGHTS_FILE, INFO_FILE = "weights.npz", "judge.json"
+INFO_FILE = "judge.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +53,6 @@ def _cell_pool_matrix(size: int, stride: float, resolution: int) -> np.ndarray:
     return m
 
 
-def _space_to_depth(x_BHWC, k: int):
-    b, h, w, c = x_BHWC.shape
-    x = x_BHWC.reshape(b, h // k, k, w // k, k, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h // k, w // k, k * k * c)
-
-
 class JudgeNet(nnx.Module):
     """Conv stages → per-cell area pooling → shared per-cell MLP → class/colour/size logits."""
 
@@ -77,7 +71,7 @@ class JudgeNet(nnx.Module):
 
     def __call__(self, images_BHWC):
         """uint8 or [0, 255] float images → (logits [B, CELLS, 15], features [B, CELLS * hidden])."""
-        x = _space_to_depth(images_BHWC.astype(jnp.float32) / 127.5 - 1.0, self.cfg.stem)
+        x = space_to_depth(to_float(images_BHWC), self.cfg.stem)
         for conv in self.convs:
             x = jax.nn.relu(conv(x))
         b, size = x.shape[0], x.shape[1]
@@ -175,16 +169,13 @@ class Judge:
         return decode(cls, color, size)
 
     def features(self, images) -> np.ndarray:
-        """[N, CELLS * hidden] penultimate activations (float64), the space of `fd_judge`."""
+        """[N, CELLS * hidden] penultimate activations (float64): evaluation's `fd_judge` is
+        `frechet.fd` between these of generated and real images."""
         return self._run(images)[3].astype(np.float64)
 
     def save(self, directory: str) -> None:
         """weights.npz + judge.json, written to a temporary directory and renamed into place."""
-        if jax.process_index() != 0:
-            return
-        info = {**self.info, "config": dataclasses.asdict(self.config)}
-        _data.write_dir_atomically(directory, {WEIGHTS_FILE: _weights.state_npz_bytes(self.model),
-                                               INFO_FILE: _data.json_bytes(info)})
+        _weights.save_model(directory, self.model, INFO_FILE, self.info)
 
 
 def judge_dir(data_dir: str, builder_config: str = "r32") -> str:
@@ -192,32 +183,14 @@ def judge_dir(data_dir: str, builder_config: str = "r32") -> str:
 
 
 def load_judge_from(directory: str) -> Judge:
-    info_path = os.path.join(directory, INFO_FILE)
-    if not os.path.isfile(info_path):
-        raise FileNotFoundError(f"no judge at {directory} ({INFO_FILE} missing)")
-    with open(info_path) as f:
-        info = json.load(f)
-    c = info["config"]
-    cfg = JudgeConfig(**{**c, "widths": tuple(c["widths"])})
-    model = _weights.restore_state(lambda: JudgeNet(cfg, rngs=nnx.Rngs(0)),
-                                   os.path.join(directory, WEIGHTS_FILE), what="judge")
-    return Judge(model, info)
+    return Judge(*_weights.load_model(directory, INFO_FILE, JudgeConfig, JudgeNet, what="judge"))
 
 
 def load_judge(data_dir: str, builder_config: str = "r32") -> Judge:
     """The cached judge of a shapes dataset; says how to train it when there is none."""
-    directory = judge_dir(data_dir, builder_config)
-    if not os.path.isfile(os.path.join(directory, INFO_FILE)):
-        raise FileNotFoundError(
-            f"no judge trained for shapes {builder_config!r} at {directory}; train it once with "
-            f"`python -m imgsynth.metrics.train_judge --data_dir={data_dir} "
-            f"--builder_config={builder_config}`")
-    return load_judge_from(directory)
-
-
-def fd_judge(judge: Judge, images_a, images_b) -> float:
-    """Fréchet distance between judge features of two image sets (not FID: no Inception)."""
-    return frechet.fd(judge.features(images_a), judge.features(images_b))
+    return load_judge_from(_data.trained_dir(data_dir, "judges", builder_config,
+                                             info_file=INFO_FILE, what="judge",
+                                             trainer="train_judge"))
 
 
 def scene_accuracy(scenes: list[Scene], truth: list[Scene]) -> float:

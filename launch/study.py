@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from launch import grid as grid_lib, local
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="imgsynth-study", description=__doc__.split("\n\n")[0])
@@ -26,7 +28,6 @@ def main(argv=None) -> int:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the fits")
     args = p.parse_args(argv)
 
-    from launch import grid as grid_lib, local
     try:
         grid = grid_lib.load(args.grid)
     except grid_lib.GridError as e:
