@@ -193,8 +193,7 @@ def test_losses_finite_and_decreasing(kind, recon):
 
 @pytest.mark.parametrize("kind", ae.KINDS)
 def test_experiment_config_builds(kind):
-    from imgsynth.stages import experiment
-    config_file = experiment("autoencoder")
+    from experiments import autoencoder as config_file
     config = config_file.get_config(f"kind={kind},runlocal")
     model = nnx.eval_shape(lambda: ae.build_autoencoder(config.autoencoder, nnx.Rngs(0)))
     assert model.kind == kind and model.latent_shape(config.data.resolution) == (
