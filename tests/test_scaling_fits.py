@@ -17,7 +17,7 @@ def _boot(law, seed, n=200, noise=0.02):
     C = np.geomspace(1e15, 1e17, 12)
     y = law(C) * np.exp(np.random.default_rng(seed).normal(0, noise, C.size))
     fitted = est.fit_compute_law(C, y)
-    return fitted, bs.bootstrap_compute_law(C, y, fitted, n_boot=n, rng=np.random.default_rng(seed))
+    return fitted, bs.bootstrap_compute_law(C, y, fitted, n_boot=n, seed=seed)
 
 
 def test_crossover_found_for_crossing_curves():
@@ -58,8 +58,8 @@ def test_fit_study_structure_and_loss_surface(study):
     assert f["meta"]["n_runs"] == 36 and f["meta"]["budgets"] == [1e17, 1e18]
     for p, (E, A, alpha, B, beta) in LOSS_LAWS.items():
         loss = f["loss_fits"][p]
-        assert loss["agreement"]["agree"], loss["agreement"]
-        assert loss["vp"]["beta"] == pytest.approx(beta, abs=0.03)
+        assert loss["cross_check"]["agree"], loss["cross_check"]
+        assert loss["params"]["beta"] == pytest.approx(beta, abs=0.03)
         truth_a = beta / (alpha + beta)
         lo, hi = loss["compute_optimal"]["ci95"]["a"]
         assert lo - 0.02 <= truth_a <= hi + 0.02
@@ -105,7 +105,7 @@ def test_fits_json_is_valid_and_exact(study, tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     p = f["compute_fits"]["ar"]["ema/alignment_score"]["params"]
     assert back["compute_fits"]["ar"]["ema/alignment_score"]["params"] == p
-    assert back["loss_fits"]["flow"]["vp"] == f["loss_fits"]["flow"]["vp"]
+    assert back["loss_fits"]["flow"]["params"] == f["loss_fits"]["flow"]["params"]
 
 
 def test_refusals_are_recorded_not_faked(study):
@@ -139,5 +139,5 @@ def test_intervals_leave_out_infinite_resamples():
     finite = rng.normal(10.0, 1.0, 200)
     with_inf = np.concatenate([finite, [np.inf] * 5, [np.nan] * 5])
     with np.errstate(invalid="raise"):                 # inf - inf inside a percentile would raise
-        assert fits._ci(with_inf) == pytest.approx(fits._ci(finite))
-    assert fits._ci(np.full(50, np.inf)) is None       # too few finite resamples: no interval
+        assert bs.ci(with_inf) == pytest.approx(bs.ci(finite))
+    assert bs.ci(np.full(50, np.inf)) is None       # too few finite resamples: no interval
