@@ -274,12 +274,12 @@ def fit_loss_surface(runs, *, budgets, n_bootstrap: int, seed: int, key: str,
     entry["warnings"] += fit.pop("warnings")
     k = float(np.median(C / (N * D)))
     entry.update(fit, k_flops_per_param_example=k)
-    entry["compute_optimal"] = _compute_optimal(law, params, k, C, budgets)
+    entry["compute_optimal"] = compute_optimal(law, params, k, C, budgets)
     entry["heldout"] = _heldout_loss(N, D, L, np.array([budget_of(r) for r in pts]), delta)
     return entry
 
 
-def _compute_optimal(law: est.LossLaw, params: np.ndarray, k: float, C, budgets) -> dict:
+def compute_optimal(law: est.LossLaw, params: np.ndarray, k: float, C, budgets) -> dict:
     """N*(C), D*(C) of the fitted L(N, D) at C = k·N·D, with intervals from the resampled laws."""
     try:
         opt = law.compute_optimal(k)
@@ -297,7 +297,7 @@ def _compute_optimal(law: est.LossLaw, params: np.ndarray, k: float, C, budgets)
         with np.errstate(divide="ignore"):   # N* = 0 in those resamples: D* infinite, left out
             return flops / (k * n_opt(flops)[:, 0])
 
-    grid = np.geomspace(np.min(C) / 1.5, max(np.max(C) * 1.5, max(budgets) * 1.2), 60)
+    grid = np.geomspace(np.min(C) / 1.5, max([np.max(C) * 1.5, *(b * 1.2 for b in budgets)]), 60)
     band = boot.interval(n_opt(grid))
     return {
         "form": "N*(C) = G*(C/k)^a, D*(C) = (C/k)^b / G", "a": opt.a, "b": opt.b, "G": opt.G,
@@ -494,11 +494,12 @@ def fit_study(rows: Sequence[dict], *, budgets: Sequence[float] | None = None,
         "findings": _findings(runs, compute_fits, metrics, budgets)}
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """`obj` with numpy scalars as Python numbers and non-finite floats as None."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (np.floating, float)):
         return float(obj) if math.isfinite(obj) else None
     if isinstance(obj, np.integer):
@@ -510,5 +511,5 @@ def _jsonable(obj):
 
 def write_fits(fits: dict, path: str) -> str:
     """fits.json: floats at full precision (shortest round-trip repr), non-finite as null."""
-    atomic_write(path, json.dumps(_jsonable(fits), indent=1, allow_nan=False))
+    atomic_write(path, json.dumps(jsonable(fits), indent=1, allow_nan=False))
     return path

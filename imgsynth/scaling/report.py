@@ -9,7 +9,6 @@ import argparse
 import base64
 import datetime
 import html
-import io
 import logging
 import math
 import os
@@ -89,11 +88,8 @@ class _Figures:
     def __call__(self, fig, name: str, caption: str) -> str:
         if fig is None:
             return f'<p class="note">No data for this figure ({_esc(name)}).</p>'
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        data = buf.getvalue()
         path = os.path.join(self.out_dir, f"{name}.png")
-        atomic_write(path, data)
+        data = figures.save_png(fig, path)
         self.written.append(path)
         b64 = base64.b64encode(data).decode("ascii")
         return (f'<figure><img alt="{_esc(name)}" src="data:image/png;base64,{b64}">'
