@@ -9,7 +9,7 @@ from scipy import optimize
 from fixtures.scaling_workdir import LOSS_LAWS, make_workdir
 from imgsynth.scaling import bootstrap as bs
 from imgsynth.scaling import estimators as est
-from imgsynth.scaling import fits, table
+from imgsynth.scaling import fits, isoflop, table
 
 
 def _boot(law, seed, n=200, noise=0.02):
@@ -141,3 +141,27 @@ def test_intervals_leave_out_infinite_resamples():
     with np.errstate(invalid="raise"):                 # inf - inf inside a percentile would raise
         assert bs.ci(with_inf) == pytest.approx(bs.ci(finite))
     assert bs.ci(np.full(50, np.inf)) is None       # too few finite resamples: no interval
+
+
+def test_every_fit_names_its_estimator(study):
+    _, f = study
+    loss_law = est.loss_law_estimator()
+    assert f["meta"]["estimators"]["loss_law"] == loss_law
+    for p in f["meta"]["paradigms"]:
+        assert all("Huber (delta=" in e["estimator"] for e in f["compute_fits"][p].values())
+        assert "delta=0.001" in f["compute_fits"][p]["final/eval_loss"]["estimator"]
+        assert "delta=0.05" in f["compute_fits"][p]["ema/fd_judge"]["estimator"]
+        loss = f["loss_fits"][p]
+        assert loss["estimator"] == loss["heldout"]["estimator"] == loss_law
+        assert loss["cross_check"]["estimator"] == est.VP_ESTIMATOR
+        assert "L(N, D)" in loss["compute_optimal"]["estimator"]
+        assert f["isoflop"][p]["estimator"] == isoflop.ESTIMATOR
+        assert set(loss["ci95"]) == set(loss["se"]) == {"E", "A", "alpha", "B", "beta", "a", "b"}
+    assert f["crossovers"] and all("Huber" in c["estimator"] for c in f["crossovers"])
+
+
+def test_runs_without_budget_labels_are_clustered_by_flops(study):
+    rows, _ = study
+    runs = [dict(r, budget=float("nan")) for r in fits.main_runs(rows) if r["paradigm"] == "ar"]
+    groups = fits.budget_groups(runs)
+    assert len(groups) == 4 and all(len(g) == 3 for _, g in groups)

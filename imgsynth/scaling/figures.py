@@ -1,8 +1,8 @@
 """The report's figures, drawn with matplotlib's object API (Agg, no pyplot state).
 
 Every function takes the results table and/or fits.json (the fit command: its table and fit)
-and returns a `Figure`, or None when there is nothing to show for it. Colours name paradigms and markers name model sizes
-throughout, so a reader learns the legend once.
+and returns a `Figure`, or None when there is nothing to show for it. Colours name paradigms
+and markers name model sizes throughout, so a reader learns the legend once.
 """
 from __future__ import annotations
 

@@ -348,16 +348,16 @@ METHOD = """<p>Every fit is per paradigm. Metrics are fitted in error form e = M
 higher-is-better metrics (prompt following, M = 1; alignment score, M = 100) and e = y otherwise,
 as <code>e(C) = E + A·C<sup>−α</sup></code> against training FLOPs C, minimising a Huber loss on
 log residuals over all finished main-grid runs (every size of the shared ladder, so the curves
-compare paradigms over identical grids). The loss surface
-<code>L(N, D) = E + A/N<sup>α</sup> + B/D<sup>β</sup></code> (N non-embedding parameters, D
-training examples) is fitted as Hoffmann et al. (2022) and Besiroglu et al. (2024) do: a Huber
-loss (δ = 10<sup>−3</sup> unless the tables name another) on log residuals, minimised by L-BFGS-B from a grid of starts;
-variable projection (least squares on relative residuals) is only its cross-check. Its
-compute-optimal allocation uses C = k·N·D with k the median C/(N·D) of the runs. Intervals are
-95% percentile intervals of a bootstrap over runs, each resample refitted with the estimator of
-the point estimate; resamples the estimator refuses are dropped and counted. Every table names
-the estimator behind its numbers. The held-out check refits without the largest budget and predicts it. Losses are
-compared within a paradigm only. Details: <code>docs/scaling.md</code>.</p>"""
+compare paradigms over identical grids). The loss surface <code>L(N, D) = E + A/N<sup>α</sup> +
+B/D<sup>β</sup></code> (N non-embedding parameters, D training examples) is fitted as Hoffmann et
+al. (2022) and Besiroglu et al. (2024) do: a Huber loss (δ = 10<sup>−3</sup> unless the tables name
+another) on log residuals, minimised by L-BFGS-B from a grid of starts; variable projection (least
+squares on relative residuals) is only its cross-check. Its compute-optimal allocation uses C =
+k·N·D with k the median C/(N·D) of the runs. Intervals are 95% percentile intervals of a bootstrap
+over runs, each resample refitted with the estimator of the point estimate; resamples the estimator
+refuses are dropped and counted. Every table names the estimator behind its numbers. The held-out
+check refits without the largest budget and predicts it. Losses are compared within a paradigm
+only. Details: <code>docs/scaling.md</code>.</p>"""
 
 
 def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) -> str:
