@@ -2,6 +2,7 @@
 JS, CSS or fonts) plus results.csv, curves.csv, fits.json and the PNGs, in WORKDIR/report/.
 
     python -m imgsynth.scaling.report --workdir=DIR [--budgets=1e18,1e19] [--bootstrap=1000]
+        [--seed=0] [--delta=1e-3]
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from imgsynth.scaling import figures, fits as fitting, table
-from imgsynth.scaling.estimators import FitError
+from imgsynth.scaling.estimators import LOSS_HUBER_DELTA, FitError
 from imgsynth.scaling.table import atomic_write
 
 CSS = """
@@ -450,15 +451,17 @@ def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) ->
 
 
 def build_report(workdir: str, budgets: Sequence[float] | None = None, n_bootstrap: int = 1000,
-                 seed: int = 0) -> str:
+                 seed: int = 0, loss_delta: float = LOSS_HUBER_DELTA) -> str:
     """Tabulates, fits and renders a study; returns the path of WORKDIR/report/report.html.
 
-    `budgets`: FLOP budgets to extrapolate to (default 10× and 100× the largest run)."""
+    `budgets`: FLOP budgets to extrapolate to (default 10× and 100× the largest run);
+    `loss_delta`: Huber delta of the fits of losses (L(N, D), eval loss against compute)."""
     results = table.collect(workdir)
     out_dir = os.path.join(workdir, "report")
     os.makedirs(out_dir, exist_ok=True)
     table.write_tables(results, out_dir)
-    f = fitting.fit_study(results.rows, budgets=budgets, n_bootstrap=n_bootstrap, seed=seed)
+    f = fitting.fit_study(results.rows, budgets=budgets, n_bootstrap=n_bootstrap, seed=seed,
+                          loss_delta=loss_delta)
     fitting.write_fits(f, os.path.join(out_dir, "fits.json"))
     atomic_write(os.path.join(out_dir, "findings.md"), findings_markdown(f))
     page = render_html(results, f, _Figures(out_dir), workdir)
@@ -486,12 +489,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(default: 10x and 100x the largest run)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (>= 1)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--delta", type=float, default=LOSS_HUBER_DELTA,
+                        help="Huber delta on log residuals for the fits of losses")
     args = parser.parse_args(argv)
     if args.bootstrap < 1:
         parser.error("--bootstrap must be >= 1")
+    if not (args.delta > 0 and math.isfinite(args.delta)):
+        parser.error("--delta must be a positive number")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        path = build_report(args.workdir, args.budgets, args.bootstrap, args.seed)
+        path = build_report(args.workdir, args.budgets, args.bootstrap, args.seed, args.delta)
     except (FileNotFoundError, table.NoResultsError, FitError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
