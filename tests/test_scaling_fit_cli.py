@@ -60,6 +60,8 @@ def test_d_column_group_labels_and_outlier_rule(capsys):
     (lambda rows: rows[7].__setitem__(1, "n/a"), ["--c=Training FLOP"],
      "column 'Training FLOP': row 8 of 36 is not a number"),
     (None, ["--c=Training FLOP", "--drop_highest=31"], "column 'final loss': 5 rows, fewer than"),
+    (lambda rows: [r.__setitem__(0, "1e8") for r in rows], ["--c=Training FLOP"],
+     "columns 'Model Size', 'Training FLOP', 'final loss', 36 rows: distinct model sizes"),
 ])
 def test_bad_input_is_refused_in_one_line_and_writes_nothing(capsys, tmp_path, edit, args,
                                                              message):

@@ -83,7 +83,8 @@ def make_table(N, L, *, D=None, C=None, c_factor: float = 6.0, groups=None,
         if missing.any():
             raise TableError(f"column {names.get('group', 'group')!r}: {int(missing.sum())} of "
                              f"{len(groups)} rows have no budget label")
-    return Table(N, D, L, C, float(c_factor), groups, names)
+    used = [*arrays, *(["group"] if groups is not None else [])]
+    return Table(N, D, L, C, float(c_factor), groups, {k: names[k] for k in used if k in names})
 
 
 def read_table(path: str, *, n: str, loss: str, d: str | None = None, c: str | None = None,
@@ -152,8 +153,13 @@ def fit_table(table: Table, *, n_bootstrap: int = 1000, seed: int = 0,
     if len(table) < 6:
         raise TableError(f"column {table.names['loss']!r}: {len(table)} rows, fewer than the 6 "
                          "an L(N, D) fit needs (5 parameters)")
-    entry, law, params = fits.loss_law_fit(table.N, table.D, table.L, n_bootstrap=n_bootstrap,
-                                           seed=seed, delta=delta)
+    try:
+        entry, law, params = fits.loss_law_fit(table.N, table.D, table.L,
+                                               n_bootstrap=n_bootstrap, seed=seed, delta=delta)
+    except est.FitError as e:
+        columns = ", ".join(repr(table.names[k]) for k in ("N", "D", "C", "loss")
+                            if k in table.names)
+        raise TableError(f"columns {columns}, {len(table)} rows: {e}") from None
     return {"n_points": len(table), "c_factor": table.c_factor, "columns": table.names,
             "loss_law": entry,
             "compute_optimal": fits.compute_optimal(law, params, table.c_factor, table.C, []),
