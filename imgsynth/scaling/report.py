@@ -139,7 +139,12 @@ def _findings_html(f: dict) -> str:
     out = _table([*FINDINGS_HEADERS, *f["meta"]["paradigms"], "clear lead?"],
                  _finding_rows(f, win, _esc), left=1)
     lo, hi = f["meta"]["crossover_range"]
-    out += (f"<h3>Extrapolated crossovers</h3><p class='note'>Searched over {_num(lo, 2)} – "
+    names = sorted({c["estimator"] for c in f["crossovers"]}
+                   | {e["estimator"] for es in f["compute_fits"].values() for e in es.values()
+                      if e["metric"].split("/", 1)[-1] in fitting.HEADLINE})
+    out += (f"<p class='note'>Extrapolated values and crossovers come from the fitted e(C): "
+            f"{_esc('; '.join(names))}.</p>"
+            f"<h3>Extrapolated crossovers</h3><p class='note'>Searched over {_num(lo, 2)} – "
             f"{_num(hi, 2)} FLOPs (smallest run to largest requested budget). The interval is the "
             "95% bootstrap interval among resamples that cross; the last column says how many "
             "resamples cross in range at all.</p>")
