@@ -108,18 +108,24 @@ def budget_groups(runs) -> list[tuple[float, list[dict]]]:
     labelled = [r for r in runs if np.isfinite(r["budget"])]
     free = [r for r in runs if not np.isfinite(r["budget"])]
     out = []
-    for sel, ids in ((labelled, lambda v: est.cluster_ids(v)),
-                     (free, lambda v: isoflop.cluster_log_flops(v))):
+    for sel, cluster in ((labelled, est.cluster_ids), (free, isoflop.cluster_log_flops)):
         if sel:
             values = np.array([budget_of(r) for r in sel])
-            labels = ids(values)
+            labels = cluster(values)
             out += [(float(np.median(values[labels == i])),
                      [r for r, j in zip(sel, labels) if j == i]) for i in np.unique(labels)]
     return sorted(out, key=lambda g: g[0])
 
 
+def _budgets_of(runs) -> np.ndarray:
+    """The budget of each run's `budget_groups` group, in the order of `runs`."""
+    budget = {id(r): b for b, group in budget_groups(runs) for r in group}
+    return np.array([budget[id(r)] for r in runs])
+
+
 def _compute_points(runs, metric: Metric):
-    pts = [(r["train_flops"], r[metric.column], budget_of(r), r["run"]) for r in runs]
+    pts = [(r["train_flops"], r[metric.column], b, r["run"])
+           for r, b in zip(runs, _budgets_of(runs))]
     finite = [p for p in pts if np.isfinite(p[1])]
     notes = []
     if len(finite) < len(pts):
@@ -275,7 +281,7 @@ def fit_loss_surface(runs, *, budgets, n_bootstrap: int, seed: int, key: str,
     k = float(np.median(C / (N * D)))
     entry.update(fit, k_flops_per_param_example=k)
     entry["compute_optimal"] = compute_optimal(law, params, k, C, budgets)
-    entry["heldout"] = _heldout_loss(N, D, L, np.array([budget_of(r) for r in pts]), delta)
+    entry["heldout"] = _heldout_loss(N, D, L, _budgets_of(pts), delta)
     return entry
 
 
