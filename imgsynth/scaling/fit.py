@@ -79,7 +79,9 @@ def make_table(N, L, *, D=None, C=None, c_factor: float = 6.0, groups=None,
     C = arrays["C"] if "C" in arrays else c_factor * N * D
     if groups is not None:
         groups = np.asarray(groups)
-        missing = np.array([g is None or str(g).strip() == "" for g in groups])
+        missing = np.array([g is None or str(g).strip() == "" for g in groups], bool)
+        if len(groups) != len(N):
+            raise TableError(f"{len(groups)} budget labels for {len(N)} rows")
         if missing.any():
             raise TableError(f"column {names.get('group', 'group')!r}: {int(missing.sum())} of "
                              f"{len(groups)} rows have no budget label")
