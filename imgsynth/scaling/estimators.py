@@ -547,7 +547,11 @@ def fit_loss_law(N, D, L, *, delta: float = LOSS_HUBER_DELTA, exp_bounds=EXPONEN
     if not np.isfinite(best.fun):
         raise FitError(f"L(N, D) optimisation failed: {best.message}")
     e, a, alpha, b, beta = best.x
-    law = loss_law(math.exp(e), math.exp(a), alpha, math.exp(b), beta, n0, d0)
+
+    def term(log_value, floor):   # a term pinned to its floor has vanished: report it as 0
+        return 0.0 if log_value <= floor + 1e-6 else math.exp(log_value)
+    law = loss_law(math.exp(e), term(a, bounds[1, 0]), alpha, term(b, bounds[3, 0]), beta, n0,
+                   d0)
     _check_terms(law, exp_bounds, "Huber fit")
     return law
 
