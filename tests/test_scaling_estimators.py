@@ -9,6 +9,7 @@ from scipy import optimize
 
 from imgsynth.scaling import bootstrap as bs
 from imgsynth.scaling import estimators as est
+from imgsynth.scaling import isoflop
 
 TRUE_C = est.ComputeLaw(E=0.8, A=1.6 * 1e15 ** 0.3, alpha=0.3)  # error 2.4 at 1e15 FLOPs
 TRUE_ND = est.LossLaw(E=1.7, A=400.0, alpha=0.34, B=900.0, beta=0.28)
@@ -42,7 +43,7 @@ def test_compute_bootstrap_intervals_cover_truth():
     for seed in range(20):
         C, y = compute_data(seed)
         law = est.fit_compute_law(C, y)
-        P = bs.bootstrap_compute_law(C, y, law, n_boot=150, rng=np.random.default_rng(100 + seed))
+        P = bs.bootstrap_compute_law(C, y, law, n_boot=150, seed=100 + seed)
         assert np.isfinite(P).all()
         lo, hi = np.percentile(P[:, 2], [2.5, 97.5])
         hits_alpha += lo <= TRUE_C.alpha <= hi
@@ -58,8 +59,8 @@ def test_batched_solver_matches_scipy_least_squares():
     law = est.fit_compute_law(C, y)
     x, ly, c0 = est.compute_inputs(C, y)
     bounds = est.compute_bounds(ly, (1e-3, 3.0))
-    theta, _ = est.lm_huber_batch(np.array([[0.1, 0.0, 1.0]]), x, ly, np.ones((1, len(x))), 0.05,
-                                  bounds)
+    theta, _ = est.lm_huber_batch(np.array([[0.1, 0.0, 1.0]]), *est.compute_solver(x), ly,
+                                  np.ones((1, len(x))), 0.05, bounds)
     assert theta[0, 0] == pytest.approx(law.E, rel=1e-5)
     assert theta[0, 2] == pytest.approx(law.alpha, rel=1e-5)
 
@@ -78,7 +79,7 @@ def test_nnls_batch_equals_scipy_nnls():
 def test_loss_law_vp_recovers_truth_and_agrees_with_direct_fit():
     N, D, L = loss_data(0)
     vp = est.fit_loss_law_vp(N, D, L)
-    direct = est.fit_loss_law_direct(N, D, L)
+    direct = est.fit_loss_law(N, D, L)
     for law in (vp, direct):
         assert law.alpha == pytest.approx(TRUE_ND.alpha, abs=0.06)
         assert law.beta == pytest.approx(TRUE_ND.beta, abs=0.01)
@@ -90,7 +91,7 @@ def test_loss_law_vp_recovers_truth_and_agrees_with_direct_fit():
 
 def test_loss_bootstrap_interval_covers_compute_optimal_exponent():
     N, D, L = loss_data(1)
-    P = bs.bootstrap_loss_law(N, D, L, n_boot=200, rng=np.random.default_rng(8))
+    P = bs.bootstrap_loss_law(N, D, L, n_boot=200, seed=8)
     a = P[:, 4] / (P[:, 2] + P[:, 4])
     lo, hi = np.nanpercentile(a, [2.5, 97.5])
     assert lo <= TRUE_ND.compute_optimal(K).a <= hi
@@ -111,16 +112,16 @@ def test_isoflop_parabola_minimum_and_frontier():
     N = np.geomspace(1e6, 1e8, 5)
     C = 1e17
     L = TRUE_ND(N, C / (K * N))
-    par = est.fit_isoflop(N, L)
+    par = isoflop.fit_isoflop(N, L)
     assert N.min() < par.n_opt < N.max()
     assert par.n_opt == pytest.approx(TRUE_ND.compute_optimal(K).n_opt(C), rel=0.25)
-    a, _ = est.fit_frontier([1e16, 1e17, 1e18], [1e6, 1e6 * 10 ** 0.5, 1e7])
+    a, _ = isoflop.fit_frontier([1e16, 1e17, 1e18], [1e6, 1e6 * 10 ** 0.5, 1e7])
     assert a == pytest.approx(0.5)
     with pytest.raises(est.FitError, match="not convex"):
-        est.fit_isoflop(N, 20.0 - L)
+        isoflop.fit_isoflop(N, 20.0 - L)
     u = np.log(N)   # convex, rising over all sizes: its vertex is far below the smallest
     with pytest.raises(est.FitError, match="outside the sizes trained"):
-        est.fit_isoflop(N, 0.01 * (u - np.log(1e3)) ** 2)
+        isoflop.fit_isoflop(N, 0.01 * (u - np.log(1e3)) ** 2)
 
 
 @pytest.mark.parametrize("C, y, error, match", [
@@ -147,7 +148,7 @@ def test_loss_law_refuses_degenerate_data():
     bad = L.copy()
     bad[3] = np.nan
     with pytest.raises(est.NonFiniteError):
-        est.fit_loss_law_direct(N, D, bad)
+        est.fit_loss_law(N, D, bad)
     with pytest.raises(est.FlatDataError):
         est.fit_loss_law_vp(N, D, np.full_like(L, 2.0))
 
@@ -157,7 +158,7 @@ def test_bootstrap_marks_refused_resamples_nan():
     C = np.repeat([1e15, 1e16, 1e17, 1e18], 2) * np.tile([1.0, 1.001], 4)
     y = TRUE_C(C)
     law = est.fit_compute_law(C, y)
-    P = bs.bootstrap_compute_law(C, y, law, n_boot=300, rng=np.random.default_rng(0))
+    P = bs.bootstrap_compute_law(C, y, law, n_boot=300, seed=0)
     failed = np.isnan(P[:, 0])
     assert 0 < failed.sum() < 150
     assert np.isfinite(P[~failed]).all()

@@ -9,7 +9,7 @@ from scipy import optimize
 from fixtures.scaling_workdir import LOSS_LAWS, make_workdir
 from imgsynth.scaling import bootstrap as bs
 from imgsynth.scaling import estimators as est
-from imgsynth.scaling import fits, table
+from imgsynth.scaling import fits, isoflop, table
 
 
 def _boot(law, seed, n=200, noise=0.02):
@@ -17,7 +17,7 @@ def _boot(law, seed, n=200, noise=0.02):
     C = np.geomspace(1e15, 1e17, 12)
     y = law(C) * np.exp(np.random.default_rng(seed).normal(0, noise, C.size))
     fitted = est.fit_compute_law(C, y)
-    return fitted, bs.bootstrap_compute_law(C, y, fitted, n_boot=n, rng=np.random.default_rng(seed))
+    return fitted, bs.bootstrap_compute_law(C, y, fitted, n_boot=n, seed=seed)
 
 
 def test_crossover_found_for_crossing_curves():
@@ -58,8 +58,8 @@ def test_fit_study_structure_and_loss_surface(study):
     assert f["meta"]["n_runs"] == 36 and f["meta"]["budgets"] == [1e17, 1e18]
     for p, (E, A, alpha, B, beta) in LOSS_LAWS.items():
         loss = f["loss_fits"][p]
-        assert loss["agreement"]["agree"], loss["agreement"]
-        assert loss["vp"]["beta"] == pytest.approx(beta, abs=0.03)
+        assert loss["cross_check"]["agree"], loss["cross_check"]
+        assert loss["params"]["beta"] == pytest.approx(beta, abs=0.03)
         truth_a = beta / (alpha + beta)
         lo, hi = loss["compute_optimal"]["ci95"]["a"]
         assert lo - 0.02 <= truth_a <= hi + 0.02
@@ -105,7 +105,7 @@ def test_fits_json_is_valid_and_exact(study, tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     p = f["compute_fits"]["ar"]["ema/alignment_score"]["params"]
     assert back["compute_fits"]["ar"]["ema/alignment_score"]["params"] == p
-    assert back["loss_fits"]["flow"]["vp"] == f["loss_fits"]["flow"]["vp"]
+    assert back["loss_fits"]["flow"]["params"] == f["loss_fits"]["flow"]["params"]
 
 
 def test_refusals_are_recorded_not_faked(study):
@@ -139,5 +139,29 @@ def test_intervals_leave_out_infinite_resamples():
     finite = rng.normal(10.0, 1.0, 200)
     with_inf = np.concatenate([finite, [np.inf] * 5, [np.nan] * 5])
     with np.errstate(invalid="raise"):                 # inf - inf inside a percentile would raise
-        assert fits._ci(with_inf) == pytest.approx(fits._ci(finite))
-    assert fits._ci(np.full(50, np.inf)) is None       # too few finite resamples: no interval
+        assert bs.ci(with_inf) == pytest.approx(bs.ci(finite))
+    assert bs.ci(np.full(50, np.inf)) is None       # too few finite resamples: no interval
+
+
+def test_every_fit_names_its_estimator(study):
+    _, f = study
+    loss_law = est.loss_law_estimator()
+    assert f["meta"]["estimators"]["loss_law"] == loss_law
+    for p in f["meta"]["paradigms"]:
+        assert all("Huber (delta=" in e["estimator"] for e in f["compute_fits"][p].values())
+        assert "delta=0.001" in f["compute_fits"][p]["final/eval_loss"]["estimator"]
+        assert "delta=0.05" in f["compute_fits"][p]["ema/fd_judge"]["estimator"]
+        loss = f["loss_fits"][p]
+        assert loss["estimator"] == loss["heldout"]["estimator"] == loss_law
+        assert loss["cross_check"]["estimator"] == est.VP_ESTIMATOR
+        assert "L(N, D)" in loss["compute_optimal"]["estimator"]
+        assert f["isoflop"][p]["estimator"] == isoflop.ESTIMATOR
+        assert set(loss["ci95"]) == set(loss["se"]) == {"E", "A", "alpha", "B", "beta", "a", "b"}
+    assert f["crossovers"] and all("Huber" in c["estimator"] for c in f["crossovers"])
+
+
+def test_runs_without_budget_labels_are_clustered_by_flops(study):
+    rows, _ = study
+    runs = [dict(r, budget=float("nan")) for r in fits.main_runs(rows) if r["paradigm"] == "ar"]
+    groups = fits.budget_groups(runs)
+    assert len(groups) == 4 and all(len(g) == 3 for _, g in groups)

@@ -58,7 +58,9 @@ def test_report_files_and_self_containment(built):
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
     assert "FID" not in text  # the judge's Fréchet distance is never called FID
     for needle in ("Findings", "Extrapolated crossovers", "Samples at matched compute", "Ablations",
-                   "Instrument ceilings", "autoencoder=small", "ema=false", "RESOURCE_EXHAUSTED"):
+                   "Instrument ceilings", "autoencoder=small", "ema=false", "RESOURCE_EXHAUSTED",
+                   "on log residuals, L-BFGS-B from a grid of starts",
+                   "cross-check: variable projection"):
         assert needle in text, needle
 
 

@@ -1,4 +1,4 @@
-"""Scaling-law estimators: y(C) = E + A·C^-α, L(N, D) = E + A/N^α + B/D^β, isoFLOP parabolas.
+"""Scaling-law estimators: y(C) = E + A·C^-α and L(N, D) = E + A/N^α + B/D^β.
 
 Inputs are normalised by their geometric mean before fitting so one code path serves 1e12 and
 1e24 FLOPs alike; the returned laws are in raw units. Every estimator refuses, with a
@@ -13,6 +13,7 @@ import math
 import warnings
 
 import numpy as np
+import threadpoolctl
 from scipy import optimize
 
 
@@ -55,7 +56,7 @@ def distinct_count(x: np.ndarray, rtol: float = DISTINCT_RTOL) -> int:
     return int(cluster_ids(x, rtol).max()) + 1 if len(x) else 0
 
 
-def _validated(**arrays: np.ndarray) -> list[np.ndarray]:
+def validated(**arrays: np.ndarray) -> list[np.ndarray]:
     out, n = [], None
     for name, values in arrays.items():
         a = np.asarray(values, dtype=float)
@@ -77,17 +78,17 @@ def _validated(**arrays: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def _require(n: int, need: int, what: str) -> None:
+def require(n: int, need: int, what: str) -> None:
     if n < need:
         raise TooFewPointsError(f"{what}: have {n}, need at least {need}")
 
 
-def _require_not_flat(y: np.ndarray, what: str) -> None:
+def require_not_flat(y: np.ndarray, what: str) -> None:
     if np.ptp(np.log(y)) < 1e-9:
         raise FlatDataError(f"{what}: all values are equal ({y[0]!r}); there is nothing to fit")
 
 
-def _huber(r: np.ndarray, delta: float) -> np.ndarray:
+def huber_terms(r: np.ndarray, delta: float) -> np.ndarray:
     """Huber loss divided by delta, so gradients are O(1) and optimiser tolerances mean the same
     thing for any delta."""
     a = np.abs(r)
@@ -165,10 +166,10 @@ class ComputeLaw:
 
 def compute_inputs(C, y) -> tuple[np.ndarray, np.ndarray, float]:
     """Validates (C, y) for y(C) and returns x = ln(C/c0), ln y and the normaliser c0."""
-    C, y = _validated(C=C, y=y)
-    _require(len(y), 4, "points for y(C) = E + A·C^-α")
-    _require(distinct_count(C), 3, "distinct compute values for y(C)")
-    _require_not_flat(y, "y(C)")
+    C, y = validated(C=C, y=y)
+    require(len(y), 4, "points for y(C) = E + A·C^-α")
+    require(distinct_count(C), 3, "distinct compute values for y(C)")
+    require_not_flat(y, "y(C)")
     c0 = math.exp(np.mean(np.log(C)))
     return np.log(C / c0), np.log(y), c0
 
@@ -211,33 +212,34 @@ def _compute_jacobian(theta: np.ndarray, x: np.ndarray, lyhat: np.ndarray) -> np
 
 def huber_objective(r: np.ndarray, counts, delta: float) -> np.ndarray:
     """Σ counts·Huber(r) over the last axis (Huber divided by delta)."""
-    return np.sum(counts * _huber(r, delta), axis=-1)
+    return np.sum(counts * huber_terms(r, delta), axis=-1)
 
 
-def lm_huber_batch(theta, x, ly, counts, delta, bounds,
+def lm_huber_batch(theta, log_model, jacobian, ly, counts, delta, bounds,
                    iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """Batched Levenberg–Marquardt on Σ counts·Huber(ln ŷ − ln y) for y(C), one problem per row
-    of `theta` (B, 3) and `counts` (B, n). Each step solves the iteratively reweighted
+    """Batched Levenberg–Marquardt on Σ counts·Huber(ln ŷ − ln y), one problem per row of
+    `theta` (B, k) and `counts` (B, n); `log_model(θ)` gives ln ŷ (B, n) and
+    `jacobian(θ, ln ŷ)` its derivatives (B, n, k). Each step solves the iteratively reweighted
     Gauss–Newton system (weights min(1, δ/|r|), which majorise Huber), projected on the bounds,
     and is kept only where it lowers the true objective; a row stops once its objective has not
     moved for four steps. Returns (θ, objective)."""
     lo, hi = bounds[:, 0], bounds[:, 1]
     theta = np.array(theta, float)
-    r = compute_log_model(theta, x) - ly
+    r = log_model(theta) - ly
     f = huber_objective(r, counts, delta)
     lam = np.full(len(theta), 1e-3)
     stalls = np.zeros(len(theta), int)
-    eye = np.eye(3)
+    eye = np.eye(theta.shape[1])
     active = np.arange(len(theta))
     for _ in range(iters):
         t, ra, c = theta[active], r[active], counts[active]
-        J = _compute_jacobian(t, x, ra + ly)
+        J = jacobian(t, ra + ly)
         w = c * np.minimum(1.0, delta / np.maximum(np.abs(ra), 1e-300))
         H = np.einsum("bn,bni,bnj->bij", w, J, J)
         g = np.einsum("bn,bni,bn->bi", w, J, ra)
         damp = lam[active, None, None] * (H * eye) + 1e-12 * eye
         new = np.clip(t - _solve_small(H + damp, g), lo, hi)
-        r_new = compute_log_model(new, x) - ly
+        r_new = log_model(new) - ly
         f_new = huber_objective(r_new, c, delta)
         better = f_new < f[active]
         moved = f[active] - f_new > 1e-8 * np.abs(f[active])
@@ -249,6 +251,12 @@ def lm_huber_batch(theta, x, ly, counts, delta, bounds,
         if not active.size:
             break
     return theta, f
+
+
+def compute_solver(x: np.ndarray) -> tuple:
+    """(log_model, jacobian) of y(C) on normalised log-compute x, for `lm_huber_batch`."""
+    return (lambda t: compute_log_model(t, x),
+            lambda t, lyhat: _compute_jacobian(t, x, lyhat))
 
 
 def fit_compute_law(C, y, *, delta: float = 0.05, alpha_bounds=(1e-3, 3.0), n_starts: int = 2,
@@ -266,7 +274,8 @@ def fit_compute_law(C, y, *, delta: float = 0.05, alpha_bounds=(1e-3, 3.0), n_st
     if init is not None:
         t = [init.E, math.log(init.A) - init.alpha * math.log(c0), init.alpha]
         starts = np.concatenate([starts, np.clip([t], bounds[:, 0], bounds[:, 1])])
-    theta, f = lm_huber_batch(starts, x, ly, np.ones((len(starts), len(x))), delta, bounds)
+    theta, f = lm_huber_batch(starts, *compute_solver(x), ly, np.ones((len(starts), len(x))),
+                              delta, bounds)
 
     def residuals(t):
         return compute_log_model(t, x) - ly
@@ -341,11 +350,11 @@ class LossLaw:
 
 def loss_inputs(N, D, L) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
     """Validates (N, D, L) and returns ln(N/n0), ln(D/d0), L and the normalisers n0, d0."""
-    N, D, L = _validated(N=N, D=D, L=L)
-    _require(len(L), 6, "points for L(N, D) (5 parameters)")
-    _require(distinct_count(N), 3, "distinct model sizes N for L(N, D)")
-    _require(distinct_count(D), 3, "distinct example counts D for L(N, D)")
-    _require_not_flat(L, "L(N, D)")
+    N, D, L = validated(N=N, D=D, L=L)
+    require(len(L), 6, "points for L(N, D) (5 parameters)")
+    require(distinct_count(N), 3, "distinct model sizes N for L(N, D)")
+    require(distinct_count(D), 3, "distinct example counts D for L(N, D)")
+    require_not_flat(L, "L(N, D)")
     n0, d0 = math.exp(np.mean(np.log(N))), math.exp(np.mean(np.log(D)))
     return np.log(N / n0), np.log(D / d0), L, n0, d0
 
@@ -401,7 +410,8 @@ def _check_terms(law: LossLaw, exp_bounds, method: str) -> None:
 
 
 def fit_loss_law_vp(N, D, L, *, exp_bounds=EXPONENT_BOUNDS) -> LossLaw:
-    """Variable projection: for fixed (α, β), E, A, B ≥ 0 solve a non-negative least-squares
+    """Variable projection, the fast initialiser and cross-check of `fit_loss_law` (never the
+    reported estimate): for fixed (α, β), E, A, B ≥ 0 solve a non-negative least-squares
     problem on relative residuals (L̂ − L)/L. A grid and zoom search over (α, β) is polished by
     Nelder–Mead on the profiled objective with `scipy.optimize.nnls` as the inner solve."""
     xn, xd, L, n0, d0 = loss_inputs(N, D, L)
@@ -427,105 +437,133 @@ def fit_loss_law_vp(N, D, L, *, exp_bounds=EXPONENT_BOUNDS) -> LossLaw:
     return law
 
 
-def _loss_log_model(theta: np.ndarray, xn: np.ndarray, xd: np.ndarray) -> np.ndarray:
-    e, a, alpha, b, beta = theta
+# Start grid of the default L(N, D) fit, after Hoffmann et al. (2022) and Besiroglu et al. (2024):
+# 5 × 5 × 6 × 5 × 6 = 4,500 points. E is a share of the lowest loss; the N and D terms are shares
+# of the median loss at the geometric-mean N and D (the inputs are normalised by those).
+GRID_E_SHARES = (0.05, 0.25, 0.5, 0.75, 0.9)
+GRID_TERM_SHARES = (0.01, 0.05, 0.2, 0.5, 1.0)
+GRID_EXPONENTS = (0.1, 0.3, 0.5, 0.8, 1.2, 1.8)
+LBFGS_OPTIONS = {"ftol": 1e-15, "gtol": 1e-10, "maxiter": 2000, "maxls": 50}
+# OpenBLAS threads competing on a busy machine stall L-BFGS-B's tiny BLAS calls: a 5-parameter
+# solve took 0.13 s instead of 0.012 s at load 4 on 2 cores. Fits run with one BLAS thread.
+one_blas_thread = threadpoolctl.threadpool_limits.wrap(limits=1, user_api="blas")
+VP_ESTIMATOR = "variable projection: least squares on relative residuals (cross-check only)"
+
+
+def loss_law_estimator(delta: float = LOSS_HUBER_DELTA) -> str:
+    """The name every reported L(N, D) number carries (fits.json, report, fit command)."""
+    return f"Huber (delta={delta:g}) on log residuals, L-BFGS-B from a grid of starts"
+
+
+def compute_law_estimator(delta: float) -> str:
+    """The name every reported y(C) number carries."""
+    return f"Huber (delta={delta:g}) on log residuals, multi-start Levenberg-Marquardt"
+
+
+def loss_log_model(theta: np.ndarray, xn: np.ndarray, xd: np.ndarray) -> np.ndarray:
+    """ln L̂ = logsumexp(e, a − α·xn, b − β·xd) for θ = (e, a, α, b, β) of shape (..., 5)."""
+    e, a, alpha, b, beta = (theta[..., i, None] for i in range(5))
     return np.logaddexp(np.logaddexp(e, a - alpha * xn), b - beta * xd)
 
 
-def fit_loss_law_direct(N, D, L, *, delta: float = LOSS_HUBER_DELTA, exp_bounds=EXPONENT_BOUNDS,
-                        n_starts: int = 8) -> LossLaw:
-    """Direct fit of all five parameters, θ = (ln E, ln A', α, ln B', β): Huber loss on log
-    residuals from the `n_starts` best points of a fixed grid of starts (the Hoffmann et al.
-    2022 procedure), each refined by `scipy.optimize.least_squares` (trust-region reflective,
-    loss='huber'). L-BFGS-B minimises the same objective but its BLAS calls stall for seconds
-    when OpenBLAS threads compete on a busy machine; the trust-region solver does not."""
+def loss_jacobian(theta: np.ndarray, xn, xd, lhat: np.ndarray) -> np.ndarray:
+    """∂ ln L̂ / ∂θ, shape (..., n, 5)."""
+    e, a, alpha, b, beta = (theta[..., i, None] for i in range(5))
+    pe, pn, pd = np.exp(e - lhat), np.exp(a - alpha * xn - lhat), np.exp(b - beta * xd - lhat)
+    return np.stack([pe, pn, -xn * pn, pd, -xd * pd], -1)
+
+
+def loss_solver(xn: np.ndarray, xd: np.ndarray) -> tuple:
+    """(log_model, jacobian) of L(N, D) on normalised log-inputs, for `lm_huber_batch`."""
+    return (lambda t: loss_log_model(t, xn, xd),
+            lambda t, lhat: loss_jacobian(t, xn, xd, lhat))
+
+
+def loss_bounds(ll: np.ndarray, exp_bounds=EXPONENT_BOUNDS) -> np.ndarray:
+    """Box for θ = (ln E, ln A', α, ln B', β), given the log losses `ll`."""
+    lo, mid = float(ll.min()), float(np.median(ll))
+    floor = lo - 30.0
+    return np.array([(floor, lo + 1.0), (floor, mid + 10.0), exp_bounds, (floor, mid + 10.0),
+                     exp_bounds], float)
+
+
+def loss_grid(ll: np.ndarray, exp_bounds=EXPONENT_BOUNDS) -> np.ndarray:
+    """The (4500, 5) start grid in θ for log losses `ll`."""
+    lo, mid = float(ll.min()), float(np.median(ll))
+    e = lo + np.log(GRID_E_SHARES)
+    t = mid + np.log(GRID_TERM_SHARES)
+    x = np.clip(GRID_EXPONENTS, *exp_bounds)
+    return np.array(list(itertools.product(e, t, x, t, x)))
+
+
+def loss_theta(law: LossLaw, n0: float, d0: float, bounds: np.ndarray) -> np.ndarray:
+    """θ of a raw-unit law on inputs normalised by n0, d0 (vanished terms at the lower bound)."""
+    def log(v):
+        return math.log(v) if v > 0 else -math.inf
+    theta = [log(law.E), log(law.A) - law.alpha * math.log(n0), law.alpha,
+             log(law.B) - law.beta * math.log(d0), law.beta]
+    return np.clip(theta, bounds[:, 0], bounds[:, 1])
+
+
+def loss_objective(theta, xn, xd, ll, counts, delta) -> tuple[float, np.ndarray]:
+    """Σ counts·Huber(ln L̂ − ln L) (Huber divided by δ) and its analytic gradient."""
+    lhat = loss_log_model(theta, xn, xd)
+    r = lhat - ll
+    psi = counts * np.clip(r / delta, -1.0, 1.0)
+    return float(np.dot(counts, huber_terms(r, delta))), psi @ loss_jacobian(theta, xn, xd, lhat)
+
+
+def loss_lbfgs(theta, xn, xd, ll, counts, delta, bounds) -> optimize.OptimizeResult:
+    """L-BFGS-B on `loss_objective` from θ, with tolerances tight enough that the near-L1
+    objective of δ = 1e-3 is not stopped early."""
+    return optimize.minimize(loss_objective, theta, args=(xn, xd, ll, counts, delta), jac=True,
+                             method="L-BFGS-B", bounds=bounds, options=LBFGS_OPTIONS)
+
+
+@one_blas_thread
+def fit_loss_law(N, D, L, *, delta: float = LOSS_HUBER_DELTA, exp_bounds=EXPONENT_BOUNDS,
+                 n_starts: int = 8, init: LossLaw | None = None) -> LossLaw:
+    """The L(N, D) estimate reported everywhere, following Hoffmann et al. (2022) and Besiroglu
+    et al. (2024): Huber loss (δ, default 1e-3) on log residuals ln L̂ − ln L, summed over the
+    points, minimised by L-BFGS-B in θ = (ln E, ln A', α, ln B', β) from a grid of starts.
+
+    The 4,500-point grid is scored in one vectorised pass; L-BFGS-B runs from its `n_starts`
+    best points and from the variable-projection fit (`init`, computed when not given: the fast
+    initialiser), and the lowest objective wins."""
     xn, xd, L, n0, d0 = loss_inputs(N, D, L)
     ll = np.log(L)
-    lo, mid = math.log(L.min()), math.log(np.median(L))
-    floor = lo - 30.0
-    bounds = np.array([(floor, lo + 1.0), (floor, mid + 10.0), exp_bounds, (floor, mid + 10.0),
-                       exp_bounds])
-    exps = (0.1, 0.3, 0.7, 1.2)
-    grid = np.array(list(itertools.product(
-        (lo - 3.0, lo - 1.0, lo - 0.2), (mid - 2.0, mid), exps, (mid - 2.0, mid), exps)))
-    scores = [_huber(_loss_log_model(t, xn, xd) - ll, delta).sum() for t in grid]
+    if init is None:
+        with warnings.catch_warnings():   # the initialiser's own warnings are not the fit's
+            warnings.simplefilter("ignore")
+            init = fit_loss_law_vp(N, D, L, exp_bounds=exp_bounds)
+    bounds = loss_bounds(ll, exp_bounds)
+    grid = loss_grid(ll, exp_bounds)
+    scores = huber_objective(loss_log_model(grid, xn, xd) - ll, 1.0, delta)
+    starts = np.concatenate([grid[np.argsort(scores)[:n_starts]],
+                             [loss_theta(init, n0, d0, bounds)]])
+    ones = np.ones(len(L))
+    best = min((loss_lbfgs(s, xn, xd, ll, ones, delta, bounds) for s in starts),
+               key=lambda r: r.fun)
+    if not np.isfinite(best.fun):
+        raise FitError(f"L(N, D) optimisation failed: {best.message}")
+    e, a, alpha, b, beta = best.x
 
-    def residuals(theta):
-        return _loss_log_model(theta, xn, xd) - ll
-
-    def jacobian(theta):
-        e, a, alpha, b, beta = theta
-        lhat = _loss_log_model(theta, xn, xd)
-        pe, pn, pd = np.exp(e - lhat), np.exp(a - alpha * xn - lhat), np.exp(b - beta * xd - lhat)
-        return np.stack([pe, pn, -xn * pn, pd, -xd * pd], 1)
-
-    fits = [optimize.least_squares(residuals, s, jac=jacobian, bounds=(bounds[:, 0], bounds[:, 1]),
-                                   method="trf", loss="huber", f_scale=delta, x_scale="jac",
-                                   xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=2000)
-            for s in grid[np.argsort(scores)[:n_starts]]]
-    e, a, alpha, b, beta = min(fits, key=lambda r: r.cost).x
-    law = loss_law(math.exp(e), math.exp(a), alpha, math.exp(b), beta, n0, d0)
-    _check_terms(law, exp_bounds, "direct")
+    def term(log_value, floor):   # a term pinned to its floor has vanished: report it as 0
+        return 0.0 if log_value <= floor + 1e-6 else math.exp(log_value)
+    law = loss_law(math.exp(e), term(a, bounds[1, 0]), alpha, term(b, bounds[3, 0]), beta, n0,
+                   d0)
+    _check_terms(law, exp_bounds, "Huber fit")
     return law
 
 
-def compare_loss_laws(vp: LossLaw, direct: LossLaw, N, D) -> dict[str, float]:
+def compare_loss_laws(law: LossLaw, other: LossLaw, N, D) -> dict[str, float]:
     """How far two L(N, D) estimates are apart, on the data and in the exponents that matter."""
-    rel = np.abs(vp(N, D) / direct(N, D) - 1.0)
+    rel = np.abs(other(N, D) / law(N, D) - 1.0)
     out = {"max_rel_diff_on_data": float(rel.max()),
-           "alpha_diff": abs(vp.alpha - direct.alpha), "beta_diff": abs(vp.beta - direct.beta)}
+           "alpha_diff": abs(law.alpha - other.alpha), "beta_diff": abs(law.beta - other.beta),
+           "E_diff": abs(law.E - other.E)}
     try:
-        out["a_diff"] = abs(vp.compute_optimal(1.0).a - direct.compute_optimal(1.0).a)
+        out["a_diff"] = abs(law.compute_optimal(1.0).a - other.compute_optimal(1.0).a)
     except FitError:
         out["a_diff"] = float("nan")
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# isoFLOP parabolas and the frontier through their minima
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Parabola:
-    """L ≈ c2·u² + c1·u + c0 with u = ln N, fitted to the runs of one compute budget."""
-    c2: float
-    c1: float
-    c0: float
-
-    def __call__(self, N) -> np.ndarray:
-        u = np.log(np.asarray(N, float))
-        return self.c2 * u * u + self.c1 * u + self.c0
-
-    @property
-    def n_opt(self) -> float:
-        return math.exp(-self.c1 / (2.0 * self.c2))
-
-    @property
-    def loss_opt(self) -> float:
-        return float(self(self.n_opt))
-
-
-def fit_isoflop(N, L) -> Parabola:
-    """Least-squares parabola in ln N; refuses curves without an interior minimum."""
-    N, L = _validated(N=N, L=L)
-    _require(distinct_count(N), 3, "distinct model sizes at one budget for an isoFLOP parabola")
-    _require_not_flat(L, "isoFLOP curve")
-    c2, c1, c0 = np.polyfit(np.log(N), L, 2)
-    if c2 <= 0:
-        raise FitError("isoFLOP curve is not convex in ln N (no interior minimum); the budget's "
-                       "optimum lies outside the sizes trained")
-    par = Parabola(float(c2), float(c1), float(c0))
-    if not N.min() <= par.n_opt <= N.max():
-        raise FitError(f"isoFLOP parabola's minimum N = {par.n_opt:.3g} lies outside the sizes "
-                       f"trained ({N.min():.3g} to {N.max():.3g}); the budget's optimum is not "
-                       "bracketed")
-    return par
-
-
-def fit_frontier(C, n_opt) -> tuple[float, float]:
-    """N*(C) = K·C^a through isoFLOP minima by least squares in log space; returns (a, K)."""
-    C, n_opt = _validated(C=C, n_opt=n_opt)
-    _require(distinct_count(C), 2, "isoFLOP minima at distinct budgets for the frontier")
-    a, logk = np.polyfit(np.log(C), np.log(n_opt), 1)
-    return float(a), float(math.exp(logk))

@@ -1,11 +1,12 @@
 """The report's figures, drawn with matplotlib's object API (Agg, no pyplot state).
 
-Every function takes the results table and/or fits.json and returns a `Figure`, or None when
-the study has nothing to show for it. Colours name paradigms and markers name model sizes
-throughout, so a reader learns the legend once.
+Every function takes the results table and/or fits.json (the fit command: its table and fit)
+and returns a `Figure`, or None when there is nothing to show for it. Colours name paradigms
+and markers name model sizes throughout, so a reader learns the legend once.
 """
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 
@@ -16,7 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullLocator
 
 from imgsynth.scaling.fits import PRIMARY_WEIGHTS, main_runs
-from imgsynth.scaling.table import PROMPT_CATEGORIES
+from imgsynth.scaling.table import PROMPT_CATEGORIES, atomic_write
 
 PARADIGM_STYLE = {"flow": ("#1f77b4", "flow matching"), "maskgit": ("#2ca02c", "MaskGIT"),
                   "ar": ("#d62728", "autoregressive")}
@@ -28,6 +29,14 @@ METRIC_AXES = {
     "final/eval_loss": "eval loss at end of training",
 }
 FLOPS_LABEL = "training compute (FLOPs)"
+
+
+def save_png(fig: Figure, path: str) -> bytes:
+    """Writes `fig` as a PNG under a temporary name, renames it to `path`; returns the bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def paradigm_color(p: str) -> str:
@@ -388,3 +397,33 @@ def ema_figure(rows) -> Figure | None:
         ax.set_ylabel(label)
     _legend(fig, main_runs(rows), sorted({r["paradigm"] for r in runs}), extrapolated=False)
     return fig
+
+
+def loss_law_figure(N, D, L, law, estimator: str) -> Figure:
+    """A table's L(N, D) fit: loss against D coloured by N, with the fitted law at five model
+    sizes spanning the data; and fitted against observed loss."""
+    N, D, L = (np.asarray(v, float) for v in (N, D, L))
+    fig, axes = _figure(2, width=5.2)
+    ax, ax2 = axes[0]
+    cmap = colormaps["viridis"]
+    lo, hi = np.log(N.min()), np.log(N.max())
+    shade = (np.log(N) - lo) / max(hi - lo, 1e-12) * 0.9
+    ax.scatter(D, L, c=[cmap(v) for v in shade], s=14, edgecolors="none")
+    d = np.geomspace(D.min() / 1.3, D.max() * 1.3, 80)
+    for q in np.quantile(N, [0.0, 0.25, 0.5, 0.75, 1.0]):
+        ax.plot(d, law(q, d), color=cmap((np.log(q) - lo) / max(hi - lo, 1e-12) * 0.9), lw=1.2,
+                label=f"N = {q:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training examples or tokens D")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize="x-small", title="fitted L(N, D) at", title_fontsize="x-small")
+    fitted = law(N, D)
+    ax2.scatter(fitted, L, c=[cmap(v) for v in shade], s=14, edgecolors="none")
+    span = [min(fitted.min(), L.min()), max(fitted.max(), L.max())]
+    ax2.plot(span, span, color="black", lw=0.8)
+    ax2.set_xlabel("fitted loss")
+    ax2.set_ylabel("observed loss (colour: model size)")
+    fig.suptitle(f"L(N, D) = {law.E:.4g} + {law.A:.4g}/N^{law.alpha:.4f} + "
+                 f"{law.B:.4g}/D^{law.beta:.4f}\n{estimator}", fontsize="small")
+    return fig
+

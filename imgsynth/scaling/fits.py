@@ -1,12 +1,13 @@
 """Scaling fits of a whole study, written to fits.json at full precision.
 
 Per paradigm: every metric against training FLOPs, e(C) = E + A·C^-α in error form; the loss
-surface L(N, D) by variable projection, cross-checked by a direct fit, and the compute-optimal
-allocation it implies; isoFLOP parabolas and their minima. Across paradigms: who wins each
-shared metric at each budget, and where one paradigm's fitted curve overtakes another's.
-Every parameter and prediction carries a bootstrap-over-runs interval, and every fit a held-out
-check (refit without the largest budget, predict it). Fits the data cannot support are recorded
-with the reason instead of a number.
+surface L(N, D) by the Huber fit on log residuals (`estimators.fit_loss_law`), cross-checked by
+variable projection, and the compute-optimal allocation it implies; isoFLOP parabolas and their
+minima. Across paradigms: who wins each shared metric at each budget, and where one paradigm's
+fitted curve overtakes another's. Every parameter and prediction carries a bootstrap-over-runs
+interval, every fit a held-out check (refit without the largest budget, predict it), and every
+entry the name of its estimator. Fits the data cannot support are recorded with the reason
+instead of a number.
 """
 from __future__ import annotations
 
@@ -24,11 +25,10 @@ from scipy import optimize
 
 from imgsynth.scaling import bootstrap as boot
 from imgsynth.scaling import estimators as est
+from imgsynth.scaling import isoflop
 from imgsynth.scaling.table import PROMPT_CATEGORIES, WEIGHTS, atomic_write
 
 PRIMARY_WEIGHTS = "ema"  # cross-paradigm findings use EMA weights, as evaluated in the paper
-CI_LEVEL = 0.95
-MIN_OK_FRACTION = 0.5  # fewer successful resamples than this and no interval is reported
 LOSS_COLUMNS = ("final/eval_loss", "raw/eval_loss")
 HEADLINE = ("prompt_following/overall", "fd_judge", "alignment_score")  # findings, crossovers
 
@@ -53,9 +53,9 @@ class Metric:
         return self.to_error(e)  # both transforms are involutions
 
 
-def study_metrics() -> list[Metric]:
+def study_metrics(loss_delta: float = est.LOSS_HUBER_DELTA) -> list[Metric]:
     """Headline metrics for raw and EMA weights, prompt-following categories for the primary
-    weights, and the end-of-training eval loss."""
+    weights, and the end-of-training eval loss (fitted with the Huber delta of L(N, D))."""
     out = []
     for w in WEIGHTS:
         out += [Metric(f"{w}/prompt_following/overall", f"prompt following, overall ({w})",
@@ -66,7 +66,7 @@ def study_metrics() -> list[Metric]:
                    f"prompt following, {c.replace('_', ' ')} ({PRIMARY_WEIGHTS})", True, 1.0)
             for c in PROMPT_CATEGORIES[1:]]
     out.append(Metric("final/eval_loss", "eval loss at the end of training",
-                      delta=est.LOSS_HUBER_DELTA))
+                      delta=loss_delta))
     return out
 
 
@@ -90,21 +90,6 @@ def _rng(seed: int, *key) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(repr(key).encode())])
 
 
-def _interval(samples: np.ndarray, axis: int = 0):
-    """Percentile interval over the finite resamples, or None when too few succeeded."""
-    samples = np.asarray(samples, float)
-    ok = np.isfinite(samples)
-    if ok.sum(axis=axis).min() < max(10, MIN_OK_FRACTION * samples.shape[axis]):
-        return None
-    q = 50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)
-    return np.nanpercentile(np.where(ok, samples, np.nan), q, axis=axis)
-
-
-def _ci(samples) -> list[float] | None:
-    iv = _interval(samples)
-    return None if iv is None else [float(iv[0]), float(iv[1])]
-
-
 def _caught(fn, *args, **kwargs):
     """Runs a fit, returning (result, warning messages)."""
     with warnings.catch_warnings(record=True) as caught:
@@ -118,17 +103,29 @@ def _same_budget(groups: np.ndarray, value: float) -> np.ndarray:
 
 
 def budget_groups(runs) -> list[tuple[float, list[dict]]]:
-    """Runs grouped by budget (values within `est.DISTINCT_RTOL` are one budget), ascending."""
-    if not runs:
-        return []
-    groups = np.array([budget_of(r) for r in runs])
-    ids = est.cluster_ids(groups)
-    return [(float(np.median(groups[ids == i])), [r for r, j in zip(runs, ids) if j == i])
-            for i in range(ids.max() + 1)]
+    """Runs grouped by budget, ascending: nominal budgets within `est.DISTINCT_RTOL` are one
+    budget; runs without one are clustered by training FLOPs (`isoflop.cluster_log_flops`)."""
+    labelled = [r for r in runs if np.isfinite(r["budget"])]
+    free = [r for r in runs if not np.isfinite(r["budget"])]
+    out = []
+    for sel, cluster in ((labelled, est.cluster_ids), (free, isoflop.cluster_log_flops)):
+        if sel:
+            values = np.array([budget_of(r) for r in sel])
+            labels = cluster(values)
+            out += [(float(np.median(values[labels == i])),
+                     [r for r, j in zip(sel, labels) if j == i]) for i in np.unique(labels)]
+    return sorted(out, key=lambda g: g[0])
+
+
+def _budgets_of(runs) -> np.ndarray:
+    """The budget of each run's `budget_groups` group, in the order of `runs`."""
+    budget = {id(r): b for b, group in budget_groups(runs) for r in group}
+    return np.array([budget[id(r)] for r in runs])
 
 
 def _compute_points(runs, metric: Metric):
-    pts = [(r["train_flops"], r[metric.column], budget_of(r), r["run"]) for r in runs]
+    pts = [(r["train_flops"], r[metric.column], b, r["run"])
+           for r, b in zip(runs, _budgets_of(runs))]
     finite = [p for p in pts if np.isfinite(p[1])]
     notes = []
     if len(finite) < len(pts):
@@ -172,6 +169,7 @@ def fit_compute_metric(runs, metric: Metric, *, budgets, n_bootstrap: int, seed:
     C, y, groups, names, notes = _compute_points(runs, metric)
     entry: dict[str, Any] = {
         "metric": metric.column, "label": metric.label, "transform": metric.transform,
+        "estimator": est.compute_law_estimator(metric.delta),
         "higher_is_better": metric.higher_is_better, "form": "e(C) = E + A*C^-alpha",
         "n_points": len(C), "runs": names, "warnings": notes}
     err = metric.to_error(y)
@@ -181,20 +179,20 @@ def fit_compute_metric(runs, metric: Metric, *, budgets, n_bootstrap: int, seed:
         entry["error"] = str(e)
         return entry, None
     entry["warnings"] += msgs
-    params = boot.bootstrap_compute_law(C, err, law, n_boot=n_bootstrap, rng=_rng(seed, key),
+    params = boot.bootstrap_compute_law(C, err, law, n_boot=n_bootstrap, seed=_rng(seed, key),
                                         delta=metric.delta)
     n_ok = int(np.isfinite(params[:, 0]).sum())
     entry["params"] = law.params()
-    entry["ci95"] = {k: _ci(params[:, i]) for i, k in enumerate(("E", "A", "alpha"))}
+    entry["ci95"] = {k: boot.ci(params[:, i]) for i, k in enumerate(("E", "A", "alpha"))}
     entry["bootstrap"] = {"requested": n_bootstrap, "ok": n_ok}
-    if n_ok < MIN_OK_FRACTION * n_bootstrap:
+    if n_ok < boot.MIN_OK_FRACTION * n_bootstrap:
         entry["warnings"].append(f"only {n_ok}/{n_bootstrap} resamples could be refitted; "
                                  "no intervals")
     lo = C.min() / 1.5
     hi = max(C.max() * 1.5, max(budgets) * 1.2)
     grid = np.geomspace(lo, hi, 80)
     entry["predictions"] = [_prediction(metric, law, params, b) for b in budgets]
-    band = _interval(_boot_errors(params, grid))
+    band = boot.interval(_boot_errors(params, grid))
     if band is not None:
         band = np.sort(metric.from_error(band), axis=0)  # the transform may reverse the order
     entry["curve"] = {"flops": grid.tolist(), "value": metric.from_error(law(grid)).tolist(),
@@ -211,7 +209,7 @@ def _boot_errors(params: np.ndarray, flops) -> np.ndarray:
 
 
 def _prediction(metric, law, params, flops) -> dict:
-    iv = _interval(_boot_errors(params, [flops])[:, 0])
+    iv = boot.interval(_boot_errors(params, [flops])[:, 0])
     ci = None if iv is None else sorted(float(v) for v in metric.from_error(iv))
     return {"flops": float(flops), "value": float(metric.from_error(law(flops))), "ci95": ci}
 
@@ -222,9 +220,44 @@ def _loss_column(runs) -> str | None:
     return best if counts[best] else None
 
 
-def fit_loss_surface(runs, *, budgets, n_bootstrap: int, seed: int, key: str) -> dict:
+LAW_NAMES = ("E", "A", "alpha", "B", "beta")
+
+
+def loss_law_fit(N, D, L, *, n_bootstrap: int, seed: boot.Seed,
+                 delta: float = est.LOSS_HUBER_DELTA) -> tuple[dict, est.LossLaw, np.ndarray]:
+    """The default L(N, D) estimate (`est.fit_loss_law`), its bootstrap with the same estimator,
+    and the variable-projection cross-check. Returns (entry, law, resampled (B, 5)); the entry
+    holds `estimator`, `params`, `a`, `b` and, for all seven, `ci95` and `se`."""
+    vp, msgs = _caught(est.fit_loss_law_vp, N, D, L)
+    law, msgs2 = _caught(est.fit_loss_law, N, D, L, delta=delta, init=vp)
+    agreement = est.compare_loss_laws(law, vp, N, D)
+    agreement["agree"] = bool(agreement["max_rel_diff_on_data"] < 0.01
+                              and not agreement["a_diff"] > 0.05)
+    warns = msgs2 + [f"cross-check: {m}" for m in msgs]
+    if not agreement["agree"]:
+        warns.append("the Huber fit and its variable-projection cross-check disagree: the loss "
+                     "surface is poorly determined by these points (the Huber fit is reported)")
+    params = boot.bootstrap_loss_law(N, D, L, n_boot=n_bootstrap, seed=seed, law=law,
+                                     delta=delta) if n_bootstrap else np.full((0, 5), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        samples = dict(zip(LAW_NAMES, params.T))
+        samples["a"] = samples["beta"] / (samples["alpha"] + samples["beta"])
+        samples["b"] = samples["alpha"] / (samples["alpha"] + samples["beta"])
+    s = law.alpha + law.beta
+    entry = {"estimator": est.loss_law_estimator(delta), "params": law.params(),
+             "a": law.beta / s, "b": law.alpha / s,
+             "ci95": {k: boot.ci(v) if n_bootstrap else None for k, v in samples.items()},
+             "se": {k: boot.se(v) if n_bootstrap else None for k, v in samples.items()},
+             "bootstrap": {"requested": n_bootstrap, "ok": int(np.isfinite(params[:, 0]).sum())},
+             "cross_check": {"estimator": est.VP_ESTIMATOR, "params": vp.params(), **agreement},
+             "warnings": warns}
+    return entry, law, params
+
+
+def fit_loss_surface(runs, *, budgets, n_bootstrap: int, seed: int, key: str,
+                     delta: float = est.LOSS_HUBER_DELTA) -> dict:
     """L(N, D) with N = non-embedding parameters and D = examples seen, its compute-optimal
-    allocation with k = median C/(N·D), and the held-out check."""
+    allocation with k = median C/(N·D), and the held-out check; all by the default estimator."""
     column = _loss_column(runs)
     if column is None:
         return {"error": "no eval loss in any run"}
@@ -233,36 +266,26 @@ def fit_loss_surface(runs, *, budgets, n_bootstrap: int, seed: int, key: str) ->
     N, D, L, C = (np.array([r[c] for r in pts], float) for c in (
         "params_non_embedding", "examples_seen", column, "train_flops"))
     entry: dict[str, Any] = {"loss": column, "form": "L(N, D) = E + A/N^alpha + B/D^beta",
-                             "n_points": len(pts), "runs": [r["run"] for r in pts], "warnings": []}
+                             "estimator": est.loss_law_estimator(delta), "n_points": len(pts),
+                             "runs": [r["run"] for r in pts], "warnings": []}
     if len(pts) < len(runs):
         entry["warnings"].append(f"{len(runs) - len(pts)} run(s) without N, D or {column} "
                                  "left out")
     try:
-        vp, msgs = _caught(est.fit_loss_law_vp, N, D, L)
-        direct, msgs2 = _caught(est.fit_loss_law_direct, N, D, L)
+        fit, law, params = loss_law_fit(N, D, L, n_bootstrap=n_bootstrap, seed=_rng(seed, key),
+                                        delta=delta)
     except est.FitError as e:
         entry["error"] = str(e)
         return entry
+    entry["warnings"] += fit.pop("warnings")
     k = float(np.median(C / (N * D)))
-    agreement = est.compare_loss_laws(vp, direct, N, D)
-    agreement["agree"] = bool(agreement["max_rel_diff_on_data"] < 0.01
-                              and not agreement["a_diff"] > 0.05)
-    entry["warnings"] += msgs + msgs2
-    if not agreement["agree"]:
-        entry["warnings"].append("variable projection and the direct fit disagree: the loss "
-                                 "surface is poorly determined by these runs")
-    params = boot.bootstrap_loss_law(N, D, L, n_boot=n_bootstrap, rng=_rng(seed, key))
-    names = ("E", "A", "alpha", "B", "beta")
-    entry.update(vp=vp.params(), direct=direct.params(), agreement=agreement,
-                 k_flops_per_param_example=k,
-                 ci95={n: _ci(params[:, i]) for i, n in enumerate(names)},
-                 bootstrap={"requested": n_bootstrap, "ok": int(np.isfinite(params[:, 0]).sum())})
-    entry["compute_optimal"] = _compute_optimal(vp, params, k, C, budgets)
-    entry["heldout"] = _heldout_loss(N, D, L, np.array([budget_of(r) for r in pts]))
+    entry.update(fit, k_flops_per_param_example=k)
+    entry["compute_optimal"] = compute_optimal(law, params, k, C, budgets)
+    entry["heldout"] = _heldout_loss(N, D, L, _budgets_of(pts), delta)
     return entry
 
 
-def _compute_optimal(law: est.LossLaw, params: np.ndarray, k: float, C, budgets) -> dict:
+def compute_optimal(law: est.LossLaw, params: np.ndarray, k: float, C, budgets) -> dict:
     """N*(C), D*(C) of the fitted L(N, D) at C = k·N·D, with intervals from the resampled laws."""
     try:
         opt = law.compute_optimal(k)
@@ -280,24 +303,26 @@ def _compute_optimal(law: est.LossLaw, params: np.ndarray, k: float, C, budgets)
         with np.errstate(divide="ignore"):   # N* = 0 in those resamples: D* infinite, left out
             return flops / (k * n_opt(flops)[:, 0])
 
-    grid = np.geomspace(np.min(C) / 1.5, max(np.max(C) * 1.5, max(budgets) * 1.2), 60)
-    band = _interval(n_opt(grid))
+    grid = np.geomspace(np.min(C) / 1.5, max([np.max(C) * 1.5, *(b * 1.2 for b in budgets)]), 60)
+    band = boot.interval(n_opt(grid))
     return {
         "form": "N*(C) = G*(C/k)^a, D*(C) = (C/k)^b / G", "a": opt.a, "b": opt.b, "G": opt.G,
-        "ci95": {"a": _ci(a), "b": _ci(b)},
+        "estimator": "allocation minimising the fitted L(N, D) at C = k*N*D",
+        "ci95": {"a": boot.ci(a), "b": boot.ci(b)},
         "predictions": [{"flops": float(c), "n_opt": float(opt.n_opt(c)),
-                         "d_opt": float(opt.d_opt(c)), "n_opt_ci95": _ci(n_opt(c)[:, 0]),
-                         "d_opt_ci95": _ci(d_opt(c))} for c in budgets],
+                         "d_opt": float(opt.d_opt(c)), "n_opt_ci95": boot.ci(n_opt(c)[:, 0]),
+                         "d_opt_ci95": boot.ci(d_opt(c))} for c in budgets],
         "curve": {"flops": grid.tolist(), "n_opt": opt.n_opt(grid).tolist(),
                   "lo": None if band is None else band[0].tolist(),
                   "hi": None if band is None else band[1].tolist()}}
 
 
-def _heldout_loss(N, D, L, groups) -> dict:
+def _heldout_loss(N, D, L, groups, delta: float) -> dict:
     test = _same_budget(groups, groups.max())
-    out = {"budget": float(groups.max()), "n_train": int((~test).sum()), "n_test": int(test.sum())}
+    out = {"budget": float(groups.max()), "n_train": int((~test).sum()), "n_test": int(test.sum()),
+           "estimator": est.loss_law_estimator(delta)}
     try:
-        held, _ = _caught(est.fit_loss_law_vp, N[~test], D[~test], L[~test])
+        held, _ = _caught(est.fit_loss_law, N[~test], D[~test], L[~test], delta=delta)
     except est.FitError as e:
         return {**out, "error": f"refit without the largest budget refused: {e}"}
     out["mean_abs_rel_error"] = float(np.mean(np.abs(held(N[test], D[test]) / L[test] - 1)))
@@ -305,55 +330,19 @@ def _heldout_loss(N, D, L, groups) -> dict:
 
 
 def fit_isoflops(runs, *, n_bootstrap: int, seed: int, key: str) -> dict:
-    """Per budget, a parabola of loss in ln N and its minimum; then N*(C) ∝ C^a through the
-    minima. Intervals come from resampling the runs of each budget."""
+    """Per budget (nominal labels, or clustered training FLOPs for runs without one), a
+    parabola of loss in ln N and its minimum; then N*(C) ∝ C^a through the minima."""
     column = _loss_column(runs)
     if column is None:
         return {"error": "no eval loss in any run", "budgets": []}
     pts = [r for r in runs if np.isfinite(r[column]) and np.isfinite(r["params_non_embedding"])]
-    out: dict[str, Any] = {"loss": column, "budgets": []}
-    resampled: dict[float, np.ndarray] = {}
-    for b, sel in budget_groups(pts):
-        N = np.array([r["params_non_embedding"] for r in sel])
-        L = np.array([r[column] for r in sel])
-        item: dict[str, Any] = {"budget": b, "n": N.tolist(), "loss": L.tolist()}
-        try:
-            par = est.fit_isoflop(N, L)
-        except est.FitError as e:
-            item["error"] = str(e)
-        else:
-            counts = boot.resample_counts(len(N), n_bootstrap, _rng(seed, key, b))
-            n_opts = np.array([_weighted_min(N, L, c) for c in counts])
-            resampled[b] = n_opts
-            item.update(parabola=[par.c2, par.c1, par.c0], n_opt=par.n_opt,
-                        loss_opt=par.loss_opt, n_opt_ci95=_ci(n_opts))
-        out["budgets"].append(item)
-    minima = [x for x in out["budgets"] if "n_opt" in x]
-    if len(minima) >= 2:
-        try:
-            a, K = est.fit_frontier([x["budget"] for x in minima], [x["n_opt"] for x in minima])
-        except est.FitError as e:
-            out["frontier"] = {"error": str(e)}
-        else:
-            # Budgets are resampled independently (a stratified bootstrap); pair them by index.
-            logc = np.log(list(resampled))
-            logn = np.log(np.stack(list(resampled.values()), 1))
-            slopes = np.array([_slope(logc, row) for row in logn])
-            out["frontier"] = {"form": "N*(C) = K*C^a", "a": a, "K": K, "a_ci95": _ci(slopes),
-                               "n_budgets": len(minima)}
-    return out
-
-
-def _slope(x: np.ndarray, y: np.ndarray) -> float:
-    ok = np.isfinite(y)
-    return float(np.polyfit(x[ok], y[ok], 1)[0]) if ok.sum() >= 2 else math.nan
-
-
-def _weighted_min(N, L, counts) -> float:
-    if est.distinct_count(N[counts > 0]) < 3:
-        return math.nan
-    c2, c1, _ = np.polyfit(np.log(N), L, 2, w=np.sqrt(counts))
-    return math.exp(-c1 / (2 * c2)) if c2 > 0 else math.nan
+    groups = budget_groups(pts)
+    sel = [r for _, rs in groups for r in rs]
+    labels = [i for i, (_, rs) in enumerate(groups) for _ in rs]
+    out = isoflop.analyse([b for b, rs in groups for _ in rs],
+                          [r["params_non_embedding"] for r in sel], [r[column] for r in sel],
+                          groups=labels, n_bootstrap=n_bootstrap, seed=_rng(seed, key))
+    return {"loss": column, **out}
 
 
 def _first_crossing(d: np.ndarray, grid: np.ndarray) -> np.ndarray:
@@ -400,7 +389,7 @@ def crossover(laws: dict[str, est.ComputeLaw], boots: dict[str, np.ndarray], lo:
 
     flops = lo if i == 0 else math.exp(optimize.brentq(gap, math.log(grid[i - 1]),
                                                        math.log(grid[i])))
-    ci = _interval(cross[np.isfinite(cross)]) if np.isfinite(cross).sum() >= 10 else None
+    ci = boot.interval(cross[np.isfinite(cross)]) if np.isfinite(cross).sum() >= 10 else None
     out.update(status="crossover", flops=flops,
                ci95=None if ci is None else [float(ci[0]), float(ci[1])],
                final_leader=challenger if diff[-1] <= 0 else leader,
@@ -450,8 +439,10 @@ def _findings(runs, compute_fits, metrics, budgets) -> list[dict]:
 
 
 def fit_study(rows: Sequence[dict], *, budgets: Sequence[float] | None = None,
-              n_bootstrap: int = 1000, seed: int = 0) -> dict:
-    """All fits of a study from the results table (`table.collect(...).rows`)."""
+              n_bootstrap: int = 1000, seed: int = 0,
+              loss_delta: float = est.LOSS_HUBER_DELTA) -> dict:
+    """All fits of a study from the results table (`table.collect(...).rows`). `loss_delta` is
+    the Huber delta of every fit of a loss (L(N, D) and the eval loss against compute)."""
     if n_bootstrap < 1:
         raise ValueError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
     runs = main_runs(rows)
@@ -462,7 +453,7 @@ def fit_study(rows: Sequence[dict], *, budgets: Sequence[float] | None = None,
     if any(not (b > 0 and math.isfinite(b)) for b in budgets):
         raise ValueError(f"budgets must be positive FLOP counts, got {budgets}")
     paradigms = sorted({r["paradigm"] for r in runs})
-    metrics = study_metrics()
+    metrics = study_metrics(loss_delta)
     compute_fits: dict[str, dict] = {}
     boots: dict[tuple[str, str], np.ndarray] = {}
     loss_fits, isoflops = {}, {}
@@ -476,7 +467,7 @@ def fit_study(rows: Sequence[dict], *, budgets: Sequence[float] | None = None,
             if params is not None:
                 boots[p, m.column] = params
         loss_fits[p] = fit_loss_surface(pruns, budgets=budgets, n_bootstrap=n_bootstrap, seed=seed,
-                                        key=f"{p}:loss")
+                                        key=f"{p}:loss", delta=loss_delta)
         isoflops[p] = fit_isoflops(pruns, n_bootstrap=n_bootstrap, seed=seed, key=f"{p}:isoflop")
 
     lo, hi = min(r["train_flops"] for r in runs), max(budgets + [max_flops])
@@ -487,24 +478,34 @@ def fit_study(rows: Sequence[dict], *, budgets: Sequence[float] | None = None,
                 continue
             laws = {x: est.ComputeLaw(**compute_fits[x][m.column]["params"]) for x in (p, q)}
             result = crossover(laws, {x: boots[x, m.column] for x in (p, q)}, lo, hi)
-            crossovers.append({"metric": m.column, "label": m.label, **result,
+            crossovers.append({"metric": m.column, "label": m.label,
+                               "estimator": est.compute_law_estimator(m.delta), **result,
                                "within_data": bool(result["flops"] is not None
                                                    and result["flops"] <= max_flops)})
     return {
         "meta": {"n_bootstrap": n_bootstrap, "seed": seed, "budgets": budgets,
-                 "ci_level": CI_LEVEL, "primary_weights": PRIMARY_WEIGHTS, "paradigms": paradigms,
-                 "n_runs": len(runs), "max_observed_flops": max_flops, "crossover_range": [lo, hi]},
+                 "ci_level": boot.CI_LEVEL, "primary_weights": PRIMARY_WEIGHTS,
+                 "paradigms": paradigms, "n_runs": len(runs), "max_observed_flops": max_flops,
+                 "crossover_range": [lo, hi], "estimators": {
+                     "loss_law": est.loss_law_estimator(loss_delta),
+                     "loss_law_cross_check": est.VP_ESTIMATOR,
+                     "compute_law": {m.column: est.compute_law_estimator(m.delta)
+                                     for m in metrics},
+                     "isoflop": isoflop.ESTIMATOR,
+                     "intervals": "percentile bootstrap over runs, each resample refitted with "
+                                  "the estimator of the point estimate"}},
         "metrics": [dataclasses.asdict(m) | {"transform": m.transform} for m in metrics],
         "compute_fits": compute_fits, "loss_fits": loss_fits, "isoflop": isoflops,
         "crossovers": crossovers,
         "findings": _findings(runs, compute_fits, metrics, budgets)}
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """`obj` with numpy scalars as Python numbers and non-finite floats as None."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (np.floating, float)):
         return float(obj) if math.isfinite(obj) else None
     if isinstance(obj, np.integer):
@@ -516,5 +517,5 @@ def _jsonable(obj):
 
 def write_fits(fits: dict, path: str) -> str:
     """fits.json: floats at full precision (shortest round-trip repr), non-finite as null."""
-    atomic_write(path, json.dumps(_jsonable(fits), indent=1, allow_nan=False))
+    atomic_write(path, json.dumps(jsonable(fits), indent=1, allow_nan=False))
     return path

@@ -2,6 +2,7 @@
 JS, CSS or fonts) plus results.csv, curves.csv, fits.json and the PNGs, in WORKDIR/report/.
 
     python -m imgsynth.scaling.report --workdir=DIR [--budgets=1e18,1e19] [--bootstrap=1000]
+        [--seed=0] [--delta=1e-3]
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import argparse
 import base64
 import datetime
 import html
-import io
 import logging
 import math
 import os
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from imgsynth.scaling import figures, fits as fitting, table
-from imgsynth.scaling.estimators import FitError
+from imgsynth.scaling.estimators import LOSS_HUBER_DELTA, FitError
 from imgsynth.scaling.table import atomic_write
 
 CSS = """
@@ -89,11 +89,8 @@ class _Figures:
     def __call__(self, fig, name: str, caption: str) -> str:
         if fig is None:
             return f'<p class="note">No data for this figure ({_esc(name)}).</p>'
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        data = buf.getvalue()
         path = os.path.join(self.out_dir, f"{name}.png")
-        atomic_write(path, data)
+        data = figures.save_png(fig, path)
         self.written.append(path)
         b64 = base64.b64encode(data).decode("ascii")
         return (f'<figure><img alt="{_esc(name)}" src="data:image/png;base64,{b64}">'
@@ -142,7 +139,12 @@ def _findings_html(f: dict) -> str:
     out = _table([*FINDINGS_HEADERS, *f["meta"]["paradigms"], "clear lead?"],
                  _finding_rows(f, win, _esc), left=1)
     lo, hi = f["meta"]["crossover_range"]
-    out += (f"<h3>Extrapolated crossovers</h3><p class='note'>Searched over {_num(lo, 2)} – "
+    names = sorted({c["estimator"] for c in f["crossovers"]}
+                   | {e["estimator"] for es in f["compute_fits"].values() for e in es.values()
+                      if e["metric"].split("/", 1)[-1] in fitting.HEADLINE})
+    out += (f"<p class='note'>Extrapolated values and crossovers come from the fitted e(C): "
+            f"{_esc('; '.join(names))}.</p>"
+            f"<h3>Extrapolated crossovers</h3><p class='note'>Searched over {_num(lo, 2)} – "
             f"{_num(hi, 2)} FLOPs (smallest run to largest requested budget). The interval is the "
             "95% bootstrap interval among resamples that cross; the last column says how many "
             "resamples cross in range at all.</p>")
@@ -204,35 +206,37 @@ def _compute_fit_rows(f: dict) -> list[list[str]]:
             rows.append([_esc(e["label"]), _esc(p), str(e["n_points"]),
                          f"{_num0(pr['E'])} {_ci(ci['E'])}", _num(pr["A"]),
                          f"{_num(pr['alpha'])} {_ci(ci['alpha'])}", held,
-                         f"<span class='note'>e = {_esc(e['transform'])}; bootstrap {boot}. "
-                         f"{_esc(notes)}</span>"])
+                         f"<span class='note'>e = {_esc(e['transform'])}; "
+                         f"{_esc(e['estimator'])}; bootstrap {boot}. {_esc(notes)}</span>"])
     return rows
 
 
 def _loss_fit_html(f: dict) -> str:
     rows = []
     for p, e in f["loss_fits"].items():
-        if "vp" not in e:
+        if "params" not in e:
             rows.append([_esc(p), "–", "–", "–", "–", "–", _warn(e.get("error"))])
             continue
-        vp, d, ag, ci = e["vp"], e["direct"], e["agreement"], e["ci95"]
+        law, cc, ci = e["params"], e["cross_check"], e["ci95"]
         opt = e["compute_optimal"]
-        opt_txt = (f"a = {_num(opt['a'])} {_ci(opt['ci95']['a'])}<br>b = {_num(opt['b'])} "
-                   f"{_ci(opt['ci95']['b'])}" if "a" in opt else _esc(opt.get("error")))
+        opt_txt = (f"a = {_num(e['a'])} {_ci(ci['a'])}<br>b = {_num(e['b'])} {_ci(ci['b'])}"
+                   if "a" in opt else _esc(opt.get("error")))
         ho = e["heldout"]
         held = "–" if "error" in ho else f"{100 * ho['mean_abs_rel_error']:.2f} %"
+        vp = cc["params"]
         rows.append([
             _esc(p),
-            f"E={_num(vp['E'])} {_ci(ci['E'])}<br>A={_num(vp['A'])}, α={_num(vp['alpha'])} "
-            f"{_ci(ci['alpha'])}<br>B={_num(vp['B'])}, β={_num(vp['beta'])} {_ci(ci['beta'])}",
-            f"E={_num(d['E'])}<br>α={_num(d['alpha'])}, β={_num(d['beta'])}",
-            f"{'agree' if ag['agree'] else '<span class=warn>disagree</span>'}: predictions within "
-            f"{100 * ag['max_rel_diff_on_data']:.2f} %, |Δa| = {_num(ag['a_diff'], 2)}",
+            f"E={_num(law['E'])} {_ci(ci['E'])}<br>A={_num(law['A'])}, α={_num(law['alpha'])} "
+            f"{_ci(ci['alpha'])}<br>B={_num(law['B'])}, β={_num(law['beta'])} "
+            f"{_ci(ci['beta'])}<br><span class='note'>{_esc(e['estimator'])}; bootstrap "
+            f"{e['bootstrap']['ok']}/{e['bootstrap']['requested']}</span>",
+            f"E={_num(vp['E'])}<br>α={_num(vp['alpha'])}, β={_num(vp['beta'])}<br>"
+            f"{'agrees' if cc['agree'] else '<span class=warn>disagrees</span>'}: predictions "
+            f"within {100 * cc['max_rel_diff_on_data']:.2f} %, |Δa| = {_num(cc['a_diff'], 2)}",
             opt_txt, f"{_num(e['k_flops_per_param_example'])}",
             f"{held}<br><span class='note'>{_esc('; '.join(e['warnings']))}</span>"])
-    return _table(["paradigm", "variable projection [95% CI]", "direct fit (Huber)",
-                   "cross-check", "N* ∝ C^a, D* ∝ C^b [95% CI]", "k = C/(N·D)",
-                   "held-out error"], rows)
+    return _table(["paradigm", "L(N, D) [95% CI]", "cross-check: variable projection",
+                   "N* ∝ C^a, D* ∝ C^b [95% CI]", "k = C/(N·D)", "held-out error"], rows)
 
 
 def _inference_html(rows) -> str:
@@ -350,13 +354,16 @@ METHOD = """<p>Every fit is per paradigm. Metrics are fitted in error form e = M
 higher-is-better metrics (prompt following, M = 1; alignment score, M = 100) and e = y otherwise,
 as <code>e(C) = E + A·C<sup>−α</sup></code> against training FLOPs C, minimising a Huber loss on
 log residuals over all finished main-grid runs (every size of the shared ladder, so the curves
-compare paradigms over identical grids). The loss surface
-<code>L(N, D) = E + A/N<sup>α</sup> + B/D<sup>β</sup></code> (N non-embedding parameters, D
-training examples) is fitted by variable projection and cross-checked by a direct fit; its
-compute-optimal allocation uses C = k·N·D with k the median C/(N·D) of the runs. Intervals are
-95% percentile intervals of a bootstrap over runs; resamples the estimator refuses are dropped and
-counted. The held-out check refits without the largest budget and predicts it. Losses are
-compared within a paradigm only. Details: <code>docs/scaling.md</code>.</p>"""
+compare paradigms over identical grids). The loss surface <code>L(N, D) = E + A/N<sup>α</sup> +
+B/D<sup>β</sup></code> (N non-embedding parameters, D training examples) is fitted as Hoffmann et
+al. (2022) and Besiroglu et al. (2024) do: a Huber loss (δ = 10<sup>−3</sup> unless the tables name
+another) on log residuals, minimised by L-BFGS-B from a grid of starts; variable projection (least
+squares on relative residuals) is only its cross-check. Its compute-optimal allocation uses C =
+k·N·D with k the median C/(N·D) of the runs. Intervals are 95% percentile intervals of a bootstrap
+over runs, each resample refitted with the estimator of the point estimate; resamples the estimator
+refuses are dropped and counted. Every table names the estimator behind its numbers. The held-out
+check refits without the largest budget and predicts it. Losses are compared within a paradigm
+only. Details: <code>docs/scaling.md</code>.</p>"""
 
 
 def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) -> str:
@@ -393,22 +400,26 @@ def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) ->
             "Contrastive image–text alignment, 100·max(cos, 0) (CLIP-score convention; higher is "
             f"better), fitted as e = 100 − y; {band}.")),
         ("fits", "Fitted compute laws", "<p class='note'>e(C) = E + A·C<sup>−α</sup> per paradigm "
-         "and metric, in error units (column 'notes' names the transform). Held-out: mean absolute "
-         "relative error when the largest budget is left out of the fit and predicted.</p>"
+         "and metric, in error units (column 'notes' names the transform and the estimator). "
+         "Held-out: mean absolute relative error when the largest budget is left out of the fit "
+         "and predicted.</p>"
          + _table(["metric", "paradigm", "runs", "E [95% CI]", "A", "α [95% CI]",
                    "held-out error", "notes"], _compute_fit_rows(f), left=2)),
         ("loss", "Loss, isoFLOP curves and compute-optimal allocation", fig(
             figures.loss_figure(rows, results.curves, f), "eval_loss",
             "Eval loss during training (thin lines, one per run) and at the end (markers), "
-            "against training FLOPs; black: fitted e(C). Loss units differ between paradigms "
-            "(velocity MSE vs nats per token), so compare within a panel only.")
+            "against training FLOPs; black: fitted e(C) "
+            f"({_esc(f['meta']['estimators']['compute_law'].get('final/eval_loss', ''))}). Loss "
+            "units differ between paradigms (velocity MSE vs nats per token), so compare within "
+            "a panel only.")
             + fig(figures.isoflop_figure(f), "isoflop",
                   "isoFLOP curves: end-of-training loss against model size for each budget, with "
-                  "a parabola in ln N; stars: minima (error bars: 95% bootstrap interval when the "
-                  "budget has enough sizes to resample).")
+                  "a least-squares parabola in ln N; stars: minima (error bars: 95% bootstrap "
+                  "interval when the budget has enough sizes to resample).")
             + fig(figures.frontier_figure(f), "frontier",
                   "Compute-optimal model size N* and training examples D* implied by the fitted "
-                  f"L(N, D) with C = k·N·D ({band}), and the isoFLOP minima (stars).")
+                  f"L(N, D) ({_esc(f['meta']['estimators']['loss_law'])}) with C = k·N·D "
+                  f"({band}), and the isoFLOP minima (stars).")
             + _loss_fit_html(f)),
         ("inference", "Inference cost", fig(
             figures.inference_figure(rows), "inference",
@@ -445,15 +456,17 @@ def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) ->
 
 
 def build_report(workdir: str, budgets: Sequence[float] | None = None, n_bootstrap: int = 1000,
-                 seed: int = 0) -> str:
+                 seed: int = 0, loss_delta: float = LOSS_HUBER_DELTA) -> str:
     """Tabulates, fits and renders a study; returns the path of WORKDIR/report/report.html.
 
-    `budgets`: FLOP budgets to extrapolate to (default 10× and 100× the largest run)."""
+    `budgets`: FLOP budgets to extrapolate to (default 10× and 100× the largest run);
+    `loss_delta`: Huber delta of the fits of losses (L(N, D), eval loss against compute)."""
     results = table.collect(workdir)
     out_dir = os.path.join(workdir, "report")
     os.makedirs(out_dir, exist_ok=True)
     table.write_tables(results, out_dir)
-    f = fitting.fit_study(results.rows, budgets=budgets, n_bootstrap=n_bootstrap, seed=seed)
+    f = fitting.fit_study(results.rows, budgets=budgets, n_bootstrap=n_bootstrap, seed=seed,
+                          loss_delta=loss_delta)
     fitting.write_fits(f, os.path.join(out_dir, "fits.json"))
     atomic_write(os.path.join(out_dir, "findings.md"), findings_markdown(f))
     page = render_html(results, f, _Figures(out_dir), workdir)
@@ -481,12 +494,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(default: 10x and 100x the largest run)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (>= 1)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--delta", type=float, default=LOSS_HUBER_DELTA,
+                        help="Huber delta on log residuals for the fits of losses")
     args = parser.parse_args(argv)
     if args.bootstrap < 1:
         parser.error("--bootstrap must be >= 1")
+    if not (args.delta > 0 and math.isfinite(args.delta)):
+        parser.error("--delta must be a positive number")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        path = build_report(args.workdir, args.budgets, args.bootstrap, args.seed)
+        path = build_report(args.workdir, args.budgets, args.bootstrap, args.seed, args.delta)
     except (FileNotFoundError, table.NoResultsError, FitError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
