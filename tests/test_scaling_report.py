@@ -28,8 +28,13 @@ def built(tmp_path_factory):
 def _chromium(url: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        pytest.fail("chromium is not installed: this test renders report.html in headless "
-                    "Chromium. Install it with `apt-get install -y chromium` (.ci/run does).")
+        # Required where CI says so (.ci/run installs Chromium and sets the variable); skipped on
+        # a machine that has only Python, so the README's test command passes there.
+        message = ("chromium is not installed: this test renders report.html in headless "
+                   "Chromium. Install it with `apt-get install -y chromium` (.ci/run does).")
+        if os.environ.get("IMGSYNTH_REQUIRE_CHROMIUM"):
+            pytest.fail(message)
+        pytest.skip(message)
     cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args, url]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 

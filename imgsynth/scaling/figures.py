@@ -6,8 +6,8 @@ and markers name model sizes throughout, so a reader learns the legend once.
 """
 from __future__ import annotations
 
-import io
 import math
+from io import BytesIO
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,8 +16,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullLocator
 
+from imgsynth import io
 from imgsynth.scaling.fits import PRIMARY_WEIGHTS, main_runs
-from imgsynth.scaling.table import PROMPT_CATEGORIES, atomic_write
+from imgsynth.scaling.table import PROMPT_CATEGORIES
 
 PARADIGM_STYLE = {"flow": ("#1f77b4", "flow matching"), "maskgit": ("#2ca02c", "MaskGIT"),
                   "ar": ("#d62728", "autoregressive")}
@@ -33,9 +34,9 @@ FLOPS_LABEL = "training compute (FLOPs)"
 
 def save_png(fig: Figure, path: str) -> bytes:
     """Writes `fig` as a PNG under a temporary name, renames it to `path`; returns the bytes."""
-    buf = io.BytesIO()
+    buf = BytesIO()
     fig.savefig(buf, format="png")
-    atomic_write(path, buf.getvalue())
+    io.atomic_write(path, buf.getvalue())
     return buf.getvalue()
 
 

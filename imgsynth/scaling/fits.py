@@ -26,7 +26,8 @@ from scipy import optimize
 from imgsynth.scaling import bootstrap as boot
 from imgsynth.scaling import estimators as est
 from imgsynth.scaling import isoflop
-from imgsynth.scaling.table import PROMPT_CATEGORIES, WEIGHTS, atomic_write
+from imgsynth import io
+from imgsynth.scaling.table import PROMPT_CATEGORIES, WEIGHTS
 
 PRIMARY_WEIGHTS = "ema"  # cross-paradigm findings use EMA weights, as evaluated in the paper
 LOSS_COLUMNS = ("final/eval_loss", "raw/eval_loss")
@@ -517,5 +518,5 @@ def jsonable(obj):
 
 def write_fits(fits: dict, path: str) -> str:
     """fits.json: floats at full precision (shortest round-trip repr), non-finite as null."""
-    atomic_write(path, json.dumps(jsonable(fits), indent=1, allow_nan=False))
+    io.atomic_write(path, json.dumps(jsonable(fits), indent=1, allow_nan=False))
     return path

@@ -20,7 +20,7 @@ import numpy as np
 
 from imgsynth.scaling import figures, fits as fitting, table
 from imgsynth.scaling.estimators import LOSS_HUBER_DELTA, FitError
-from imgsynth.scaling.table import atomic_write
+from imgsynth import io
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;max-width:1180px;
@@ -468,10 +468,10 @@ def build_report(workdir: str, budgets: Sequence[float] | None = None, n_bootstr
     f = fitting.fit_study(results.rows, budgets=budgets, n_bootstrap=n_bootstrap, seed=seed,
                           loss_delta=loss_delta)
     fitting.write_fits(f, os.path.join(out_dir, "fits.json"))
-    atomic_write(os.path.join(out_dir, "findings.md"), findings_markdown(f))
+    io.atomic_write(os.path.join(out_dir, "findings.md"), findings_markdown(f))
     page = render_html(results, f, _Figures(out_dir), workdir)
     path = os.path.join(out_dir, "report.html")
-    atomic_write(path, page)
+    io.atomic_write(path, page)
     return path
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import logging
 import math
 import os
 from collections.abc import Iterable, Mapping
+from io import StringIO
 from typing import Any
+
+from imgsynth import io
 
 NAN = float("nan")
 PROMPT_CATEGORIES = ("overall", "single_object", "two_objects", "counting", "colors", "position",
@@ -58,14 +60,6 @@ class Results:
     curves: list[dict[str, Any]]
     columns: list[str]
     warnings: list[str]
-
-
-def atomic_write(path: str, data: str | bytes) -> None:
-    """Writes to a temporary name in the same folder, then renames: no reader sees half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def find_run_dirs(workdir: str) -> list[str]:
@@ -289,7 +283,7 @@ def _format(value: Any) -> str:
 def to_csv(rows: list[dict], columns: Iterable[str]) -> str:
     """CSV text with floats at full precision (repr) and NaN written as 'nan'."""
     columns = list(columns)
-    buf = io.StringIO()
+    buf = StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
@@ -308,6 +302,6 @@ def write_tables(results: Results, out_dir: str) -> tuple[str, str]:
     """Writes results.csv and curves.csv into `out_dir`; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = os.path.join(out_dir, "results.csv"), os.path.join(out_dir, "curves.csv")
-    atomic_write(paths[0], to_csv(results.rows, results.columns))
-    atomic_write(paths[1], to_csv(results.curves, CURVE_COLUMNS))
+    io.atomic_write(paths[0], to_csv(results.rows, results.columns))
+    io.atomic_write(paths[1], to_csv(results.curves, CURVE_COLUMNS))
     return paths
