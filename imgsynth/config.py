@@ -122,7 +122,7 @@ def default_config(name: str, arg: str | None = None) -> ml_collections.ConfigDi
         module = importlib.import_module(f"experiments.{name}")
     except ModuleNotFoundError as e:
         if e.name in ("experiments", f"experiments.{name}"):
-            raise ConfigError(f"unknown experiment {name!r}: no experiments/{name}.py (install the "
+            raise ConfigError(f"unknown paradigm {name!r}: no experiments/{name}.py (install the "
                               "repository checkout with `pip install -e .`)") from None
         raise
     return module.get_config(arg)
