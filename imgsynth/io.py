@@ -6,6 +6,7 @@ process index only when the calling program has imported jax itself.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
@@ -67,23 +68,30 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return json.load(f)
 
 
-def write_dir(directory: str, files: Mapping[str, bytes]) -> None:
-    """Writes `files` into a temporary sibling folder and renames it to `directory`, replacing an
-    older one: readers see the whole folder or none of it."""
+@contextlib.contextmanager
+def staged_dir(directory: str):
+    """Yields a temporary sibling folder to fill; on success it is renamed to `directory`
+    (replacing an older one), on failure removed: readers see the whole folder or none of it."""
     directory = os.path.abspath(directory)
     os.makedirs(os.path.dirname(directory), exist_ok=True)
     tmp = tempfile.mkdtemp(dir=os.path.dirname(directory), prefix=".tmp-")
     os.chmod(tmp, 0o755)   # mkdtemp makes it private; a shared cache is for every user
     try:
-        for name, data in files.items():
-            with open(os.path.join(tmp, name), "wb") as f:
-                f.write(data)
+        yield tmp
         if os.path.isdir(directory):
             shutil.rmtree(directory)
         os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_dir(directory: str, files: Mapping[str, bytes]) -> None:
+    """Writes `files` as one folder, atomically (`staged_dir`)."""
+    with staged_dir(directory) as tmp:
+        for name, data in files.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
 
 
 def _jsonable(x):

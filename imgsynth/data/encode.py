@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 
 import grain
 import jax.numpy as jnp
@@ -55,10 +53,8 @@ def encode(model, info: dict, ae_workdir: str, config_data, *, batch_size: int =
     transform = pipeline.ModelInputs(pipeline.load_tokenizer(config_data), config_data.resolution)
     encode_fn = nnx.jit(lambda m, x: m.encode_latents(x))
     key = "latents" if info["kind"] == "kl" else "tokens"
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=".tmp-")
     counts = {}
-    try:
+    with io.staged_dir(out) as tmp:
         for split in SPLITS:
             source = pipeline.load_split(config_data, split)
             writer = ArrayRecordWriter(os.path.join(tmp, f"{split}.array_record"), "group_size:1")
@@ -82,12 +78,6 @@ def encode(model, info: dict, ae_workdir: str, config_data, *, batch_size: int =
                 "counts": counts, "data": dict(DataSpec.of(config_data).__dict__)}
         with open(os.path.join(tmp, INFO_FILE), "w") as f:
             json.dump(meta, f, indent=2, default=str)
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
