@@ -69,7 +69,8 @@ class LocalLauncher:
                  retry_failed: bool = False, commands: runs_lib.Commands = runs_lib.Commands(),
                  runs: Sequence[grid_lib.Run] | None = None, flops_per_s: float | None = None,
                  out: Callable[[str], None] | None = None, poll_s: float = 0.5,
-                 progress_every_s: float = 30.0, cores: Sequence[int] | None = None):
+                 progress_every_s: float = 30.0, cores: Sequence[int] | None = None,
+                 evaluate: bool = True):
         if parallel < 1:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
         self.grid, self.workdir = grid, os.path.abspath(workdir)
@@ -80,6 +81,7 @@ class LocalLauncher:
         cores = tuple(cores) if cores is not None else available_cores()
         self.threads = max(1, len(cores) // parallel)
         self.slots = core_slots(parallel, cores)
+        self.evaluate = evaluate   # False: train only; a later launch evaluates the done runs
         self.evaluate_available = (commands.evaluate != runs_lib.Commands.evaluate
                                    or importlib.util.find_spec("imgsynth.evaluate") is not None)
         self._stopping = self._killed = False
@@ -140,7 +142,7 @@ class LocalLauncher:
     # ---- what to do ----------------------------------------------------------------------------
     def _wants_eval(self, run: grid_lib.Run) -> bool:
         d = runs_lib.run_dir(self.workdir, run.name)
-        if os.path.exists(os.path.join(d, "eval.json")):
+        if not self.evaluate or os.path.exists(os.path.join(d, "eval.json")):
             return False
         if not self.evaluate_available:
             self.state.update_run(
