@@ -95,14 +95,9 @@ def part_train(args) -> None:
     peak = measured_peak(args.smoke)
     for paradigm in ("flow", "ar"):
         config = model_config(paradigm, args.smoke, 8 if args.smoke else 128)
-        result = backbone_throughput.measure(config, steps=2 if args.smoke else 10, peak=peak)
-        emit("train_mfu", {**result, "attention": _attention(config)})
-
-
-def _attention(config) -> str:
-    from imgsynth.models import transformer
-    from imgsynth.paradigms import base
-    return transformer.attention_implementation(base.backbone_config(config, causal=False))
+        emit("train_mfu", measure_or_xla(
+            "train_mfu", config,
+            lambda c: backbone_throughput.measure(c, steps=2 if args.smoke else 10, peak=peak)))
 
 
 def part_sample(args) -> None:
@@ -111,12 +106,30 @@ def part_sample(args) -> None:
         config = model_config(paradigm, args.smoke, 8)
         if args.smoke and paradigm == "flow":
             config.sampler.steps = 2
-        result = sampling.measure(config, batch=4 if args.smoke else 64, repeats=1)
+        result = measure_or_xla("sampling", config, lambda c: sampling.measure(
+            c, batch=4 if args.smoke else 64, repeats=1))
         emit("sampling", result)
         if "kv_cache_speedup" in result:
             emit("kv_cache", {k: result[k] for k in ("paradigm", "size", "batch", "image_tokens",
                                                      "images_per_s", "uncached_images_per_s",
-                                                     "kv_cache_speedup", "device")})
+                                                     "kv_cache_speedup", "attention", "device")})
+
+
+def measure_or_xla(part: str, config, measure) -> dict:
+    """`measure(config)` with its attention kernel named; if cuDNN's kernel fails (an unsupported
+    shape or cuDNN version), an error line names why and the figure is measured with XLA's."""
+    from imgsynth.models import transformer
+    from imgsynth.paradigms import base
+    kernel = transformer.attention_implementation(base.backbone_config(config, causal=False))
+    try:
+        return {**measure(config), "attention": kernel}
+    except Exception as e:   # noqa: BLE001  (reported, then measured without the fused kernel)
+        if kernel != "cudnn":
+            raise
+        emit(part, {"paradigm": config.paradigm, "attention": kernel,
+                    "error": f"{type(e).__name__}: {e}"[:1000]})
+        config.model.attention = "xla"
+        return {**measure(config), "attention": "xla"}
 
 
 def grid_runs(smoke: bool) -> list[dict]:
