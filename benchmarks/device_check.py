@@ -1,6 +1,6 @@
 """The parts of `device_check.sh`, each ending with one JSON line (`"part": ...`).
 
-    python benchmarks/device_check.py env|train|sample|grid [--smoke] [--workdir=DIR]
+    python benchmarks/device_check.py PART [PART...] [--smoke] [--workdir=DIR]
 
 env     the device, jax/jaxlib/CUDA/cuDNN versions, and the measured bfloat16 matmul peak
 train   training MFU (against that peak) of a ~300M-parameter model, flow and next-token,
@@ -10,9 +10,10 @@ sample  images/s at a batch of 64 and batch-1 latency per paradigm at 256 tokens
 grid    the nine training runs of experiments/grids/gpu_study.py through `python -m launch`,
         on synthetic records (no data, autoencoder or evaluation stages)
 
-`--smoke` runs every part at tiny sizes (64 tokens, a 2-layer model, 2-step grid runs): on a
-CPU in a minute or two, so the script is exercised by the test suite and cannot rot. The parts
-reuse benchmarks/backbone_throughput.py, benchmarks/sampling.py and imgsynth/perf.py.
+`--smoke` runs every part at tiny sizes (size T at 64 tokens, sampling at batch 1, one 2-step
+grid run): on a CPU in a few minutes, so the script is exercised by the test suite and cannot
+rot. The parts reuse benchmarks/backbone_throughput.py, benchmarks/sampling.py and
+imgsynth/perf.py.
 """
 from __future__ import annotations
 
@@ -107,7 +108,7 @@ def part_sample(args) -> None:
         if args.smoke and paradigm == "flow":
             config.sampler.steps = 2
         result = measure_or_xla("sampling", config, lambda c: sampling.measure(
-            c, batch=4 if args.smoke else 64, repeats=1))
+            c, batch=1 if args.smoke else 64, repeats=1))   # smoke: batch 1, one compilation
         emit("sampling", result)
         if "kv_cache_speedup" in result:
             emit("kv_cache", {k: result[k] for k in ("paradigm", "size", "batch", "image_tokens",
@@ -133,20 +134,17 @@ def measure_or_xla(part: str, config, measure) -> dict:
 
 
 def grid_runs(smoke: bool) -> list[dict]:
-    """gpu_study's runs on synthetic records (smoke: one 2-step T run per paradigm)."""
+    """gpu_study's runs on synthetic records (smoke: one 2-step MaskGIT run of size T)."""
     sys.path.insert(0, REPO_ROOT)
     from launch import grid as grid_lib
     from imgsynth import config as config_lib, registry
     synthetic = {"data.name": "synthetic", "data.synthetic_examples": 2048}
     if smoke:
-        runs = []
-        for paradigm in ("flow", "maskgit", "ar"):
-            config = config_lib.default_config(paradigm, "size=T,runlocal")
-            step = registry.paradigm_module(config).model_cost(config).train_flops_per_example
-            runs.append(dict(paradigm=paradigm, size="T", budget=2.5 * step * config.global_batch_size,
-                             runlocal=True, overrides={**synthetic, "data.synthetic_examples": 256,
-                                                       "log_every_steps": 1}))
-        return runs
+        config = config_lib.default_config("maskgit", "size=T,runlocal")
+        step = registry.paradigm_module(config).model_cost(config).train_flops_per_example
+        return [dict(paradigm="maskgit", size="T", budget=2.5 * step * config.global_batch_size,
+                     runlocal=True, overrides={**synthetic, "data.synthetic_examples": 256,
+                                               "log_every_steps": 1})]
     study = grid_lib.load("gpu_study")
     return [dict(paradigm=r.paradigm, size=r.size, budget=r.budget,
                  overrides={**r.overrides, **synthetic}) for r in study.runs]
@@ -212,7 +210,8 @@ def _run_summary(run_dir: str) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=PARTS)
+    parser.add_argument("parts", nargs="+", choices=PARTS, metavar="part",
+                        help=f"one or more of {', '.join(PARTS)}")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for a CPU")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "device_check"))
     parser.add_argument("--grid_budget_s", type=float, default=0.0,
@@ -221,7 +220,8 @@ def main(argv=None) -> int:
     if args.smoke:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    globals()[f"part_{args.part}"](args)
+    for part in args.parts:
+        globals()[f"part_{part}"](args)
     return 0
 
 
