@@ -33,12 +33,23 @@ def main():
     config = config_lib.default_config(args.paradigm, f"size={args.size},"
                                        f"global_batch_size={args.global_batch_size}")
     config.model.dtype = args.dtype
+    result = measure(config, args.steps)
+    for k, v in result.items():
+        print(f"{k:<24} {v:.4g}" if isinstance(v, float) else f"{k:<24} {v}")
+    print(json.dumps(result))
+
+
+def measure(config, steps: int, peak: float | None = None) -> dict:
+    """Times `steps` update steps of `config`'s model (after one compiling step) on one device.
+
+    `peak`: the device's measured matmul FLOP/s in the model's dtype (measured here if None).
+    """
     module = registry.paradigm_module(config)
     cost = module.model_cost(config)
     graphdef, params = nnx.split(module.build(config, nnx.Rngs(0)))
     tx, _ = optim.make(config.optimizer, 1000)
     opt = tx.init(params)
-    batch = _batch(config, args.global_batch_size)
+    batch = _batch(config, config.global_batch_size)
 
     @jax.jit
     def step(params, opt, batch, key):
@@ -54,23 +65,21 @@ def main():
     loss.block_until_ready()
     compile_s = time.perf_counter() - t0
     times = []
-    for i in range(args.steps):
+    for i in range(steps):
         t0 = time.perf_counter()
         params, opt, loss = step(params, opt, batch, jax.random.fold_in(key, i))
         loss.block_until_ready()
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
-    flops_per_step = cost.train_flops_per_example * args.global_batch_size
+    flops_per_step = cost.train_flops_per_example * config.global_batch_size
     achieved = flops_per_step / step_s
-    peak = perf.measure_device_peak(getattr(jnp, args.dtype))
-    result = {"size": args.size, "paradigm": args.paradigm, "global_batch_size": args.global_batch_size,
-              "params_total": cost.params_total, "train_flops_per_step": flops_per_step,
-              "step_time_s": step_s, "compile_s": compile_s, "achieved_flops_per_s": achieved,
-              "peak_flops_per_s": peak, "mfu": achieved / peak, "device": jax.devices()[0].device_kind,
-              "backend": jax.default_backend()}
-    for k, v in result.items():
-        print(f"{k:<24} {v:.4g}" if isinstance(v, float) else f"{k:<24} {v}")
-    print(json.dumps(result))
+    peak = peak or perf.measure_device_peak(getattr(jnp, config.model.dtype))
+    return {"size": config.size, "paradigm": config.paradigm,
+            "global_batch_size": config.global_batch_size, "dtype": config.model.dtype,
+            "params_total": cost.params_total, "train_flops_per_step": flops_per_step,
+            "step_time_s": step_s, "compile_s": compile_s, "achieved_flops_per_s": achieved,
+            "peak_flops_per_s": peak, "mfu": achieved / peak, "loss": float(loss),
+            "device": jax.devices()[0].device_kind, "backend": jax.default_backend()}
 
 
 def _batch(config, n):

@@ -31,7 +31,8 @@ def generator(paradigm: str, args: ml_collections.ConfigDict) -> ml_collections.
     c.grid = ml_collections.ConfigDict({"name": "", "budget": 0.0, "ablation": {}})
 
     c.model = ml_collections.ConfigDict(dict(
-        width=0, depth=0, heads=0, mlp_dim=0, dtype="float32", scan_layers=True, remat=False))
+        width=0, depth=0, heads=0, mlp_dim=0, dtype="float32", scan_layers=True, remat=False,
+        attention="auto"))   # dot_product_attention kernel: auto (cuDNN on GPUs) | xla | cudnn
     c.text = ml_collections.ConfigDict(dict(
         width=0, depth=0, heads=0, mlp_dim=0, vocab_size=512, max_len=16))
     c.data = ml_collections.ConfigDict(dict(

@@ -20,6 +20,8 @@ from flax import nnx
 
 from imgsynth import config as config_lib, io, loop, optim, registry, sharding, stages
 from imgsynth.data import pipeline, sources as sources_lib
+from imgsynth.models import transformer
+from imgsynth.paradigms import base
 
 NonFiniteLoss = loop.NonFiniteLoss
 
@@ -80,6 +82,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the last metrics row."""
     sharding.initialize_distributed()
     plan = registry.plan(config)   # config errors before anything is built or written
+    transformer.check_compute_dtype(base.dtype(config))
     config = stages.pin_autoencoder(config)
     loop.check_config(workdir, resolved(config, plan))
     done = loop.finished(workdir)

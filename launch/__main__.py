@@ -4,6 +4,7 @@
     --status         print the table of runs (status, step/total, last loss, reason)
     --compile_only   compile every run's update step and print its peak memory per device
     --retry_failed   also rerun runs (and evaluations) that failed before
+    --skip_eval      local: train only (a later launch without it evaluates the done runs)
     --runs=REGEX     only the runs whose name matches
 
 See docs/launch.md for the TPU-pod and SLURM options.
@@ -29,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="store_true")
     p.add_argument("--retry_failed", action="store_true")
     p.add_argument("--compile_only", action="store_true")
+    p.add_argument("--skip_eval", action="store_true", help="local: train only")
     p.add_argument("--runs", help="regular expression selecting runs by name")
     p.add_argument("--flops_per_s", type=float, help="achieved training FLOP/s for ETAs "
                    "(default: measured CPU rates for the CPU sizes)")
@@ -104,7 +106,8 @@ def main(argv=None) -> int:
         return 0
     from launch import local
     launcher = local.LocalLauncher(grid, args.workdir, parallel=args.parallel, runs=runs,
-                                   retry_failed=args.retry_failed, flops_per_s=args.flops_per_s)
+                                   retry_failed=args.retry_failed, flops_per_s=args.flops_per_s,
+                                   evaluate=not args.skip_eval)
     try:
         return launcher.run()
     except local.LaunchError as e:

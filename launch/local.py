@@ -68,7 +68,8 @@ class LocalLauncher:
                  retry_failed: bool = False, commands: runs_lib.Commands = runs_lib.Commands(),
                  runs: Sequence[grid_lib.Run] | None = None, flops_per_s: float | None = None,
                  out: Callable[[str], None] | None = None, poll_s: float = 0.5,
-                 progress_every_s: float = 30.0, cores: Sequence[int] | None = None):
+                 progress_every_s: float = 30.0, cores: Sequence[int] | None = None,
+                 evaluate: bool = True):
         if parallel < 1:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
         self.grid, self.workdir = grid, os.path.abspath(workdir)
@@ -79,6 +80,7 @@ class LocalLauncher:
         cores = tuple(cores) if cores is not None else available_cores()
         self.threads = max(1, len(cores) // parallel)
         self.slots = core_slots(parallel, cores)
+        self.evaluate = evaluate   # False: train only; a later launch evaluates the done runs
         self._stopping = self._killed = False
         self._active: list[_Job] = []
         self._finished_estimate = self._finished_elapsed = 0.0
@@ -136,7 +138,7 @@ class LocalLauncher:
     # ---- what to do ----------------------------------------------------------------------------
     def _wants_eval(self, run: grid_lib.Run) -> bool:
         d = runs_lib.run_dir(self.workdir, run.name)
-        if os.path.exists(os.path.join(d, "eval.json")):
+        if not self.evaluate or os.path.exists(os.path.join(d, "eval.json")):
             return False
         return self.retry_failed or self.state.run(run.name).get("eval") != "failed"
 

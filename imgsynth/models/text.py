@@ -7,7 +7,6 @@ replace it without touching any paradigm.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from imgsynth.models.transformer import Transformer, TransformerConfig, init

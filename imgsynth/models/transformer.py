@@ -5,6 +5,11 @@ cross-attention to a conditioning sequence (the caption), an MLP, and optional a
 from a conditioning vector (the diffusion timestep). Blocks are stacked with `nnx.vmap` and run with
 `nnx.scan` so compile time does not grow with depth. Paradigm-specific input/output heads live in
 `imgsynth/paradigms/`, not here.
+
+Precision (the mixed-precision recipe of AMP and most JAX trainers): parameters are float32 always;
+every matmul runs in `dtype` (bfloat16 on accelerators); the residual stream, layer norms,
+adaLN modulation and softmax stay float32. Attention is `jax.nn.dot_product_attention`: cuDNN's
+fused flash kernel on Ampere-or-newer GPUs, XLA elsewhere (`attention`).
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ from flax import nnx
 from imgsynth.sharding import constrain
 
 Cache = dict[str, jax.Array]
+ATTENTION_CHOICES = ("auto", "xla", "cudnn")
+PARAM_DTYPE = jnp.float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +39,13 @@ class TransformerConfig:
     cond_dim: int = 0         # 0: no adaLN modulation
     scan_layers: bool = True  # False unrolls (XLA cost analysis counts a scan body once)
     remat: bool = False
-    dtype: Any = jnp.float32
+    dtype: Any = jnp.float32    # compute dtype of matmuls; parameters are always float32
     norm_eps: float = 1e-6
+    attention: str = "auto"     # "auto" | "xla" | "cudnn": the dot_product_attention kernel
+
+    def __post_init__(self):
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"model.attention={self.attention!r}; choose one of {ATTENTION_CHOICES}")
 
     @property
     def head_dim(self) -> int:
@@ -50,13 +62,15 @@ def init(names, base=nnx.initializers.xavier_uniform()):
 
 def dense(fan_in: int, fan_out: int, names, *, rngs: nnx.Rngs, dtype, zero=False) -> nnx.Linear:
     kernel = nnx.initializers.zeros_init() if zero else nnx.initializers.xavier_uniform()
-    return nnx.Linear(fan_in, fan_out, dtype=dtype, rngs=rngs,
+    return nnx.Linear(fan_in, fan_out, dtype=dtype, param_dtype=PARAM_DTYPE, rngs=rngs,
                       kernel_init=init(names, kernel),
                       bias_init=init((names[1],), nnx.initializers.zeros_init()))
 
 
 def layer_norm(width: int, *, affine: bool, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """Normalisation is float32 whatever the compute dtype (its statistics lose most in bf16)."""
     return nnx.LayerNorm(width, epsilon=eps, use_scale=affine, use_bias=affine, rngs=rngs,
+                         dtype=jnp.float32, param_dtype=PARAM_DTYPE,
                          scale_init=init(("act_embed",), nnx.initializers.ones_init()),
                          bias_init=init(("act_embed",), nnx.initializers.zeros_init()))
 
@@ -79,6 +93,60 @@ def sincos_1d(positions: jax.Array, dim: int, max_period: float = 10000.0) -> ja
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
+def native_bfloat16(device) -> bool:
+    """Whether `device` multiplies bfloat16 natively.
+
+    TPUs, CUDA GPUs of compute capability 8.0 or newer (Ampere on) and ROCm GPUs do. On older CUDA
+    GPUs (V100, T4) XLA would emulate bfloat16 in float32: slower than float32 and not the
+    computation asked for. The CPU counts as supporting it: XLA computes bfloat16 there (slowly,
+    often through float32), which is what tests and `--compile_only` of an accelerator config need.
+    """
+    if device.platform in ("cpu", "tpu"):
+        return True
+    if device.platform != "gpu":
+        return False
+    return _rocm(device) or _compute_capability(device) >= (8, 0)
+
+
+def _rocm(device) -> bool:
+    return "rocm" in str(getattr(device.client, "platform_version", "")).lower()
+
+
+def _compute_capability(device) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in str(getattr(device, "compute_capability", "")).split("."))
+    except ValueError:
+        return (0,)
+
+
+def check_compute_dtype(dtype, device=None) -> None:
+    """A one-line error when bfloat16 compute is asked of a device without native bfloat16."""
+    device = device or jax.devices()[0]
+    if jnp.dtype(dtype) == jnp.bfloat16 and not native_bfloat16(device):
+        cc = getattr(device, "compute_capability", None)
+        raise ValueError(
+            f"model.dtype=bfloat16 needs native bfloat16 matmuls, which this {device.platform} "
+            f"device ({device.device_kind}{f', compute capability {cc}' if cc else ''}) lacks "
+            "(CUDA GPUs have them from compute capability 8.0, Ampere); use model.dtype=float32")
+
+
+def attention_implementation(cfg: TransformerConfig, device=None) -> str:
+    """The `jax.nn.dot_product_attention` kernel for `cfg.attention`.
+
+    "auto" takes cuDNN's fused flash attention where it applies — a CUDA GPU of compute capability
+    8.0 or newer, bfloat16/float16 compute, a head dimension that is a multiple of 8 and at most
+    128 — and XLA (the same two matmuls around a float32 softmax) everywhere else.
+    """
+    if cfg.attention != "auto":
+        return cfg.attention
+    device = device or jax.devices()[0]
+    ampere_cuda = (device.platform == "gpu" and not _rocm(device)
+                   and _compute_capability(device) >= (8, 0))
+    fits = (jnp.dtype(cfg.dtype) in (jnp.bfloat16, jnp.float16) and cfg.head_dim % 8 == 0
+            and cfg.head_dim <= 128)
+    return "cudnn" if ampere_cuda and fits else "xla"
+
+
 class Attention(nnx.Module):
     """Multi-head attention; keys/values may come from another sequence of width `kv_width`."""
 
@@ -87,29 +155,31 @@ class Attention(nnx.Module):
 
         def proj(fan_in):
             return nnx.Einsum("BTD,DHK->BTHK", (fan_in, heads, head_dim), (heads, head_dim),
-                              dtype=dtype, rngs=rngs,
+                              dtype=dtype, param_dtype=PARAM_DTYPE, rngs=rngs,
                               kernel_init=init(("embed", "heads", "kv")),
                               bias_init=init(("heads", "kv"), nnx.initializers.zeros_init()))
 
         self.q, self.k, self.v = proj(width), proj(kv_width), proj(kv_width)
         self.o = nnx.Einsum("BTHK,HKD->BTD", (heads, head_dim, width), (width,), dtype=dtype,
-                            rngs=rngs, kernel_init=init(("heads", "kv", "embed")),
+                            param_dtype=PARAM_DTYPE, rngs=rngs,
+                            kernel_init=init(("heads", "kv", "embed")),
                             bias_init=init(("embed",), nnx.initializers.zeros_init()))
 
     def kv(self, x_BSD: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.k(x_BSD), self.v(x_BSD)
 
-    def attend(self, x_BTD, k_BSHK, v_BSHK, mask) -> jax.Array:
-        """`mask` broadcasts to [B, H, T, S]; True where a query may attend to a key."""
-        q_BTHK = self.q(x_BTD)
-        scale = q_BTHK.shape[-1] ** -0.5
-        logits = jnp.einsum("BTHK,BSHK->BHTS", q_BTHK, k_BSHK).astype(jnp.float32) * scale
-        if mask is not None:
-            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1).astype(v_BSHK.dtype)
-        out_BTHK = constrain(jnp.einsum("BHTS,BSHK->BTHK", probs, v_BSHK),
-                             "batch", "seq", "act_heads", None)
-        return self.o(out_BTHK)
+    def attend(self, x_BTD, k_BSHK, v_BSHK, implementation: str, *, causal: bool = False,
+               lengths_B=None, mask=None) -> jax.Array:
+        """Queries from `x_BTD` attend to keys `k_BSHK` (logits and softmax in float32).
+
+        `causal`: query t sees keys ≤ t (T = S); `lengths_B`: only the first `lengths_B[b]` keys
+        of example b are valid (padding); `mask` (broadcasts to [B, H, T, S], True = visible):
+        any other pattern (the KV cache's), which cuDNN would take as a dense bias.
+        """
+        out_BTHK = jax.nn.dot_product_attention(
+            self.q(x_BTD), k_BSHK, v_BSHK, mask=mask, is_causal=causal,
+            key_value_seq_lengths=lengths_B, implementation=implementation)
+        return self.o(constrain(out_BTHK, "batch", "seq", "act_heads", None))
 
 
 class Block(nnx.Module):
@@ -129,11 +199,13 @@ class Block(nnx.Module):
                                     zero=True)
         self.cfg = cfg
 
-    def __call__(self, x_BTD, cond_BC, ctx_BSD, ctx_mask, self_mask, cache: Cache, index):
+    def __call__(self, x_BTD, cond_BC, ctx_BSD, ctx_lengths_B, self_attn: dict, cache: Cache,
+                 index, implementation: str):
+        """One block on the float32 residual stream `x_BTD`; `self_attn` holds `attend`'s masking."""
         cfg = self.cfg
         if cfg.cond_dim:
-            mods = jnp.split(self.modulation(jax.nn.silu(cond_BC))[:, None, :], 6, axis=-1)
-            shift1, scale1, gate1, shift2, scale2, gate2 = mods
+            mods = self.modulation(jax.nn.silu(cond_BC)).astype(jnp.float32)
+            shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mods[:, None, :], 6, axis=-1)
         else:
             shift1 = scale1 = shift2 = scale2 = 0.0
             gate1 = gate2 = 1.0
@@ -144,14 +216,15 @@ class Block(nnx.Module):
             k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, 1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, 1)
             cache = {**cache, "k": k, "v": v}
-        x_BTD = x_BTD + gate1 * self.attn.attend(h, k, v, self_mask)
+        x_BTD = x_BTD + gate1 * self.attn.attend(h, k, v, implementation, **self_attn)
 
         if cfg.ctx_width:
             if cache and "ck" in cache:
                 ck, cv = cache["ck"], cache["cv"]
             else:
                 ck, cv = self.cross.kv(ctx_BSD)
-            x_BTD = x_BTD + self.cross.attend(self.norm_ctx(x_BTD), ck, cv, ctx_mask)
+            x_BTD = x_BTD + self.cross.attend(self.norm_ctx(x_BTD), ck, cv, implementation,
+                                              lengths_B=ctx_lengths_B)
 
         h = self.norm2(x_BTD) * (1 + scale2) + shift2
         h = constrain(jax.nn.gelu(self.mlp_in(h)), "batch", "seq", "act_mlp")
@@ -163,6 +236,7 @@ class Transformer(nnx.Module):
     """A stack of blocks plus the final norm (adaLN-modulated when conditioned)."""
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        check_compute_dtype(cfg.dtype)
         self.cfg = cfg
         if cfg.scan_layers:
             @nnx.split_rngs(splits=cfg.depth)
@@ -201,25 +275,30 @@ class Transformer(nnx.Module):
                  cache: Cache | None = None, index=0):
         """Runs the stack. With `cache`, `x_BTD` is the chunk at positions [index, index + T).
 
-        `mask_BT` hides padding keys from self-attention (the caption encoder's padded captions).
+        `mask_BT` hides padding keys from self-attention (the caption encoder's padded captions),
+        `ctx_mask_BS` the caption's padding from cross-attention. Padding masks are prefixes (True
+        on the first n tokens, as every tokenizer here writes them): they reach the attention
+        kernel as per-example lengths, the form cuDNN's fused kernel takes. Returns the final
+        normalised states in float32 and the updated cache.
         """
         cfg = self.cfg
         T = x_BTD.shape[1]
         if cache is None:
             cache = {}
-            self_mask = jnp.tril(jnp.ones((T, T), bool)) if cfg.causal else None
-            if mask_BT is not None:
-                pad = mask_BT[:, None, None, :]
-                self_mask = pad if self_mask is None else self_mask & pad
+            self_attn = {"causal": cfg.causal, "lengths_B": _lengths(mask_BT)}
+            implementation = attention_implementation(cfg)
         else:  # keys beyond the written prefix (and the future, if causal) are hidden
             key_pos = jnp.arange(cache["k"].shape[2])
             query_pos = index + jnp.arange(T)
-            self_mask = key_pos[None, :] <= (query_pos[:, None] if cfg.causal else index + T - 1)
-        ctx_mask = None if ctx_mask_BS is None else ctx_mask_BS[:, None, None, :]
-        x_BTD = constrain(x_BTD.astype(cfg.dtype), "batch", "seq", "act_embed")
+            visible = key_pos[None, :] <= (query_pos[:, None] if cfg.causal else index + T - 1)
+            self_attn = {"mask": visible[None, None]}
+            implementation = "xla"   # decoding a token is memory-bound; no fused kernel needed
+        ctx_lengths_B = _lengths(ctx_mask_BS)
+        x_BTD = constrain(x_BTD.astype(jnp.float32), "batch", "seq", "act_embed")
 
         def body(block, x, layer_cache):
-            return block(x, cond_BC, ctx_BSD, ctx_mask, self_mask, layer_cache, index)
+            return block(x, cond_BC, ctx_BSD, ctx_lengths_B, self_attn, layer_cache, index,
+                         implementation)
 
         if cfg.remat:
             body = nnx.remat(body)
@@ -236,6 +315,12 @@ class Transformer(nnx.Module):
 
         h = self.final_norm(x_BTD)
         if cfg.cond_dim:
-            shift, scale = jnp.split(self.final_modulation(jax.nn.silu(cond_BC))[:, None], 2, -1)
+            mods = self.final_modulation(jax.nn.silu(cond_BC)).astype(jnp.float32)
+            shift, scale = jnp.split(mods[:, None], 2, -1)
             h = h * (1 + scale) + shift
         return h, cache
+
+
+def _lengths(mask_BS):
+    """Valid lengths [B] (int32) of prefix padding masks; None for no mask."""
+    return None if mask_BS is None else jnp.sum(mask_BS, axis=-1, dtype=jnp.int32)

@@ -50,6 +50,12 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def dtype(config: ml_collections.ConfigDict):
+    """The compute dtype of matmuls (`model.dtype`); parameters, optimizer state, the EMA, norms,
+    softmax and losses stay float32 whatever it is (see `models/transformer.py`).
+
+    Touches no device: the launcher calls it through `model_cost`. Whether the device can compute
+    in it is checked when a model is built (`transformer.check_compute_dtype`).
+    """
     if config.model.dtype not in DTYPES:
         raise ValueError(f"model.dtype={config.model.dtype!r}; choose one of {list(DTYPES)}")
     return DTYPES[config.model.dtype]
@@ -68,13 +74,14 @@ def backbone_config(config, *, causal: bool, cond_dim: int = 0) -> TransformerCo
     return TransformerConfig(
         width=m.width, depth=m.depth, heads=m.heads, mlp_dim=m.mlp_dim, causal=causal,
         ctx_width=config.text.width, cond_dim=cond_dim, scan_layers=m.scan_layers,
-        remat=m.remat, dtype=dtype(config))
+        remat=m.remat, dtype=dtype(config), attention=m.attention)
 
 
 def text_config(config) -> TransformerConfig:
     t, m = config.text, config.model
     return TransformerConfig(width=t.width, depth=t.depth, heads=t.heads, mlp_dim=t.mlp_dim,
-                             scan_layers=m.scan_layers, remat=m.remat, dtype=dtype(config))
+                             scan_layers=m.scan_layers, remat=m.remat, dtype=dtype(config),
+                             attention=m.attention)
 
 
 def build_text_encoder(config, rngs: nnx.Rngs) -> TextEncoder:

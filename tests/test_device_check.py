@@ -1,0 +1,42 @@
+"""benchmarks/device_check.sh --smoke end to end: every part runs and ends with its JSON line."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_device_check_smoke_runs_every_part(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable,   # one CPU device per part, as on a GPU host
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(
+               "--xla_force_host_platform_device_count=8", ""),
+           # the suite's compilation cache (conftest.py): a second run compiles next to nothing
+           "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    proc = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "device_check.sh"), "--smoke",
+                           f"--workdir={tmp_path}"], env=env, capture_output=True, text=True,
+                          timeout=900)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
+    assert not [r for r in lines if "error" in r], lines
+    by_part = {}
+    for r in lines:
+        by_part.setdefault(r["part"], []).append(r)
+    assert by_part["env"][0]["jax"] and by_part["env"][0]["backend"] == "cpu"
+    assert by_part["peak"][0]["peak_flops_per_s"] > 0
+    assert [r["paradigm"] for r in by_part["train_mfu"]] == ["flow", "ar"]
+    for r in by_part["train_mfu"]:
+        assert r["dtype"] == "bfloat16" and 0 < r["mfu"] and math.isfinite(r["loss"])
+    assert [r["paradigm"] for r in by_part["sampling"]] == ["flow", "maskgit", "ar"]
+    assert all(r["images_per_s"] > 0 and r["latency_s"] > 0 for r in by_part["sampling"])
+    assert by_part["kv_cache"][0]["kv_cache_speedup"] > 0
+    study = by_part["gpu_study"][0]
+    assert study["launcher_rc"] == 0 and study["runs"] == study["done"] == 1
+    assert all(r["step"] == 2 and r["mfu"] is not None for r in study["per_run"])
