@@ -139,11 +139,14 @@ def _configs(kinds, config_arg: str, overrides: list[str]) -> dict:
 
 
 def load_or_train_judge(data) -> judge_lib.Judge:
-    """The dataset's judge as the suite caches it, trained once (default settings) if missing."""
+    """The dataset's judge as the suite caches it, trained once (default settings) if missing;
+    waits under the suite's lock while another process trains it."""
+    from imgsynth import stages
     directory = judge_lib.judge_dir(data.data_dir, data.builder_config)
-    if not os.path.isfile(os.path.join(directory, judge_lib.INFO_FILE)):
-        from imgsynth.metrics import train_judge
-        train_judge.train_judge(data.data_dir, data.builder_config, log=print)
+    with stages._lock(directory):
+        if not os.path.isfile(os.path.join(directory, judge_lib.INFO_FILE)):
+            from imgsynth.metrics import train_judge
+            train_judge.train_judge(data.data_dir, data.builder_config, log=print)
     return judge_lib.load_judge(data.data_dir, data.builder_config)
 
 
@@ -186,10 +189,10 @@ def main() -> None:
     train_images = load_images(data, "train", args.num_train)
     val_images = load_images(data, "validation", args.num_validation).astype(np.float32) / 127.5 - 1
     test = _data.read_split(data.data_dir, data.builder_config, "test", limit=args.num_test)
-    judge = load_or_train_judge(data)
     print(f"data: {len(train_images)} train / {len(val_images)} validation / {len(test.images)} "
           f"test images of {data.data_dir} ({data.builder_config}) "
-          f"({time.perf_counter() - t0:.0f}s); judge ceiling {judge.ceiling}", flush=True)
+          f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    judge = None   # loaded after the first training: it may still be training elsewhere
 
     rows, result = [], {}
     for kind in kinds:
@@ -198,6 +201,7 @@ def main() -> None:
               f"lr {config.optimizer.lr}", flush=True)
         model, stats = train(config, train_images, args.minutes)
         metrics = train_autoencoder.evaluate(model, val_images)
+        judge = judge or load_or_train_judge(data)
         metrics.update(judge_ceilings(model, judge, test))
         attrs = metrics["autoencoder_attributes"]
         print(f"[{kind}] judge on reconstructions {metrics['autoencoder_prompt_following']:.4f}, "

@@ -62,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.runlocal:
         c.autoencoder.channels = 8
         c.autoencoder.lfq_bits = 6
+        c.autoencoder.fsq_levels = (4, 4, 4)
         c.data.builder_config = f"r{arg.resolution}_tiny"
         c.global_batch_size = arg.global_batch_size or 8
         c.total_steps = arg.steps or 10

@@ -149,6 +149,8 @@ def default_config(paradigm: str, arg: str | None = None, **arg_defaults) -> ml_
     c.autoencoder = ml_collections.ConfigDict(dict(
         workdir="",          # a trained autoencoder; "" trains one into cache_dir when missing
         kind="kl", downsample=4, latent_channels=4, lfq_bits=10,
+        fsq_levels=(8, 5, 5, 5),   # kind="fsq": levels per code channel
+        factors=1,           # token paradigms: factors a token splits into (embeddings, heads)
         train_steps=0))      # > 0 overrides experiments/autoencoder.py's training length
     c.instruments = ml_collections.ConfigDict(dict(judge_steps=0, alignment_steps=0))
     c.cache_dir = "~/.cache/imgsynth"   # shared data/autoencoders for runlocal and grids

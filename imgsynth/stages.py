@@ -63,6 +63,7 @@ def autoencoder_config(config) -> ml_collections.ConfigDict:
     arg = f"kind={a.kind},downsample={a.downsample},resolution={config.data.resolution}"
     ae = experiment("autoencoder").get_config(arg + (",runlocal" if config.get("runlocal") else ""))
     ae.autoencoder.latent_channels, ae.autoencoder.lfq_bits = a.latent_channels, a.lfq_bits
+    ae.autoencoder.fsq_levels = tuple(a.get("fsq_levels", ae.autoencoder.fsq_levels))
     ae.data = data_config(config)
     ae.cache_dir = config.cache_dir
     if a.get("train_steps", 0):
@@ -182,6 +183,9 @@ def generator_data(config):
     from imgsynth.data import encode
     path = encoded(config)   # also checks that the autoencoder is trained and loads
     info = train_autoencoder.load_info(autoencoder_dir(config), kind=config.autoencoder.kind)
+    if info.get("codebook_size"):   # tokens of another codebook than the config's are refused
+        from imgsynth.paradigms import token_model
+        token_model.check_tokenizer(config, info)
     return tuple(encode.load_encoded(path, split, autoencoder_hash=info["hash"])
                  for split in ("train", "validation"))
 
@@ -208,9 +212,10 @@ class Instruments:
 
     def autoencoder_ceilings(self, n: int) -> dict:
         """The judge on autoencoder reconstructions of real test images: the best a generator in
-        this latent space can score. Computed once per (autoencoder, dataset) and cached."""
-        from imgsynth.metrics import _data, frechet, prompt_following
-        path = os.path.join(self.autoencoder_dir, f"ceilings-{self.builder_config}-{n}.json")
+        this latent space can score, with per-attribute accuracy. Computed once per (autoencoder,
+        dataset) and cached."""
+        from imgsynth.metrics import _data, prompt_following
+        path = os.path.join(self.autoencoder_dir, f"ceilings-v2-{self.builder_config}-{n}.json")
         if os.path.isfile(path):
             with open(path) as f:
                 return json.load(f)
@@ -218,14 +223,9 @@ class Instruments:
         real = _data.read_split(self.data_dir, self.builder_config, "test", limit=n)
         roundtrip = jax.jit(lambda x: self.decode(self.autoencoder.encode_latents(x)))
         recon = np.concatenate([
-            np.clip(np.rint((np.asarray(roundtrip(real.images[i:i + 256] / 127.5 - 1.0)) + 1)
-                            * 127.5), 0, 255).astype(np.uint8)
+            prompt_following.to_uint8(roundtrip(real.images[i:i + 256] / 127.5 - 1.0))
             for i in range(0, len(real.images), 256)])
-        pf = prompt_following.prompt_following(self.judge.read_scenes(recon), real.captions,
-                                               real.categories)
-        out = {"autoencoder_prompt_following": pf["accuracy"],
-               "autoencoder_fd_judge": frechet.fd(self.judge.features(recon),
-                                                  self.judge.features(real.images))}
+        out = prompt_following.reconstruction_ceilings(self.judge, real, recon)
         from imgsynth import workdir as wd
         wd.write_json(path, out)
         return out

@@ -43,6 +43,11 @@ RECON_LOSSES = ("l1", "l2")
 FULL_ENTROPY_MAX_BITS = 12
 MAX_LFQ_BITS = 30  # indices are int32
 MAX_CODEBOOK_SIZE = 2 ** 30
+# The discrete tokenizer the token paradigms use by default, and the factors a token splits into
+# for their embeddings and heads (measured in docs/autoencoders.md).
+DEFAULT_DISCRETE = "lfq"
+DEFAULT_FSQ_LEVELS = (8, 5, 5, 5)
+DEFAULT_FACTORS = 1
 
 
 class LatentScale(nnx.Variable):
@@ -376,7 +381,7 @@ class Autoencoder(nnx.Module):
     def __init__(self, *, kind: str, downsample: int, patch_size: int, channels: int,
                  channel_mult: tuple[int, ...], num_res_blocks: int, latent_channels: int,
                  lfq_bits: int, kl_weight: float, entropy_weight: float, commit_weight: float,
-                 lfq_temperature: float, recon_loss: str, fsq_levels: tuple[int, ...] = (8, 5, 5, 5),
+                 lfq_temperature: float, recon_loss: str, fsq_levels: tuple[int, ...] = DEFAULT_FSQ_LEVELS,
                  entropy_groups: int = 0, image_channels: int = 3, rngs: nnx.Rngs):
         _validate(kind=kind, downsample=downsample, patch_size=patch_size, channels=channels,
                   channel_mult=channel_mult, num_res_blocks=num_res_blocks, lfq_bits=lfq_bits,
@@ -588,7 +593,7 @@ _CONFIG_KEYS = ("kind", "downsample", "channels", "channel_mult", "num_res_block
                 "latent_channels", "lfq_bits", "kl_weight", "entropy_weight", "commit_weight",
                 "lfq_temperature", "recon_loss")
 # Keys added later: autoencoders saved before them load with these values.
-_OPTIONAL_KEYS = {"fsq_levels": (8, 5, 5, 5), "entropy_groups": 0}
+_OPTIONAL_KEYS = {"fsq_levels": DEFAULT_FSQ_LEVELS, "entropy_groups": 0}
 
 
 def build_autoencoder(config_ae: Mapping[str, Any], rngs: nnx.Rngs) -> Autoencoder:
