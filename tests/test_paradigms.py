@@ -174,10 +174,10 @@ def test_factorised_loss_and_draw_are_the_flat_ones_of_the_product_distribution(
     assert token.shape == (3, 5) and int(token.max()) < 64
     np.testing.assert_allclose(logp, jnp.take_along_axis(flat, token[..., None], -1)[..., 0], atol=1e-5)
     # Per-factor transforms (temperature, top-k) apply to each factor: top-1 gives the argmaxes.
-    greedy, _ = token_model.draw(logits, jax.random.key(3), sizes,
+    greedy, _ = token_model.draw(logits[:, 0], jax.random.key(3), sizes,     # [B, Σ V_j] as in ar
                                  lambda l: ar.filter_logits(l, 1, 1.0))
     np.testing.assert_array_equal(
-        greedy, ae.factors_to_indices(jnp.stack([p.argmax(-1) for p in parts], -1), sizes))
+        greedy, ae.factors_to_indices(jnp.stack([p[:, 0].argmax(-1) for p in parts], -1), sizes))
 
 
 @pytest.mark.parametrize("paradigm", ["maskgit", "ar"])
