@@ -8,11 +8,8 @@ The defaults are the hyper-parameters measured in docs/autoencoders.md.
 import ml_collections
 
 from imgsynth.config import parse_arg
-from imgsynth.models.autoencoder import KINDS
-
-# The discrete kind the token paradigms use unless a config says otherwise: the one whose
-# reconstructions the judge reads (almost) as well as the KL autoencoder's (docs/autoencoders.md).
-DEFAULT_DISCRETE = "lfq"
+# DEFAULT_DISCRETE: the discrete kind the token paradigms use unless a config says otherwise.
+from imgsynth.models.autoencoder import DEFAULT_DISCRETE, DEFAULT_FSQ_LEVELS, KINDS  # noqa: F401
 
 # Channel multipliers, one per resolution level of the trunk (log2(downsample / patch_size) + 1).
 CHANNEL_MULT = {2: (1,), 4: (1, 2), 8: (1, 2, 2), 16: (1, 2, 2, 4)}
@@ -42,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         commit_weight=0.25,       # LFQ
         lfq_temperature=0.01,     # LFQ: T of softmax(−‖z − c‖² / T) in the entropy terms
         entropy_groups=0,         # LFQ: codebook entropy over groups of ≤ 12 bits (0: fewest)
-        fsq_levels=(8, 5, 5, 5),  # FSQ: levels per code channel, 8·5·5·5 = 1000 codes
+        fsq_levels=DEFAULT_FSQ_LEVELS,  # FSQ: levels per code channel (8·5·5·5 = 1000 codes)
         recon_loss="l2",          # L2 is what PSNR measures
     ))
     c.data = ml_collections.ConfigDict(dict(
