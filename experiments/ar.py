@@ -5,7 +5,7 @@ from experiments import common
 def get_config(arg=None):
     args = common.parse(arg)
     c = common.generator("ar", args)
-    c.autoencoder.kind = "lfq"
+    common.tokens(c)
     c.sampler.steps = 0          # one step per token; not a free parameter
     c.sampler.guidance = 2.0
     c.sampler.temperature = 1.0

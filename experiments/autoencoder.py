@@ -1,12 +1,14 @@
-"""Autoencoder config: `experiments/autoencoder.py:kind=kl` or `:kind=lfq` (add `,runlocal` to shrink).
+"""Autoencoder config: `experiments/autoencoder.py:kind=kl`, `:kind=lfq` or `:kind=fsq` (add
+`,runlocal` to shrink).
 
-Both kinds share the trunk and the downsampling factor, so diffusion (KL latents) and the token
-paradigms (LFQ indices) see the same number of image tokens: at 32 px and f = 4, 8×8 = 64.
+All kinds share the trunk and the downsampling factor, so diffusion (KL latents) and the token
+paradigms (LFQ or FSQ indices) see the same number of image tokens: at 32 px and f = 4, 8×8 = 64.
 The defaults are the hyper-parameters measured in docs/autoencoders.md.
 """
 import ml_collections
 
 from imgsynth.config import parse_arg
+from imgsynth.models.autoencoder import DEFAULT_FSQ_LEVELS, KINDS
 
 # Channel multipliers, one per resolution level of the trunk (log2(downsample / patch_size) + 1).
 CHANNEL_MULT = {2: (1,), 4: (1, 2), 8: (1, 2, 2), 16: (1, 2, 2, 4)}
@@ -15,8 +17,8 @@ CHANNEL_MULT = {2: (1,), 4: (1, 2), 8: (1, 2, 2), 16: (1, 2, 2, 4)}
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = parse_arg(arg, kind="kl", downsample=4, resolution=32, steps=0, seed=0,
                     global_batch_size=0, runlocal=False)
-    if arg.kind not in ("kl", "lfq"):
-        raise ValueError(f"kind must be 'kl' or 'lfq', got {arg.kind!r}")
+    if arg.kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {arg.kind!r}")
     if arg.downsample not in CHANNEL_MULT:
         raise ValueError(f"downsample must be one of {sorted(CHANNEL_MULT)}, got {arg.downsample}")
     c = ml_collections.ConfigDict()
@@ -35,6 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         entropy_weight=0.1,       # LFQ: weight of (per-sample − codebook) entropy
         commit_weight=0.25,       # LFQ
         lfq_temperature=0.01,     # LFQ: T of softmax(−‖z − c‖² / T) in the entropy terms
+        entropy_groups=0,         # LFQ: codebook entropy over groups of ≤ 12 bits (0: fewest)
+        fsq_levels=DEFAULT_FSQ_LEVELS,  # FSQ: levels per code channel (8·5·5·5 = 1000 codes)
         recon_loss="l2",          # L2 is what PSNR measures
     ))
     c.data = ml_collections.ConfigDict(dict(
@@ -54,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.runlocal:
         c.autoencoder.channels = 8
         c.autoencoder.lfq_bits = 6
+        c.autoencoder.fsq_levels = (4, 4, 4)
         c.data.builder_config = f"r{arg.resolution}_tiny"
         c.global_batch_size = arg.global_batch_size or 8
         c.total_steps = arg.steps or 10

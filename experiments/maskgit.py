@@ -5,7 +5,7 @@ from experiments import common
 def get_config(arg=None):
     args = common.parse(arg)
     c = common.generator("maskgit", args)
-    c.autoencoder.kind = "lfq"
+    common.tokens(c)
     c.sampler.steps = 12
     c.sampler.guidance = 2.0
     c.sampler.temperature = 1.0          # token sampling temperature

@@ -22,6 +22,7 @@ from imgsynth.data import build, encode, sources
 from imgsynth.metrics import alignment as alignment_lib, instruments as instruments_lib
 from imgsynth.metrics import judge as judge_lib, train_alignment, train_judge
 from imgsynth.models import autoencoder_files
+from imgsynth.paradigms import token_model
 
 
 # ---- Paths ------------------------------------------------------------------------------------
@@ -47,6 +48,7 @@ def autoencoder_config(config) -> ml_collections.ConfigDict:
     arg = f"kind={a.kind},downsample={a.downsample},resolution={config.data.resolution}"
     ae = autoencoder_experiment.get_config(arg + (",runlocal" if config.get("runlocal") else ""))
     ae.autoencoder.latent_channels, ae.autoencoder.lfq_bits = a.latent_channels, a.lfq_bits
+    ae.autoencoder.fsq_levels = tuple(a.get("fsq_levels", ae.autoencoder.fsq_levels))
     ae.data = data_config(config)
     ae.cache_dir = config.cache_dir
     if a.get("train_steps", 0):
@@ -160,6 +162,8 @@ def generator_sources(config):
     """(train, eval) sources of the encoded records the run trains on (built when missing)."""
     path = encoded(config)   # also checks that the autoencoder is trained and loads
     info = autoencoder_files.load_info(autoencoder_dir(config), kind=config.autoencoder.kind)
+    if info.get("codebook_size"):   # tokens of another codebook than the config's are refused
+        token_model.check_tokenizer(config, info)
     return sources.encoded(path, info["hash"])
 
 

@@ -87,7 +87,7 @@ def _finish(config, model: ae_lib.Autoencoder, workdir: str) -> dict:
 
 
 def evaluate(model: ae_lib.Autoencoder, images: np.ndarray, batch: int = 256) -> dict:
-    """PSNR and MSE of reconstructions; KL (KL) or code usage and perplexity (LFQ)."""
+    """PSNR and MSE of reconstructions; KL (KL) or code usage and perplexity (LFQ, FSQ)."""
     encode = nnx.jit(lambda m, x: m.encode(x))
     decode = nnx.jit(lambda m, z: m.decode(z))
     mse, codes, kls = [], [], []
@@ -95,13 +95,13 @@ def evaluate(model: ae_lib.Autoencoder, images: np.ndarray, batch: int = 256) ->
         x = jnp.asarray(images[i:i + batch])
         z = encode(model, x)
         mse.append(np.mean(np.square(np.asarray(decode(model, z)) - images[i:i + batch]), axis=(1, 2, 3)))
-        if model.kind == "lfq":
+        if model.codebook_size:
             codes.append(np.asarray(z).reshape(-1))
         else:
             kls.append(float(ae_lib.gaussian_kl(*model.posterior(x))))
     mse_all = float(np.mean(np.concatenate(mse)))
     out = {"mse": mse_all, "psnr": float(ae_lib.psnr(jnp.asarray(mse_all)))}
-    if model.kind == "lfq":
+    if model.codebook_size:
         out.update(ae_lib.code_usage(np.concatenate(codes), model.codebook_size))
     else:
         out["kl"] = float(np.mean(kls))

@@ -1,4 +1,5 @@
-"""Autoencoders: shapes for every downsampling factor, LFQ bit order, KL statistics, losses."""
+"""Autoencoders: shapes for every downsampling factor, LFQ bit order, FSQ levels, index ↔ factors
+↔ codes round trips, KL statistics, losses."""
 import json
 
 import jax
@@ -73,7 +74,7 @@ def test_bad_input_and_config_errors():
         model.encode(jnp.zeros((16, 16, 3)))
     with pytest.raises(ValueError, match="decode expects latents"):
         model.decode(jnp.zeros((1, 2, 2, 7)))
-    with pytest.raises(ValueError, match="defined for the 'lfq'"):
+    with pytest.raises(ValueError, match="defined for the discrete kinds"):
         model.indices_to_codes(jnp.zeros((1, 2, 2), jnp.int32))
     with pytest.raises(ValueError, match="needs 3"):
         tiny("kl", 4, channel_mult=(1, 2))
@@ -169,7 +170,7 @@ def test_kl_scale_factor_and_metadata(tmp_path):
         ae.load_metadata(tiny("lfq"), path)
 
 
-@pytest.mark.parametrize("kind,recon", [("kl", "l1"), ("lfq", "l2")])
+@pytest.mark.parametrize("kind,recon", [("kl", "l1"), ("lfq", "l2"), ("fsq", "l2")])
 def test_losses_finite_and_decreasing(kind, recon):
     model = tiny(kind, 4, recon_loss=recon)
     x = images(4, 16)
@@ -184,8 +185,8 @@ def test_losses_finite_and_decreasing(kind, recon):
     auxes = [step(model, optimizer, jax.random.key(i)) for i in range(25)]
     for aux in auxes:
         assert all(np.isfinite(float(v)) for v in aux.values())
-    expected = {"loss", "recon", "mse", "psnr"} | (
-        {"kl"} if kind == "kl" else {"commit", "per_sample_entropy", "codebook_entropy"})
+    expected = {"loss", "recon", "mse", "psnr"} | {
+        "kl": {"kl"}, "lfq": {"commit", "per_sample_entropy", "codebook_entropy"}, "fsq": set()}[kind]
     assert set(auxes[0]) == expected
     first, last = np.mean([a["recon"] for a in auxes[:3]]), np.mean([a["recon"] for a in auxes[-3:]])
     assert last < 0.8 * first
@@ -197,8 +198,96 @@ def test_experiment_config_builds(kind):
     config = config_file.get_config(f"kind={kind},runlocal")
     model = nnx.eval_shape(lambda: ae.build_autoencoder(config.autoencoder, nnx.Rngs(0)))
     assert model.kind == kind and model.latent_shape(config.data.resolution) == (
-        8, 8, 4 if kind == "kl" else 6)
+        8, 8, {"kl": 4, "lfq": 6, "fsq": 3}[kind])
+    assert model.codebook_size == {"kl": None, "lfq": 64, "fsq": 64}[kind]
     full = config_file.get_config(f"kind={kind}")
     assert (full.autoencoder.downsample, full.data.resolution, full.data.name) == (4, 32, "shapes")
     with pytest.raises(ValueError, match="kind must be"):
         config_file.get_config("kind=vq")
+
+
+LEVELS = (8, 8, 8, 5, 5, 5)
+
+
+@pytest.mark.parametrize("levels", [LEVELS, (2,) * 16, (3, 2, 7)])
+def test_indices_factors_codes_round_trip(levels):
+    """index ↔ factors ↔ codes for LFQ (all levels 2) and FSQ, at every factor count that divides."""
+    size = int(np.prod(levels))
+    idx = jnp.asarray(np.random.default_rng(0).integers(0, size, (5, 7)), jnp.int32)
+    if set(levels) == {2}:
+        codes = ae.indices_to_codes(idx, len(levels))
+        assert set(np.unique(codes).tolist()) == {-1.0, 1.0}
+        np.testing.assert_array_equal(ae.codes_to_indices(codes), idx)
+    else:
+        codes = ae.fsq_indices_to_codes(idx, levels)
+        np.testing.assert_array_equal(ae.fsq_codes_to_indices(codes, levels), idx)
+    for k in [k for k in range(1, len(levels) + 1) if len(levels) % k == 0]:
+        sizes = ae.factor_sizes(levels, k)
+        assert int(np.prod(sizes)) == size and len(sizes) == k
+        f = ae.indices_to_factors(idx, sizes)
+        assert f.shape == (5, 7, k) and bool(jnp.all(f < jnp.asarray(sizes)))
+        np.testing.assert_array_equal(ae.factors_to_indices(f, sizes), idx)
+        # A factor is the index of its contiguous group of code channels.
+        w = len(levels) // k
+        digits = ae.indices_to_digits(idx, levels)
+        for j in range(k):
+            np.testing.assert_array_equal(
+                f[..., j], ae.digits_to_indices(digits[..., j * w:(j + 1) * w], levels[j * w:(j + 1) * w]))
+    # LFQ: factors are the high and low bits.
+    if levels == (2,) * 16:
+        np.testing.assert_array_equal(ae.indices_to_factors(idx, (256, 256)),
+                                      jnp.stack([idx // 256, idx % 256], -1))
+
+
+def test_fsq_quantisation_uses_every_level_and_is_idempotent():
+    z = jnp.linspace(-8.0, 8.0, 4001)[:, None] * jnp.ones(len(LEVELS))
+    q = ae.fsq_quantize(z, LEVELS)
+    digits = ae.indices_to_digits(ae.fsq_codes_to_indices(q, LEVELS), LEVELS)
+    for k, level in enumerate(LEVELS):
+        assert sorted(np.unique(digits[:, k]).tolist()) == list(range(level))
+    assert float(jnp.max(jnp.abs(q))) <= 1.0
+    # Codes are on the grid: projecting them onto the codebook again changes nothing, and z = 0
+    # lands on the zero code.
+    again = ae.fsq_indices_to_codes(ae.fsq_codes_to_indices(q, LEVELS), LEVELS)
+    np.testing.assert_array_equal(again, q)
+    np.testing.assert_array_equal(ae.fsq_quantize(jnp.zeros((1, 6)), LEVELS), jnp.zeros((1, 6)))
+    # Straight-through: the gradient is that of the bound, non-zero everywhere.
+    grad = jax.grad(lambda x: jnp.sum(ae.fsq_quantize(x, LEVELS)))(0.3 * jnp.ones((2, 6)))
+    assert bool(jnp.all(grad > 0))
+
+
+def test_fsq_model_encodes_indices_and_decodes_codes():
+    model = tiny("fsq", fsq_levels=LEVELS)
+    assert model.codebook_size == 64000 and model.latent_shape(16) == (4, 4, 6)
+    idx = model.encode(images())
+    assert idx.dtype == jnp.int32 and int(idx.max()) < 64000
+    np.testing.assert_allclose(model.decode(idx), model.decode(model.indices_to_codes(idx)), atol=1e-6)
+    assert model.factor_sizes(2) == (512, 125)
+
+
+@pytest.mark.parametrize("levels", [(8, 1, 5), (8, 2.5), (), ("8",), (True, 4), (2 ** 16, 2 ** 16)])
+def test_bad_fsq_levels_are_config_errors(levels):
+    with pytest.raises(ValueError, match="fsq_levels"):
+        tiny("fsq", fsq_levels=levels)
+
+
+def test_bad_factors_and_entropy_groups_are_config_errors():
+    with pytest.raises(ValueError, match="factors=3 must be a positive integer dividing"):
+        ae.factor_sizes((2,) * 16, 3)
+    with pytest.raises(ValueError, match="factors"):
+        ae.factor_sizes(LEVELS, 0)
+    with pytest.raises(ValueError, match="too large for the full codebook-entropy"):
+        tiny("lfq", lfq_bits=16, entropy_groups=1)
+    with pytest.raises(ValueError, match="must divide lfq_bits"):
+        tiny("lfq", lfq_bits=16, entropy_groups=3)
+    assert tiny("lfq", lfq_bits=16).entropy_groups == 2      # automatic: the fewest groups ≤ 12 bits
+    assert ae.entropy_groups_for(18) == 2 and ae.entropy_groups_for(12) == 1
+
+
+def test_lfq_grouped_codebook_entropy_is_the_sum_over_sub_codebooks():
+    z = 0.3 * jax.random.normal(jax.random.key(3), (64, 8))
+    _, grouped = ae.lfq_entropies(z, 0.5, groups=2)
+    expected = sum(ae._entropy(jnp.mean(_full_softmax(z[:, g:g + 4], 0.5), 0)) for g in (0, 4))
+    np.testing.assert_allclose(grouped, expected, rtol=1e-5)
+    _, full = ae.lfq_entropies(z, 0.5, groups=1)
+    assert float(full) <= float(grouped) + 1e-5      # sub-codebook entropies bound the joint one

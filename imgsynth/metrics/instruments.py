@@ -10,7 +10,7 @@ import numpy as np
 
 from imgsynth import io
 from imgsynth.data import images as images_lib
-from imgsynth.metrics import _data, alignment as alignment_lib, frechet, judge as judge_lib
+from imgsynth.metrics import _data, alignment as alignment_lib, judge as judge_lib
 from imgsynth.metrics import prompt_following
 from imgsynth.models import autoencoder_files
 
@@ -33,8 +33,9 @@ class Instruments:
 
     def autoencoder_ceilings(self, n: int) -> dict:
         """The judge on autoencoder reconstructions of real test images: the best a generator in
-        this latent space can score. Computed once per (autoencoder, dataset) and cached."""
-        path = os.path.join(self.autoencoder_dir, f"ceilings-{self.builder_config}-{n}.json")
+        this latent space can score, with per-attribute accuracy. Computed once per (autoencoder,
+        dataset) and cached."""
+        path = os.path.join(self.autoencoder_dir, f"ceilings-v2-{self.builder_config}-{n}.json")
         cached = io.read_json(path)
         if cached is not None:
             return cached
@@ -43,11 +44,7 @@ class Instruments:
         recon = np.concatenate([
             images_lib.to_uint8(roundtrip(images_lib.to_float(real.images[i:i + 256])))
             for i in range(0, len(real.images), 256)])
-        pf = prompt_following.prompt_following(self.judge.read_scenes(recon), real.captions,
-                                               real.categories)
-        out = {"autoencoder_prompt_following": pf["accuracy"],
-               "autoencoder_fd_judge": frechet.fd(self.judge.features(recon),
-                                                  self.judge.features(real.images))}
+        out = prompt_following.reconstruction_ceilings(self.judge, real, recon)
         io.write_json(path, out)
         return out
 

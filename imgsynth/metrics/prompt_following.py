@@ -1,5 +1,7 @@
 """Prompt-following accuracy: the share of generated images whose read-back scene satisfies the
-prompt, overall and per GenEval category, and the fixed set of prompts it is measured on.
+prompt, overall and per GenEval category, and the fixed set of prompts it is measured on; and,
+for images that reconstruct known scenes (autoencoder round trips), which attribute the judge
+reads wrongly (`attribute_accuracy`, `reconstruction_ceilings`).
 
 A prompt is scored by `scene.satisfies` on the scene the judge reads from the image, so this
 module is exact given the scenes; how far the judge itself is from exact is its ceiling
@@ -14,7 +16,8 @@ import numpy as np
 
 from imgsynth.data import scene as scene_lib
 from imgsynth.data.scene import SCENE_CATEGORIES, Scene
-from imgsynth.metrics import _data
+from imgsynth.metrics import _data, frechet
+from imgsynth.metrics.judge import encode_scenes, scene_accuracy
 
 
 def _category_name(c) -> str:
@@ -94,3 +97,55 @@ def evaluation_prompts(data_dir: str, builder_config: str = "r32", num_prompts: 
     chosen = [chosen[j] for j in rng.permutation(len(chosen))]
     return EvalPrompts(tuple(records.captions[j] for j in chosen),
                        tuple(records.categories[j] for j in chosen), tuple(chosen))
+
+
+ATTRIBUTES = ("occupancy", "shape", "color", "size", "position", "count", "scene")
+
+
+def attribute_accuracy(read: Sequence[Scene], truth: Sequence[Scene]) -> dict:
+    """Per-attribute agreement of read-back scenes with the scenes the images were made from.
+
+    Every scene has one slot per grid cell (`judge.encode_scenes`), so the attributes separate:
+    - occupancy: share of cells (all of them) whose empty / occupied state is read right;
+    - shape, color, size: share of cells occupied in both scenes whose attribute matches — a
+      confusion, not a missed object;
+    - position: share of images whose set of occupied cells is exact; count: whose object count is;
+    - scene: share of images read back exactly (`judge.scene_accuracy`);
+    - object_small / object_large: share of true objects of that size read back exactly (cell,
+      shape, colour, size), so failures on small shapes show.
+    Attributes with no cell to score (e.g. only empty scenes) are NaN.
+    """
+    if len(read) != len(truth):
+        raise ValueError(f"{len(read)} read scenes for {len(truth)} true scenes")
+    if not truth:
+        raise ValueError("no scenes to compare")
+    r, t = encode_scenes(list(read)), encode_scenes(list(truth))
+    occ_r, occ_t = r["cls"] > 0, t["cls"] > 0
+    both = occ_r & occ_t
+    mean = lambda x, m: float(x[m].mean()) if m.any() else float("nan")  # noqa: E731
+    exact = (r["cls"] == t["cls"]) & (r["color"] == t["color"]) & (r["size"] == t["size"])
+    out = {"occupancy": float((occ_r == occ_t).mean()),
+           "shape": mean(r["cls"] == t["cls"], both),
+           "color": mean(r["color"] == t["color"], both),
+           "size": mean(r["size"] == t["size"], both),
+           "position": float((occ_r == occ_t).all(axis=1).mean()),
+           "count": float((occ_r.sum(1) == occ_t.sum(1)).mean()),
+           "scene": scene_accuracy(list(read), list(truth))}
+    for k, name in enumerate(scene_lib.SIZES):
+        out[f"object_{name}"] = mean(exact, occ_t & (t["size"] == k))
+    out["num"] = len(truth)
+    return out
+
+
+def reconstruction_ceilings(judge, real: _data.Split, recon: np.ndarray) -> dict:
+    """The judge on reconstructions `recon` (uint8) of the real images of `real`: prompt following,
+    Fréchet distance of judge features to the real images, and per-attribute accuracy against the
+    true scenes. Bounds every generator that works in that autoencoder's latent space."""
+    if recon.shape != real.images.shape:
+        raise ValueError(f"{recon.shape} reconstructions of {real.images.shape} real images")
+    read = judge.read_scenes(recon)
+    pf = prompt_following(read, real.captions, real.categories)
+    return {"autoencoder_prompt_following": pf["accuracy"],
+            "autoencoder_prompt_following_per_category": pf["per_category"],
+            "autoencoder_fd_judge": frechet.fd(judge.features(recon), judge.features(real.images)),
+            "autoencoder_attributes": attribute_accuracy(read, real.scenes)}

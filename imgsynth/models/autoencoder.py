@@ -6,14 +6,20 @@ the same number of image tokens:
 
 - 'kl': a diagonal Gaussian posterior regularised towards N(0, I) (continuous latents);
 - 'lfq': Lookup-Free Quantization (MAGVIT-v2): each of b channels is quantised to ±1, so the
-  implicit codebook {-1, +1}^b has 2^b entries and no embedding table.
+  implicit codebook {-1, +1}^b has 2^b entries and no embedding table;
+- 'fsq': Finite Scalar Quantization (Mentzer et al. 2023): channel k is bounded and rounded to
+  one of L_k levels, so the implicit codebook has Π L_k entries, again without a table, and
+  needs no auxiliary loss.
 
 The downsampling factor f = patch_size · 2^(stride-2 stages): the first `patch_size`² pixels are
 folded into channels (space-to-depth) and unfolded again after the decoder, so the trunk never
 runs at full resolution; on a CPU that is most of the cost (see docs/autoencoders.md).
 
-Bit order of LFQ indices: channel k of a code has weight 2^(b-1-k) (channel 0 is the most
-significant bit) and a bit is 1 where the code is +1.
+Index order of both discrete kinds: mixed radix over the channels' digits with channel 0 the most
+significant (`digits_to_indices`). For LFQ the digit is 1 where the code is +1, so channel k has
+weight 2^(b-1-k); for FSQ digit d of L levels is the code d / ⌊L/2⌋ − 1. A contiguous group of
+channels is therefore a contiguous group of index digits: the token models' factors
+(`factor_sizes`, `indices_to_factors`).
 """
 from __future__ import annotations
 
@@ -28,13 +34,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-KINDS = ("kl", "lfq")
+KINDS = ("kl", "lfq", "fsq")
+DISCRETE_KINDS = ("lfq", "fsq")
 DOWNSAMPLE_FACTORS = (2, 4, 8, 16)
 RECON_LOSSES = ("l1", "l2")
-# Up to this many bits the codebook entropy uses the softmax over all 2^b codes; above it, the
-# factorised per-bit form (see `lfq_entropies`).
+# The LFQ codebook entropy is a softmax over all codes of a group of at most this many bits (see
+# `lfq_entropies`); larger codebooks split into `entropy_groups` groups.
 FULL_ENTROPY_MAX_BITS = 12
 MAX_LFQ_BITS = 30  # indices are int32
+MAX_CODEBOOK_SIZE = 2 ** 30
+# FSQ levels when a config names none (also what autoencoders saved before the key existed used).
+DEFAULT_FSQ_LEVELS = (8, 5, 5, 5)
 
 
 class LatentScale(nnx.Variable):
@@ -181,23 +191,58 @@ def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
+# Discrete codes: indices, digits and factors
+# ----------------------------------------------------------------------------------------------
+
+def _radix_weights(levels: tuple[int, ...]) -> np.ndarray:
+    """Weight of each digit in the index: Π of the later channels' levels (channel 0 first)."""
+    return np.array([math.prod(levels[k + 1:]) for k in range(len(levels))], np.int64)
+
+
+def digits_to_indices(digits: jax.Array, levels: tuple[int, ...]) -> jax.Array:
+    """(..., C) digits (digit k in [0, levels[k])) → int32 indices in [0, Π levels)."""
+    return jnp.sum(digits.astype(jnp.int32) * _radix_weights(levels).astype(np.int32), axis=-1)
+
+
+def indices_to_digits(indices: jax.Array, levels: tuple[int, ...]) -> jax.Array:
+    """Inverse of `digits_to_indices`: int indices → (..., C) int32 digits."""
+    weights = _radix_weights(levels).astype(np.int32)
+    return (indices[..., None].astype(jnp.int32) // weights) % np.asarray(levels, np.int32)
+
+
+def factor_sizes(levels: tuple[int, ...], factors: int) -> tuple[int, ...]:
+    """Codebook sizes of `factors` contiguous, equally wide groups of channels (K = 1: the whole
+    codebook). A token of b LFQ bits is K factors of b/K bits."""
+    if not isinstance(factors, int) or factors < 1 or len(levels) % factors:
+        raise ValueError(f"factors={factors!r} must be a positive integer dividing the "
+                         f"{len(levels)} code channels (levels {tuple(levels)})")
+    width = len(levels) // factors
+    return tuple(math.prod(levels[j * width:(j + 1) * width]) for j in range(factors))
+
+
+def indices_to_factors(indices: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
+    """Token indices → (..., K) factor indices (factor j in [0, sizes[j])); mixed radix, factor 0
+    the most significant, so each factor is the index of its group of channels."""
+    return indices_to_digits(indices, tuple(sizes))
+
+
+def factors_to_indices(factor_ids: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
+    """Inverse of `indices_to_factors`."""
+    return digits_to_indices(factor_ids, tuple(sizes))
+
+
+# ----------------------------------------------------------------------------------------------
 # LFQ bottleneck
 # ----------------------------------------------------------------------------------------------
 
-def _bit_weights(bits: int) -> jax.Array:
-    return 2 ** jnp.arange(bits - 1, -1, -1, dtype=jnp.int32)
-
-
 def codes_to_indices(codes: jax.Array) -> jax.Array:
     """(..., b) codes in {-1, +1} (any sign pattern) → int32 indices in [0, 2^b)."""
-    bits = codes.shape[-1]
-    return jnp.sum((codes > 0).astype(jnp.int32) * _bit_weights(bits), axis=-1)
+    return digits_to_indices(codes > 0, (2,) * codes.shape[-1])
 
 
 def indices_to_codes(indices: jax.Array, bits: int) -> jax.Array:
     """int indices in [0, 2^b) → (..., b) float32 codes in {-1, +1}; inverse of codes_to_indices."""
-    on = (indices[..., None].astype(jnp.int32) // _bit_weights(bits)) % 2
-    return 2.0 * on.astype(jnp.float32) - 1.0
+    return 2.0 * indices_to_digits(indices, (2,) * bits).astype(jnp.float32) - 1.0
 
 
 def lfq_quantize(z: jax.Array) -> jax.Array:
@@ -210,27 +255,103 @@ def _entropy(p: jax.Array, axis: int = -1) -> jax.Array:
     return -jnp.sum(p * jnp.log(jnp.clip(p, 1e-10, 1.0)), axis=axis)
 
 
-def lfq_entropies(z_NB: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+def entropy_groups_for(bits: int, groups: int = 0) -> int:
+    """The number of codebook-entropy groups: `groups` if given (checked), else the fewest groups
+    of equal width ≤ FULL_ENTROPY_MAX_BITS bits."""
+    if groups == 0:
+        return next(g for g in range(1, bits + 1)
+                    if bits % g == 0 and bits // g <= FULL_ENTROPY_MAX_BITS)
+    if groups < 1 or bits % groups:
+        raise ValueError(f"entropy_groups={groups} must divide lfq_bits={bits} (0: automatic)")
+    if bits // groups > FULL_ENTROPY_MAX_BITS:
+        raise ValueError(
+            f"lfq_bits={bits} in {groups} entropy group(s) is a {bits // groups}-bit codebook per "
+            f"group, too large for the full codebook-entropy softmax (at most "
+            f"{FULL_ENTROPY_MAX_BITS} bits: 2^{FULL_ENTROPY_MAX_BITS} codes per position); set "
+            f"autoencoder.entropy_groups to a divisor of {bits} of at least "
+            f"{math.ceil(bits / FULL_ENTROPY_MAX_BITS)}, or 0 for automatic")
+    return groups
+
+
+def lfq_entropies(z_NB: jax.Array, temperature: float,
+                  groups: int = 0) -> tuple[jax.Array, jax.Array]:
     """MAGVIT-v2 entropy terms (nats) from q(c|z) = softmax_c(-‖z − c‖² / T) over the 2^b codes.
 
     ‖z − c‖² = ‖z‖² + b − 2 z·c, so q factorises over bits: q(c_k = +1 | z) = sigmoid(4 z_k / T).
     - per-sample entropy E_z[H(q(·|z))] (to minimise: confident assignments) is therefore computed
       exactly as the sum of per-bit entropies, for every b;
-    - codebook entropy H(E_z[q(·|z)]) (to maximise: every code used) uses the full softmax over
-      the 2^b codes when b ≤ FULL_ENTROPY_MAX_BITS; for larger b it uses the factorised form
-      Σ_k H(E_z[q(c_k|z)]), an upper bound that balances each bit but not their combinations.
+    - codebook entropy H(E_z[q(·|z)]) (to maximise: every code used) is computed exactly, with a
+      softmax over all codes, within each of `groups` contiguous groups of b/G bits and summed
+      (Open-MAGVIT2's sub-codebooks; `entropy_groups_for`). G = 1 is the full codebook entropy;
+      G > 1 is an upper bound that balances each group but not their combinations (G = b
+      balances single bits).
     """
     bits = z_NB.shape[-1]
+    groups = entropy_groups_for(bits, groups)
     p_plus = jax.nn.sigmoid(4.0 * z_NB / temperature)
     per_bit = jnp.stack([p_plus, 1.0 - p_plus], axis=-1)
     per_sample = jnp.mean(jnp.sum(_entropy(per_bit), axis=-1))
-    if bits <= FULL_ENTROPY_MAX_BITS:
-        codes_KB = indices_to_codes(jnp.arange(2 ** bits), bits)
-        probs_NK = jax.nn.softmax(2.0 * (z_NB @ codes_KB.T) / temperature, axis=-1)
-        codebook = _entropy(jnp.mean(probs_NK, axis=0))
-    else:
-        codebook = jnp.sum(_entropy(jnp.mean(per_bit, axis=0)))
+    width = bits // groups
+    codes_KW = indices_to_codes(jnp.arange(2 ** width), width)
+    codebook = 0.0
+    for g in range(groups):
+        z_NW = z_NB[:, g * width:(g + 1) * width]
+        probs_NK = jax.nn.softmax(2.0 * (z_NW @ codes_KW.T) / temperature, axis=-1)
+        codebook = codebook + _entropy(jnp.mean(probs_NK, axis=0))
     return per_sample, codebook
+
+
+# ----------------------------------------------------------------------------------------------
+# FSQ bottleneck
+# ----------------------------------------------------------------------------------------------
+
+_FSQ_EPS = 1e-3
+
+
+def check_fsq_levels(levels) -> tuple[int, ...]:
+    """FSQ levels as a tuple of integers ≥ 2 whose product (the codebook) fits int32 indices."""
+    levels = tuple(levels) if isinstance(levels, (list, tuple)) else (levels,)
+    if not levels or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2
+                         for v in levels):
+        raise ValueError(f"fsq_levels must be a non-empty list of integers ≥ 2, got {levels!r}")
+    levels = tuple(int(v) for v in levels)
+    if math.prod(levels) > MAX_CODEBOOK_SIZE:
+        raise ValueError(f"fsq_levels {levels} give {math.prod(levels)} codes; at most "
+                         f"{MAX_CODEBOOK_SIZE} (int32 indices)")
+    return levels
+
+
+def _fsq_half_width(levels: tuple[int, ...]) -> np.ndarray:
+    return np.asarray(levels, np.float32) // 2
+
+
+def fsq_bound(z: jax.Array, levels: tuple[int, ...]) -> jax.Array:
+    """tanh-bounds channel k to (−⌊L/2⌋ − ε, ⌈L/2⌉ − 1 + ε) so rounding gives L values; z = 0 → 0.
+    Even L is shifted by ½ (its levels are asymmetric: −L/2 … L/2 − 1), as in the reference."""
+    lv = np.asarray(levels, np.float32)
+    half_l = (lv - 1.0) * (1.0 + _FSQ_EPS) / 2.0
+    offset = np.where(lv % 2 == 0, 0.5, 0.0).astype(np.float32)
+    shift = np.arctanh(offset / half_l).astype(np.float32)
+    return jnp.tanh(z + shift) * half_l - offset
+
+
+def fsq_quantize(z: jax.Array, levels: tuple[int, ...]) -> jax.Array:
+    """Bound, round with a straight-through gradient, and normalise to codes in [−1, 1]."""
+    bounded = fsq_bound(z, levels)
+    rounded = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)
+    return rounded / _fsq_half_width(levels)
+
+
+def fsq_codes_to_indices(codes: jax.Array, levels: tuple[int, ...]) -> jax.Array:
+    """(..., C) FSQ codes → int32 indices in [0, Π levels)."""
+    half = _fsq_half_width(levels)
+    return digits_to_indices(jnp.round(codes * half + half).astype(jnp.int32), levels)
+
+
+def fsq_indices_to_codes(indices: jax.Array, levels: tuple[int, ...]) -> jax.Array:
+    """int indices → (..., C) float32 FSQ codes; inverse of `fsq_codes_to_indices`."""
+    half = _fsq_half_width(levels)
+    return (indices_to_digits(indices, levels).astype(jnp.float32) - half) / half
 
 
 def code_usage(indices: np.ndarray | jax.Array, codebook_size: int) -> dict[str, float]:
@@ -252,20 +373,24 @@ def psnr(mse: jax.Array) -> jax.Array:
 
 
 class Autoencoder(nnx.Module):
-    """Encoder → bottleneck ('kl' or 'lfq') → decoder. Images are NHWC in [-1, 1]."""
+    """Encoder → bottleneck ('kl', 'lfq' or 'fsq') → decoder. Images are NHWC in [-1, 1]."""
 
     def __init__(self, *, kind: str, downsample: int, patch_size: int, channels: int,
                  channel_mult: tuple[int, ...], num_res_blocks: int, latent_channels: int,
                  lfq_bits: int, kl_weight: float, entropy_weight: float, commit_weight: float,
-                 lfq_temperature: float, recon_loss: str, image_channels: int = 3,
-                 rngs: nnx.Rngs):
+                 lfq_temperature: float, recon_loss: str, fsq_levels: tuple[int, ...] = DEFAULT_FSQ_LEVELS,
+                 entropy_groups: int = 0, image_channels: int = 3, rngs: nnx.Rngs):
         _validate(kind=kind, downsample=downsample, patch_size=patch_size, channels=channels,
                   channel_mult=channel_mult, num_res_blocks=num_res_blocks, lfq_bits=lfq_bits,
                   latent_channels=latent_channels, recon_loss=recon_loss,
                   lfq_temperature=lfq_temperature)
         self.kind = kind
         self.downsample = downsample
-        self.code_channels = latent_channels if kind == "kl" else lfq_bits
+        # Levels of each code channel of a discrete kind (LFQ: two), None for KL.
+        self.levels = {"kl": None, "lfq": (2,) * lfq_bits,
+                       "fsq": check_fsq_levels(fsq_levels) if kind == "fsq" else None}[kind]
+        self.entropy_groups = entropy_groups_for(lfq_bits, entropy_groups) if kind == "lfq" else 0
+        self.code_channels = latent_channels if kind == "kl" else len(self.levels)
         self.image_channels = image_channels
         self.kl_weight = kl_weight
         self.entropy_weight = entropy_weight
@@ -274,7 +399,7 @@ class Autoencoder(nnx.Module):
         self.recon_loss = recon_loss
         trunk = dict(channels=channels, channel_mult=tuple(channel_mult),
                      num_res_blocks=num_res_blocks, patch_size=patch_size, rngs=rngs)
-        enc_out = 2 * latent_channels if kind == "kl" else lfq_bits
+        enc_out = 2 * latent_channels if kind == "kl" else self.code_channels
         self.encoder = Encoder(in_channels=image_channels, out_channels=enc_out, **trunk)
         self.decoder = Decoder(in_channels=self.code_channels, out_channels=image_channels, **trunk)
         if kind == "kl":
@@ -285,14 +410,13 @@ class Autoencoder(nnx.Module):
 
     @property
     def codebook_size(self) -> int | None:
-        """2^b for 'lfq'; None for the continuous 'kl' latents."""
-        return 2 ** self.code_channels if self.kind == "lfq" else None
+        """2^b for 'lfq', Π levels for 'fsq'; None for the continuous 'kl' latents."""
+        return None if self.levels is None else math.prod(self.levels)
 
     def latent_shape(self, resolution: int | tuple[int, int]) -> tuple[int, int, int]:
-        """(h, w, c) of the latents of one image: c = KL channels, or LFQ bits per code.
-
-        LFQ `encode` returns the (h, w) indices; c is the width of the ±1 code vectors.
-        """
+        """(h, w, c) of the latents of one image: c = KL channels, or code channels (LFQ bits,
+        FSQ levels). The discrete kinds' `encode` returns the (h, w) indices; c is the width of
+        their code vectors."""
         height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
         for size in (height, width):
             if size % self.downsample:
@@ -335,36 +459,48 @@ class Autoencoder(nnx.Module):
         self.scale_factor.value = jnp.asarray(1.0 / std, jnp.float32)
         return 1.0 / std
 
-    # -- LFQ ---------------------------------------------------------------------------------
+    # -- LFQ and FSQ -------------------------------------------------------------------------
+
+    def quantize(self, z: jax.Array) -> jax.Array:
+        """Encoder outputs → codes, with a straight-through gradient."""
+        self._require_discrete("quantize")
+        return lfq_quantize(z) if self.kind == "lfq" else fsq_quantize(z, self.levels)
 
     def indices_to_codes(self, indices: jax.Array) -> jax.Array:
-        self._require("lfq", "indices_to_codes")
-        return indices_to_codes(indices, self.code_channels)
+        self._require_discrete("indices_to_codes")
+        if self.kind == "lfq":
+            return indices_to_codes(indices, self.code_channels)
+        return fsq_indices_to_codes(indices, self.levels)
 
     def codes_to_indices(self, codes: jax.Array) -> jax.Array:
-        self._require("lfq", "codes_to_indices")
-        return codes_to_indices(codes)
+        self._require_discrete("codes_to_indices")
+        return codes_to_indices(codes) if self.kind == "lfq" else fsq_codes_to_indices(codes, self.levels)
+
+    def factor_sizes(self, factors: int) -> tuple[int, ...]:
+        """Codebook sizes of the `factors` factors of a token (see `factor_sizes`)."""
+        self._require_discrete("factor_sizes")
+        return factor_sizes(self.levels, factors)
 
     # -- public API --------------------------------------------------------------------------
 
     def encode(self, images: jax.Array) -> jax.Array:
-        """Images → KL posterior mean (B, h, w, c), unscaled; or LFQ indices (B, h, w) int32."""
+        """Images → KL posterior mean (B, h, w, c), unscaled; or LFQ / FSQ indices (B, h, w) int32."""
         if self.kind == "kl":
             return self.posterior(images)[0]
         self._check_images(images)
-        return codes_to_indices(self.encoder(images))
+        return self.codes_to_indices(self.quantize(self.encoder(images)))
 
     def decode(self, latents: jax.Array) -> jax.Array:
-        """Unscaled KL latents, or LFQ indices (B, h, w) / ±1 codes (B, h, w, b) → images in [-1, 1]."""
+        """Unscaled KL latents, or indices (B, h, w) / codes (B, h, w, c) → images in [-1, 1]."""
         return jnp.clip(self._decode(latents), -1.0, 1.0)
 
     def encode_latents(self, images: jax.Array) -> jax.Array:
-        """What the generators model: KL latents × scale factor (≈ unit variance), or LFQ indices."""
+        """What the generators model: KL latents × scale factor (≈ unit variance), or indices."""
         z = self.encode(images)
         return z * self.scale_factor.value if self.kind == "kl" else z
 
     def decode_latents(self, latents: jax.Array) -> jax.Array:
-        """Inverse of `encode_latents`: scaled KL latents or LFQ indices → images in [-1, 1]."""
+        """Inverse of `encode_latents`: scaled KL latents or indices → images in [-1, 1]."""
         if self.kind == "kl":
             latents = latents / self.scale_factor.value
         return self.decode(latents)
@@ -372,7 +508,8 @@ class Autoencoder(nnx.Module):
     def loss(self, images: jax.Array, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Training loss and metrics (unprefixed: 'recon', 'mse', 'psnr', 'kl' or the LFQ terms).
 
-        `rng` draws the KL posterior sample; LFQ is deterministic and ignores it.
+        `rng` draws the KL posterior sample; LFQ and FSQ are deterministic and ignore it. FSQ has
+        no auxiliary loss: its codebook is used by construction.
         """
         if self.kind == "kl":
             mean, logvar = self.posterior(images)
@@ -380,12 +517,17 @@ class Autoencoder(nnx.Module):
             recon_images = self._decode(gaussian_sample(mean, logvar, rng))
             aux = {"kl": kl}
             regulariser = self.kl_weight * kl
+        elif self.kind == "fsq":
+            self._check_images(images)
+            recon_images = self.decoder(self.quantize(self.encoder(images)))
+            aux, regulariser = {}, 0.0
         else:
             self._check_images(images)
             z = self.encoder(images)
             recon_images = self.decoder(lfq_quantize(z))
             commit = jnp.mean(jnp.square(z - jax.lax.stop_gradient(jnp.where(z > 0, 1.0, -1.0))))
-            per_sample, codebook = lfq_entropies(z.reshape(-1, z.shape[-1]), self.lfq_temperature)
+            per_sample, codebook = lfq_entropies(z.reshape(-1, z.shape[-1]), self.lfq_temperature,
+                                                 self.entropy_groups)
             aux = {"commit": commit, "per_sample_entropy": per_sample,
                    "codebook_entropy": codebook}
             regulariser = (self.commit_weight * commit
@@ -398,13 +540,18 @@ class Autoencoder(nnx.Module):
         return loss, aux
 
     def _decode(self, latents: jax.Array) -> jax.Array:
-        if self.kind == "lfq" and jnp.issubdtype(latents.dtype, jnp.integer):
-            latents = indices_to_codes(latents, self.code_channels)
+        if self.levels is not None and jnp.issubdtype(latents.dtype, jnp.integer):
+            latents = self.indices_to_codes(latents)
         if latents.ndim != 4 or latents.shape[-1] != self.code_channels:
-            what = "indices (B, h, w) or codes" if self.kind == "lfq" else "latents"
+            what = "indices (B, h, w) or codes" if self.levels is not None else "latents"
             raise ValueError(f"{self.kind} decode expects {what} of shape (B, h, w, "
                              f"{self.code_channels}), got {latents.shape}")
         return self.decoder(latents)
+
+    def _require_discrete(self, what: str) -> None:
+        if self.levels is None:
+            raise ValueError(f"{what} is defined for the discrete kinds {DISCRETE_KINDS}, this "
+                             f"autoencoder is '{self.kind}'")
 
     def _require(self, kind: str, what: str) -> None:
         if self.kind != kind:
@@ -442,6 +589,8 @@ def _validate(*, kind, downsample, channel_mult, num_res_blocks, patch_size, cha
 _CONFIG_KEYS = ("kind", "downsample", "channels", "channel_mult", "num_res_blocks", "patch_size",
                 "latent_channels", "lfq_bits", "kl_weight", "entropy_weight", "commit_weight",
                 "lfq_temperature", "recon_loss")
+# Keys added later: autoencoders saved before them load with these values.
+_OPTIONAL_KEYS = {"fsq_levels": DEFAULT_FSQ_LEVELS, "entropy_groups": 0}
 
 
 def build_autoencoder(config_ae: Mapping[str, Any], rngs: nnx.Rngs) -> Autoencoder:
@@ -450,7 +599,9 @@ def build_autoencoder(config_ae: Mapping[str, Any], rngs: nnx.Rngs) -> Autoencod
     if missing:
         raise ValueError(f"config.autoencoder lacks {missing}; see experiments/autoencoder.py")
     kwargs = {k: config_ae[k] for k in _CONFIG_KEYS}
+    kwargs.update({k: config_ae.get(k, v) for k, v in _OPTIONAL_KEYS.items()})
     kwargs["channel_mult"] = tuple(kwargs["channel_mult"])
+    kwargs["fsq_levels"] = tuple(kwargs["fsq_levels"])
     return Autoencoder(**kwargs, rngs=rngs)
 
 
@@ -459,6 +610,7 @@ def save_metadata(model: Autoencoder, path: str, **extra: Any) -> None:
     so consumers of precomputed latents need not restore the model to know how to read them."""
     meta = {"kind": model.kind, "downsample": model.downsample,
             "latent_channels": model.code_channels, "codebook_size": model.codebook_size,
+            "levels": None if model.levels is None else list(model.levels),
             "scale_factor": float(model.scale_factor.value) if model.kind == "kl" else None,
             **extra}
     tmp = f"{path}.tmp"
@@ -471,10 +623,13 @@ def load_metadata(model: Autoencoder, path: str) -> dict[str, Any]:
     """Reads `save_metadata`'s JSON, checks it describes `model`, and restores the scale factor."""
     with open(path) as f:
         meta = json.load(f)
-    if meta.get("kind") != model.kind or meta.get("latent_channels") != model.code_channels:
+    levels = None if model.levels is None else list(model.levels)
+    if (meta.get("kind") != model.kind or meta.get("latent_channels") != model.code_channels
+            or meta.get("levels", levels) != levels):
         raise ValueError(f"{path} describes a {meta.get('kind')} autoencoder with "
-                         f"{meta.get('latent_channels')} latent channels, not this "
-                         f"{model.kind} one with {model.code_channels}")
+                         f"{meta.get('latent_channels')} latent channels (levels "
+                         f"{meta.get('levels')}), not this {model.kind} one with "
+                         f"{model.code_channels} (levels {levels})")
     if model.kind == "kl":
         model.scale_factor.value = jnp.asarray(meta["scale_factor"], jnp.float32)
     return meta

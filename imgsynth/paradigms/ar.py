@@ -1,9 +1,10 @@
-"""Next-token prediction: autoregressive, raster order, on discrete LFQ tokens.
+"""Next-token prediction: autoregressive, raster order, on discrete LFQ or FSQ tokens.
 
 Causal attention over [start, x₀ … x_{T−2}] predicts x₀ … x_{T−1}; the caption enters by
-cross-attention. Sampling prefills the start token and then decodes one token per step from a KV
-cache inside a jitted loop of fixed shapes, with temperature, top-k, top-p and classifier-free
-guidance. `sample_uncached` recomputes the whole prefix each step — the reference the tests and
+cross-attention. A factorised token's factors are predicted by independent heads from the same
+hidden state (`token_model`). Sampling prefills the start token and then decodes one token per
+step from a KV cache inside a jitted loop of fixed shapes, drawing every factor with temperature,
+top-k and top-p applied per factor, and classifier-free guidance on every factor's logits. `sample_uncached` recomputes the whole prefix each step — the reference the tests and
 the KV-cache benchmark compare against.
 """
 from __future__ import annotations
@@ -31,10 +32,10 @@ def model_cost(config) -> flops.ModelCost:
 def inference_flops(config) -> float:
     """Σₜ of the KV-cached per-token cost plus the head per token (× 2 with guidance)."""
     gh, gw = base.latent_grid(config)
-    T, d = gh * gw, config.model.width
+    T = gh * gw
     cfg = base.backbone_config(config, causal=True)
     per_image = (flops.cached_decode_flops(cfg, T, config.text.max_len)
-                 + flops.dense(d, token_model.codebook_size(config), T).fwd_flops
+                 + token_model.heads_cost(config, T).fwd_flops
                  + base.text_cost(config).fwd_flops)
     return per_image * (2 if config.sampler.guidance != 1.0 else 1)
 
@@ -48,7 +49,7 @@ def _inputs(model, tokens_BT):
 def _nll(model, batch):
     tokens = batch["tokens"].reshape(batch["tokens"].shape[0], -1)
     logits = model(_inputs(model, tokens), batch["text_ids"], batch["text_mask"])
-    return jnp.mean(token_model.cross_entropy(logits, tokens), axis=-1)   # per example
+    return jnp.mean(token_model.cross_entropy(logits, tokens, model.sizes), axis=-1)   # per example
 
 
 def loss(model, batch, rng, config):
@@ -58,9 +59,11 @@ def loss(model, batch, rng, config):
 
 
 def eval_loss(model, batch, rng, config):
-    """Exact per-token cross-entropy (nothing random to fix)."""
+    """Exact per-token cross-entropy in nats (nothing random to fix), and in bits per image token
+    (comparable across codebooks)."""
     del rng, config
-    return {"loss": _nll(model, batch)}
+    nll = _nll(model, batch)
+    return {"loss": nll, "bits_per_token": token_model.bits(nll)}
 
 
 def filter_logits(logits_BV, top_k: int, top_p: float):
@@ -78,9 +81,11 @@ def filter_logits(logits_BV, top_k: int, top_p: float):
     return logits_BV
 
 
-def _draw(logits_BV, rng, s):
-    logits_BV = filter_logits(logits_BV / s.temperature, s.top_k, s.top_p)
-    return jax.random.categorical(rng, logits_BV).astype(jnp.int32)
+def _draw(logits_BV, rng, s, sizes):
+    """Every factor drawn with temperature, top-k and top-p applied to its own logits."""
+    return token_model.draw(logits_BV, rng, sizes,
+                            lambda l: filter_logits(l / s.temperature, min(s.top_k, l.shape[-1]),
+                                                    s.top_p))[0]
 
 
 def _guide(logits_2BV, guidance):
@@ -108,12 +113,12 @@ def sample(model, text_ids, text_mask, rng, config, return_logits: bool = False)
         fed, cache, tokens, logits_hist = carry
         logits, cache = model.decode_step(jnp.tile(fed, reps), t, cache, mask)
         logits = _guide(logits, s.guidance)
-        token = _draw(logits, jax.random.fold_in(rng, t), s)
+        token = _draw(logits, jax.random.fold_in(rng, t), s, model.sizes)
         return (token, cache, tokens.at[:, t].set(token),
                 logits_hist.at[:, t].set(logits) if return_logits else logits_hist)
 
     start = jnp.full((B,), model.special, jnp.int32)
-    hist = jnp.zeros((B, T, model.vocab) if return_logits else (0,), jnp.float32)
+    hist = jnp.zeros((B, T, sum(model.sizes)) if return_logits else (0,), jnp.float32)
     tokens = jnp.zeros((B, T), jnp.int32)
     _, _, tokens, hist = base.fori_loop(model, 0, T, step, (start, cache, tokens, hist))
     out = tokens.reshape(B, model.gh, model.gw)
@@ -130,11 +135,11 @@ def sample_uncached(model, text_ids, text_mask, rng, config, return_logits: bool
         tokens, logits_hist = carry
         all_logits = model(_inputs(model, jnp.tile(tokens, (reps, 1))), ids, mask)
         logits = _guide(jax.lax.dynamic_index_in_dim(all_logits, t, 1, keepdims=False), s.guidance)
-        token = _draw(logits, jax.random.fold_in(rng, t), s)
+        token = _draw(logits, jax.random.fold_in(rng, t), s, model.sizes)
         return (tokens.at[:, t].set(token),
                 logits_hist.at[:, t].set(logits) if return_logits else logits_hist)
 
-    hist = jnp.zeros((B, T, model.vocab) if return_logits else (0,), jnp.float32)
+    hist = jnp.zeros((B, T, sum(model.sizes)) if return_logits else (0,), jnp.float32)
     tokens, hist = base.fori_loop(model, 0, T, step, (jnp.zeros((B, T), jnp.int32), hist))
     out = tokens.reshape(B, model.gh, model.gw)
     return (out, hist) if return_logits else out

@@ -1,8 +1,9 @@
-"""Masked-token prediction (MaskGIT / Muse) on discrete LFQ tokens.
+"""Masked-token prediction (MaskGIT / Muse) on discrete LFQ or FSQ tokens.
 
-Training masks a cosine-scheduled share of the tokens and scores cross-entropy on the masked ones.
-Sampling starts fully masked and, over K steps, commits the most confident predictions (with
-annealed Gumbel noise on the confidences) until the cosine schedule reaches zero masked tokens.
+Training masks a cosine-scheduled share of the tokens and scores cross-entropy on the masked ones
+(summed over a token's factors). Sampling starts fully masked and, over K steps, commits the most
+confident predictions — confidence is the joint log-probability of a token's drawn factors, with
+annealed Gumbel noise — until the cosine schedule reaches zero masked tokens.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def _random_mask(rng, B, T, ratio_B):
 
 def _masked_ce(model, tokens_BT, mask_BT, text_ids, text_mask, special):
     inputs = jnp.where(mask_BT, special, tokens_BT)
-    ce = token_model.cross_entropy(model(inputs, text_ids, text_mask), tokens_BT)
+    ce = token_model.cross_entropy(model(inputs, text_ids, text_mask), tokens_BT, model.sizes)
     return jnp.sum(ce * mask_BT, -1) / jnp.sum(mask_BT, -1)   # per example
 
 
@@ -66,7 +67,8 @@ def loss(model, batch, rng, config):
 
 
 def eval_loss(model, batch, rng, config):
-    """Masked-token cross-entropy at fixed mask ratios with masks fixed by `rng`."""
+    """Masked-token cross-entropy (nats per token) at fixed mask ratios with masks fixed by `rng`,
+    and the mean-ratio loss in bits per image token (comparable across codebooks)."""
     tokens = batch["tokens"].reshape(batch["tokens"].shape[0], -1)
     B, T = tokens.shape
     out = {}
@@ -76,6 +78,7 @@ def eval_loss(model, batch, rng, config):
         out[f"loss_mask{name}"] = _masked_ce(model, tokens, mask, batch["text_ids"],
                                              batch["text_mask"], model.special)
     out["loss"] = out["loss_maskmean"]
+    out["bits_per_token"] = token_model.bits(out["loss"])
     return out
 
 
@@ -105,8 +108,7 @@ def sample(model, text_ids, text_mask, rng, config, return_history: bool = False
         rng, k_sample, k_gumbel = jax.random.split(rng, 3)
         masked = tokens == special
         logits = logits_fn(tokens) / config.sampler.temperature
-        drawn = jax.random.categorical(k_sample, logits)
-        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), drawn[..., None], -1)[..., 0]
+        drawn, logp = token_model.draw(logits, k_sample, model.sizes)
         anneal = config.sampler.choice_temperature * (1.0 - (k + 1) / K)
         confidence = logp + anneal * jax.random.gumbel(k_gumbel, (B, T))
         confidence = jnp.where(masked, confidence, jnp.inf)       # committed tokens stay
