@@ -43,7 +43,12 @@ def generator(paradigm: str, args: ml_collections.ConfigDict) -> ml_collections.
         workdir="",          # a trained autoencoder; "" trains one into cache_dir when missing
         kind="kl", downsample=4, latent_channels=4, lfq_bits=10,
         train_steps=0))      # > 0 overrides experiments/autoencoder.py's training length
-    c.instruments = ml_collections.ConfigDict(dict(judge_steps=0, alignment_steps=0))
+    c.instruments = ml_collections.ConfigDict(dict(judge_steps=0, alignment_steps=0,
+                                                   labels_steps=0))
+    c.eval = ml_collections.ConfigDict(dict(   # imgsynth.evaluate's defaults (its flags win)
+        num_samples=config_lib.EVAL_SAMPLES,
+        inception_weights="",   # converted pytorch-fid .npz: adds Inception FID
+        clip_weights="", clip_vocab=""))   # converted OpenAI CLIP .npz + BPE vocab: CLIP score
     c.cache_dir = "~/.cache/imgsynth"   # shared data/autoencoders for runlocal and grids
 
     c.optimizer = ml_collections.ConfigDict(dict(

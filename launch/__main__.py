@@ -5,6 +5,8 @@
     --compile_only   compile every run's update step and print its peak memory per device
     --retry_failed   also rerun runs (and evaluations) that failed before
     --runs=REGEX     only the runs whose name matches
+    --set KEY=VALUE  override a config key in every run (repeatable), e.g. point the grid at a
+                     dataset: --set data.name=folder --set data.folder_name=NAME --set data.data_dir=DIR
 
 See docs/launch.md for the TPU-pod and SLURM options.
 """
@@ -30,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--retry_failed", action="store_true")
     p.add_argument("--compile_only", action="store_true")
     p.add_argument("--runs", help="regular expression selecting runs by name")
+    grid_lib.add_set_argument(p)
     p.add_argument("--flops_per_s", type=float, help="achieved training FLOP/s for ETAs "
                    "(default: measured CPU rates for the CPU sizes)")
     p.add_argument("--fake_devices", type=int, help="--compile_only: compile for this many "
