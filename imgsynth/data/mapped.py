@@ -77,9 +77,8 @@ def label_names(spec: DataSpec) -> list[str] | None:
 
 
 def raw_source(spec: DataSpec, split: str):
-    builder = builder(spec)
     try:
-        return builder.as_data_source(split)
+        return builder(spec).as_data_source(split)
     except Exception as e:  # TFDS raises several types for "not prepared as ArrayRecord"
         raise FileNotFoundError(
             f"TFDS dataset {spec.tfds_name!r} split {split!r} is not available for random access "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python.array_record_data_source import ArrayRecordDataSource
@@ -209,6 +210,16 @@ class Dataset:
                 labels.append(mapper.label(raw))
         return Split(np.stack(images) if images else None, captions, ["none"] * n,
                      [scene_lib.Scene()] * n, labels if names is not None else None)
+
+
+def step_examples(requested: int, n: int, what: str) -> int:
+    """Examples per step of an instrument trained on `n` examples: `requested`, or fewer for a
+    small dataset, always a multiple of the device count (the engine shards the batch)."""
+    devices = jax.device_count()
+    step = min(int(requested), n) // devices * devices
+    if step < 1:
+        raise ValueError(f"{what}: {n} training examples cannot fill a step on {devices} devices")
+    return step
 
 
 def as_dataset(data, builder_config: str = "r32") -> Dataset:

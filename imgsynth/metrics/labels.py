@@ -95,7 +95,8 @@ def train_labels(dataset: _data.Dataset, *,
         raise ValueError(f"{dataset.name} has no labels to train a label classifier on")
     s = settings
     train = dataset.read("train", limit=s.steps * s.per_step_examples)
-    s = dataclasses.replace(s, per_step_examples=min(s.per_step_examples, len(train.labels)))
+    s = dataclasses.replace(s, per_step_examples=_data.step_examples(
+        s.per_step_examples, len(train.labels), f"{dataset.name} label classifier"))
     index = {n: i for i, n in enumerate(names)}
     targets = np.asarray([index[label] for label in train.labels], np.int32)
     config = LabelConfig(resolution=dataset.resolution, num_classes=len(names))

@@ -56,7 +56,8 @@ def train_alignment(data, builder_config: str = "r32", *,
                                  vocab_size=tokenizer.vocab_size, text_max_len=tokenizer.max_len)
     s = settings
     train = dataset.read("train", limit=s.steps * s.per_step_examples)
-    s = dataclasses.replace(s, per_step_examples=min(s.per_step_examples, len(train.captions)))
+    s = dataclasses.replace(s, per_step_examples=_data.step_examples(
+        s.per_step_examples, len(train.captions), f"{dataset.name} alignment model"))
     ids, mask = tokenizer.encode(train.captions)
     caption_ids = np.unique(np.asarray(train.captions), return_inverse=True)[1]
     log(f"alignment: {len(ids)} training pairs read in {time.perf_counter() - start:.0f} s")

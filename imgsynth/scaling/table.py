@@ -25,6 +25,9 @@ EVAL_METRICS = tuple(f"prompt_following/{c}" for c in PROMPT_CATEGORIES) + (
     "fd_judge", "kid/mean", "kid/std", "alignment_score", "eval_loss",
     # Any captioned dataset (imgsynth.evaluate; eval.json `unavailable` says which a run lacks):
     "fd_align", "label_following", "inception_fid", "clip_score")
+# Added with `unavailable`: an eval.json from before it lacks them without being incomplete.
+NEWER_METRICS = ("fd_align", "label_following", "inception_fid", "clip_score",
+                 "fd_align_real_floor", "kid_real_floor", "label_classifier_accuracy")
 WEIGHTS = ("raw", "ema")
 CEILINGS = ("judge_prompt_following", "autoencoder_prompt_following",
             "alignment_retrieval_accuracy", "autoencoder_fd_judge",
@@ -233,8 +236,9 @@ def _add_evaluation(row, evaluation, name, run_dir, workdir, warn) -> None:
         if isinstance(evaluation.get(section), dict):
             values.update(_flatten(evaluation[section], section))
     # Metrics the run's dataset cannot support are recorded as such, not missing.
-    unavailable = evaluation.get("unavailable") if isinstance(evaluation.get("unavailable"),
-                                                              dict) else {}
+    unavailable = evaluation.get("unavailable")
+    if not isinstance(unavailable, dict):
+        unavailable = dict.fromkeys(NEWER_METRICS, "")
     row["dataset"] = str(evaluation.get("dataset") or "")
     row["unavailable"] = "; ".join(f"{k}: {v}" for k, v in sorted(unavailable.items()))
     missing = [c for c in RESULT_COLUMNS if c not in values and "/" in c and c.split("/")[0] in (
