@@ -57,7 +57,7 @@ def _sets(overrides):
 
 
 def test_folder_study_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.delenv(grid_lib.OVERRIDES_ENV, raising=False)
+    monkeypatch.setenv(grid_lib.OVERRIDES_ENV, "")   # restored after the test
     src = make_folder(tmp_path / "images")
     data_dir = str(tmp_path / "data")
     path = build.build_folder(data_dir, src, "squares", 32, validation_fraction=0.2,
@@ -185,7 +185,7 @@ def test_folder_labels_are_all_or_nothing_and_splits_must_fit(tmp_path):
 
 
 def test_set_overrides_reach_every_run(tmp_path, monkeypatch):
-    monkeypatch.delenv(grid_lib.OVERRIDES_ENV, raising=False)
+    monkeypatch.setenv(grid_lib.OVERRIDES_ENV, "")   # restored after the test
     from launch import __main__ as launch_main
     args = launch_main.parser().parse_args(["--grid", _grid_file(tmp_path), "--set",
                                             "data.name=folder", "--set", "eval.num_samples=24"])

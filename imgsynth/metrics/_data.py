@@ -124,20 +124,23 @@ class Dataset:
                                     f"`python -m imgsynth.data.build {how}`")
         return path
 
-    def _splits(self) -> dict:
-        if self.spec.name == "tfds":
-            return dict(mapped.builder(self.spec).info.splits)
-        return dict(tfds.builder_from_directory(self.path()).info.splits)
-
     def eval_split(self) -> str:
         """Where real test images and evaluation prompts come from: `test`, or (a TFDS source
         without one) `validation`."""
-        have = self._splits()
-        for split in ("test",) + (("validation",) if self.spec.name == "tfds" else ()):
-            if split in have:
-                return split
-        raise ValueError(f"{self.name} has splits {sorted(have)} and no test split; rebuild it "
-                         "with a test split (folder: --test_fraction)")
+        if self.spec.name == "tfds":
+            for split in ("test", "validation"):
+                try:
+                    mapped.raw_source(self.spec, split)
+                    return split
+                except FileNotFoundError:
+                    continue
+            raise ValueError(f"{self.name} has neither a test nor a validation split to "
+                             "evaluate on")
+        have = tfds.builder_from_directory(self.path()).info.splits
+        if "test" not in have:
+            raise ValueError(f"{self.name} has splits {sorted(have)} and no test split; rebuild "
+                             "it with one (folder: --test_fraction)")
+        return "test"
 
     def label_names(self) -> list[str] | None:
         """The class names of a labelled dataset, None for unlabelled data."""
