@@ -191,8 +191,14 @@ def _reference_features(instruments, real_images) -> dict:
     if instruments.judge is not None:
         out["judge"] = instruments.judge.features(real_images)
     if instruments.inception is not None:
-        out["inception"] = inception.inception_features(instruments.inception, real_images)
+        out["inception"] = inception.inception_features(instruments.inception, real_images,
+                                                        batch_size=_inception_batch(real_images))
     return out
+
+
+def _inception_batch(images) -> int:
+    """At most 50 (pytorch-fid's batch), never padding a small set up to it."""
+    return max(1, min(50, len(images)))
 
 
 def _metrics(instruments, images, captions, categories, labels, reference, seed) -> dict:
@@ -212,7 +218,9 @@ def _metrics(instruments, images, captions, categories, labels, reference, seed)
         out["label_following"] = instruments.labels.following(images, labels)
     if instruments.inception is not None:
         out["inception_fid"] = frechet.fd(
-            inception.inception_features(instruments.inception, images), reference["inception"])
+            inception.inception_features(instruments.inception, images,
+                                         batch_size=_inception_batch(images)),
+            reference["inception"])
     if instruments.clip is not None:
         model, clip_tokenizer = instruments.clip
         out["clip_score"] = float(np.mean(clip_score.clip_scores(model, clip_tokenizer, images,

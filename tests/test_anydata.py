@@ -56,6 +56,7 @@ def _sets(overrides):
     return [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
 
 
+@pytest.mark.slow
 def test_folder_study_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv(grid_lib.OVERRIDES_ENV, "")   # restored after the test
     src = make_folder(tmp_path / "images")
@@ -103,6 +104,7 @@ def _tiny_generator(cache, data):
     return c
 
 
+@pytest.mark.slow
 def test_mock_tfds_label_dataset_is_evaluated(tmp_path):
     data = {"name": "tfds", "tfds_name": "cifar10", "label_key": "label",
             "data_dir": str(tmp_path / "tfds"), "builder_config": ""}
@@ -133,6 +135,7 @@ def folder_run(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_inception_and_clip_through_evaluate(folder_run, tmp_path):
     from test_metrics_clip import tiny_weights, write_tiny_vocab
     from test_metrics_inception import _random_weights
@@ -150,6 +153,7 @@ def test_inception_and_clip_through_evaluate(folder_run, tmp_path):
     assert report["unavailable"]["label_following"] == instruments.NO_LABELS
 
 
+@pytest.mark.slow
 def test_bad_input_is_refused_before_sampling(folder_run, tmp_path):
     samples = os.path.join(folder_run, "samples_ema.png")
     before = os.path.getmtime(samples) if os.path.exists(samples) else None

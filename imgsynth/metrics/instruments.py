@@ -25,7 +25,7 @@ NO_INCEPTION = ("no Inception weights given (--inception_weights or eval.incepti
                 "--convert pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz`)")
 NO_CLIP = ("no CLIP weights and vocabulary given (--clip_weights and --clip_vocab, or "
            "eval.clip_weights and eval.clip_vocab; convert OpenAI's checkpoint once with "
-           "`python -m imgsynth.metrics.clip_score --convert ViT-B-32.pt --out clip_b32.npz`)")
+           "`python -m imgsynth.metrics.clip_score --convert ViT-B-32.pt --out clip_vit_b32.npz`)")
 
 
 def evaluation_records(dataset: _data.Dataset, n: int) -> _data.Split:
