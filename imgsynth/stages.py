@@ -99,11 +99,13 @@ def encoded(config) -> str:
         return encode.encode(model, info, path, data)
 
 
+def _judge_dir(data: _data.Dataset) -> str:
+    return judge_lib.judge_dir(data.spec.data_dir, data.spec.shapes_config)
+
+
 def judge(config) -> str:
     """The dataset's judge (shapes only), trained once and cached next to the dataset."""
-    return _instrument(config, "judge",
-                       lambda d: judge_lib.judge_dir(d.spec.data_dir, d.spec.shapes_config),
-                       judge_lib.INFO_FILE,
+    return _instrument(config, "judge", _judge_dir, judge_lib.INFO_FILE,
                        lambda d, **kw: train_judge.train_judge(d.spec.data_dir,
                                                                d.spec.shapes_config, **kw),
                        train_judge.TrainSettings)
@@ -149,8 +151,7 @@ def prepare(config, *, evaluation: bool = True) -> dict:
         data = _data.Dataset.of(data_config(config))
         todo = [("alignment", alignment, lambda: data.instrument_dir("alignment"))]
         if data.has_scenes:
-            todo.append(("judge", judge, lambda: judge_lib.judge_dir(data.spec.data_dir,
-                                                                     data.spec.shapes_config)))
+            todo.append(("judge", judge, lambda: _judge_dir(data)))
         if data.label_names():
             todo.append(("labels", labels, lambda: data.instrument_dir(labels_lib.KIND)))
         # An instrument another preparer is training right now comes last: two preparers of a
