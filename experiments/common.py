@@ -46,7 +46,12 @@ def generator(paradigm: str, args: ml_collections.ConfigDict) -> ml_collections.
         fsq_levels=(8, 5, 5, 5),   # kind="fsq": levels per code channel
         factors=1,           # token paradigms: factors a token splits into (embeddings, heads)
         train_steps=0))      # > 0 overrides experiments/autoencoder.py's training length
-    c.instruments = ml_collections.ConfigDict(dict(judge_steps=0, alignment_steps=0))
+    c.instruments = ml_collections.ConfigDict(dict(judge_steps=0, alignment_steps=0,
+                                                   labels_steps=0))
+    c.eval = ml_collections.ConfigDict(dict(   # imgsynth.evaluate's defaults (its flags win)
+        num_samples=config_lib.EVAL_SAMPLES,
+        inception_weights="",   # converted pytorch-fid .npz: adds Inception FID
+        clip_weights="", clip_vocab=""))   # converted OpenAI CLIP .npz + BPE vocab: CLIP score
     c.cache_dir = "~/.cache/imgsynth"   # shared data/autoencoders for runlocal and grids
 
     c.optimizer = ml_collections.ConfigDict(dict(

@@ -1,11 +1,16 @@
-"""Evaluation of a finished run: sample → decode → prompt following, fd_judge, KID, alignment.
+"""Evaluation of a finished run on any captioned dataset: sample → decode → metrics.
 
     python -m imgsynth.evaluate --workdir=RUN [--num_samples=N --guidance=w --sampler_steps=K]
+        [--inception_weights=inception_fid.npz] [--clip_weights=clip.npz --clip_vocab=VOCAB.gz]
 
 Samples from the final checkpoint with both the raw and the EMA weights, decodes with the run's
-autoencoder, scores the images with the dataset's judge and alignment model, and writes
-`eval.json` (every metric, the instruments' ceilings, evaluation losses, analytic inference FLOPs
-per image, measured images/s and batch-1 latency, the settings used) and a sample grid PNG.
+autoencoder and writes the sample grids (`samples_ema.png`, `samples_raw.png`) before any metric.
+Then scores the images: alignment score, fd_align and KID (the dataset's own contrastive model)
+always; prompt following and fd_judge where the data stores scenes (shapes); label following
+where it has labels; Inception FID and CLIP score when their weights are given (flags or
+`config.eval`). `eval.json` holds every metric, the instruments' ceilings and real-vs-real floors,
+`unavailable` (each metric the dataset or setup cannot support, with the reason), evaluation
+losses, analytic inference FLOPs per image, measured images/s and batch-1 latency and the settings.
 """
 from __future__ import annotations
 
@@ -22,8 +27,9 @@ from flax import nnx
 
 from imgsynth import checkpoint as ckpt_lib, config as config_lib, io, loop, optim, registry, stages
 from imgsynth.data import images as images_lib, pipeline
-from imgsynth.metrics import alignment as alignment_lib, frechet
-from imgsynth.metrics import prompt_following as pf
+from imgsynth.metrics import _data, alignment as alignment_lib, clip_score, frechet, inception
+from imgsynth.metrics import instruments as instruments_lib, prompt_following as pf
+from imgsynth.models import autoencoder_files
 
 MAX_SAMPLE_BATCH = 64
 
@@ -101,43 +107,55 @@ def latency(sampler, params, text_ids, text_mask) -> float:
     return time.perf_counter() - t0
 
 
-def evaluate(workdir: str, *, num_samples: int = config_lib.EVAL_SAMPLES,
-             guidance: float | None = None, sampler_steps: int | None = None, seed: int = 0) -> dict:
+def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | None = None,
+             sampler_steps: int | None = None, seed: int = 0, inception_weights: str = "",
+             clip_weights: str = "", clip_vocab: str = "") -> dict:
+    """Evaluates a finished run (see the module docstring); settings not given come from
+    `config.eval` where the run's config has them."""
     config, module, graphdef, weights, step = load_run(workdir)
+    settings = config.get("eval") or {}
+    num_samples = num_samples or settings.get("num_samples") or config_lib.EVAL_SAMPLES
     if guidance is not None:
         config.sampler.guidance = guidance
     if sampler_steps is not None:
         config.sampler.steps = sampler_steps
-    instruments = stages.instruments(config)   # never trains: missing ones raise with the command
-    judge, align, decode = instruments.judge, instruments.alignment, instruments.decode
-    data_dir, builder_config = instruments.data_dir, instruments.builder_config
-
-    prompts = pf.evaluation_prompts(data_dir, builder_config, num_prompts=num_samples, seed=seed)
+    # Everything that can refuse the evaluation does so before sampling.
+    dataset = _data.Dataset.of(stages.data_config(config))
+    real = instruments_lib.evaluation_records(dataset, num_samples)
+    external = instruments_lib.load_external(
+        inception_weights or settings.get("inception_weights", ""),
+        clip_weights or settings.get("clip_weights", ""),
+        clip_vocab or settings.get("clip_vocab", ""))
+    if dataset.has_scenes:
+        prompts = pf.evaluation_prompts(dataset.spec.data_dir, dataset.spec.shapes_config,
+                                        num_prompts=num_samples, seed=seed)
+        captions, categories, labels = list(prompts.captions), prompts.categories, None
+    else:
+        captions, categories, labels = real.captions, None, real.labels
+    autoencoder, _ = autoencoder_files.load(stages.autoencoder_dir(config),
+                                            kind=config.autoencoder.kind)
+    decode = autoencoder.decode_latents
     tokenizer = pipeline.load_tokenizer(stages.data_config(config))
-    text_ids, text_mask = tokenizer.encode(list(prompts.captions))
-    real = instruments.real_images(num_samples)
+    text_ids, text_mask = tokenizer.encode(captions)
 
     sampler = make_sampler(config, module, graphdef, decode)
-    feats_real = judge.features(real)
-    results = {}
+    images = {}
     for which in ("params", "ema"):   # the raw pass compiles the sampler; the EMA pass is timed
-        images, seconds = generate(sampler, weights[which], text_ids, text_mask, seed)
-        pf_result = pf.prompt_following(judge.read_scenes(images), prompts.captions, prompts.categories)
-        feats_gen = judge.features(images)
-        kid = frechet.kid(feats_gen, feats_real, subset_size=100, seed=seed)
-        results["raw" if which == "params" else "ema"] = {
-            "prompt_following": {"overall": pf_result["accuracy"], **pf_result["per_category"]},
-            "fd_judge": frechet.fd(feats_gen, feats_real),
-            "kid": {"mean": kid.mean, "std": kid.std},
-            "alignment_score": alignment_lib.alignment_score(align, images, list(prompts.captions)),
-            "images": images}
+        images[which], seconds = generate(sampler, weights[which], text_ids, text_mask, seed)
+    png = _sample_grid(workdir, images["ema"], captions, "samples_ema.png")
+    raw_png = _sample_grid(workdir, images["params"], captions, "samples_raw.png")
+
+    instruments = stages.instruments(config, external)   # never trains: missing ones say how
+    reference = _reference_features(instruments, real.images)
+    results = {}
+    for which, key in (("params", "raw"), ("ema", "ema")):
+        results[key] = _metrics(instruments, images[which], captions, categories, labels,
+                                reference, seed)
 
     rows = loop.MetricsLog(workdir).rows()
     last = next((r for r in reversed(rows) if "eval/loss" in r), {})
     results["raw"]["eval_loss"] = last.get("eval/loss")
     results["ema"]["eval_loss"] = last.get("eval/loss_ema")
-    png = _sample_grid(workdir, results["ema"].pop("images"), prompts.captions)
-    results["raw"].pop("images")
 
     # Throughput from the EMA pass's batches (compiled by the raw pass; padded rows are work too).
     batch = sample_batch(len(text_ids))
@@ -150,21 +168,68 @@ def evaluate(workdir: str, *, num_samples: int = config_lib.EVAL_SAMPLES,
     # The decoder is convolutional, unrolled: XLA's own count is exact enough here.
     decoder_flops = jax.jit(decode).lower(latent).cost_analysis()["flops"]
     report = {
+        "dataset": dataset.name,
         "settings": {"num_samples": num_samples, "guidance": config.sampler.guidance,
                      "sampler_steps": config.sampler.steps, "sampler": config.sampler.to_dict(),
-                     "seed": seed, "checkpoint_step": step},
+                     "seed": seed, "checkpoint_step": step,
+                     "eval_split": dataset.eval_split()},
         "weights": results,
-        "ceilings": instruments.ceilings(num_samples),
+        "ceilings": instruments.ceilings(real.images),
+        "unavailable": instruments.unavailable,
         "inference": {"flops_per_image": module.inference_flops(config),
                       "decoder_flops_per_image": decoder_flops, **speed},
         "samples_png": os.path.basename(png),
+        "samples_raw_png": os.path.basename(raw_png),
     }
     io.write_json(os.path.join(workdir, "eval.json"), report)
     return report
 
 
-def _sample_grid(workdir: str, images: np.ndarray, captions, n: int = 16) -> str:
-    """A grid of the first `n` EMA samples with their prompts (written atomically)."""
+def _reference_features(instruments, real_images) -> dict:
+    """Features of the real evaluation images for every distance the instruments support."""
+    out = {"align": instruments.alignment.image_features(real_images)}
+    if instruments.judge is not None:
+        out["judge"] = instruments.judge.features(real_images)
+    if instruments.inception is not None:
+        out["inception"] = inception.inception_features(instruments.inception, real_images,
+                                                        batch_size=_inception_batch(real_images))
+    return out
+
+
+def _inception_batch(images) -> int:
+    """At most 50 (pytorch-fid's batch), never padding a small set up to it."""
+    return max(1, min(50, len(images)))
+
+
+def _metrics(instruments, images, captions, categories, labels, reference, seed) -> dict:
+    """Every supported metric of one generated set (prompts in `captions`)."""
+    feats = instruments.alignment.image_features(images)
+    kid = frechet.kid(feats, reference["align"], subset_size=100, seed=seed)
+    out = {"alignment_score": alignment_lib.alignment_score(instruments.alignment, images,
+                                                            captions),
+           "fd_align": frechet.fd(feats, reference["align"]),
+           "kid": {"mean": kid.mean, "std": kid.std}}
+    if instruments.judge is not None:
+        judge = instruments.judge
+        result = pf.prompt_following(judge.read_scenes(images), captions, categories)
+        out["prompt_following"] = {"overall": result["accuracy"], **result["per_category"]}
+        out["fd_judge"] = frechet.fd(judge.features(images), reference["judge"])
+    if instruments.labels is not None:
+        out["label_following"] = instruments.labels.following(images, labels)
+    if instruments.inception is not None:
+        out["inception_fid"] = frechet.fd(
+            inception.inception_features(instruments.inception, images,
+                                         batch_size=_inception_batch(images)),
+            reference["inception"])
+    if instruments.clip is not None:
+        model, clip_tokenizer = instruments.clip
+        out["clip_score"] = float(np.mean(clip_score.clip_scores(model, clip_tokenizer, images,
+                                                                 captions)))
+    return out
+
+
+def _sample_grid(workdir: str, images: np.ndarray, captions, name: str, n: int = 16) -> str:
+    """A grid of the first `n` samples with their prompts (written atomically)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -177,7 +242,7 @@ def _sample_grid(workdir: str, images: np.ndarray, captions, n: int = 16) -> str
     for ax in np.ravel(axes):
         ax.axis("off")
     fig.tight_layout()
-    path = os.path.join(workdir, "samples_ema.png")
+    path = os.path.join(workdir, name)
     png = BytesIO()
     fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
@@ -189,10 +254,17 @@ if __name__ == "__main__":
     from absl import app, flags
 
     _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run directory.")
-    _NUM = flags.DEFINE_integer("num_samples", config_lib.EVAL_SAMPLES,
-                                "Generated images per weight set.")
+    _NUM = flags.DEFINE_integer("num_samples", None, "Generated images per weight set (default: "
+                                f"config eval.num_samples, else {config_lib.EVAL_SAMPLES}).")
     _GUIDANCE = flags.DEFINE_float("guidance", None, "Classifier-free guidance (default: config).")
     _STEPS = flags.DEFINE_integer("sampler_steps", None, "Sampler steps (default: config).")
+    _INCEPTION = flags.DEFINE_string(
+        "inception_weights", "", "Converted pytorch-fid Inception .npz: adds Inception FID "
+        "(default: config eval.inception_weights).")
+    _CLIP = flags.DEFINE_string("clip_weights", "", "Converted OpenAI CLIP .npz: adds the CLIP "
+                                "score (default: config eval.clip_weights).")
+    _CLIP_VOCAB = flags.DEFINE_string("clip_vocab", "", "CLIP's bpe_simple_vocab_16e6.txt.gz "
+                                      "(default: config eval.clip_vocab).")
     flags.mark_flag_as_required("workdir")
 
     def main(argv):
@@ -200,9 +272,11 @@ if __name__ == "__main__":
         logging.basicConfig(level=logging.INFO)
         try:
             report = evaluate(_WORKDIR.value, num_samples=_NUM.value, guidance=_GUIDANCE.value,
-                              sampler_steps=_STEPS.value)
+                              sampler_steps=_STEPS.value, inception_weights=_INCEPTION.value,
+                              clip_weights=_CLIP.value, clip_vocab=_CLIP_VOCAB.value)
         except (NotReady, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}") from None
-        print(json.dumps({k: report[k] for k in ("weights", "ceilings", "inference")}))
+        print(json.dumps({k: report[k] for k in ("dataset", "weights", "ceilings", "unavailable",
+                                                 "inference")}))
 
     app.run(main)

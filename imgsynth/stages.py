@@ -1,6 +1,7 @@
 """Pipeline stages a generator run needs, each built once and shared by every run that needs it.
 
-    dataset → autoencoder (per kind) → encoded latents/tokens;  dataset → judge, alignment model
+    dataset → autoencoder (per kind) → encoded latents/tokens;
+    dataset → alignment model, judge (datasets with scenes), label classifier (labelled data)
 
 Every stage lives under `config.cache_dir` unless the config names a path, is skipped when its
 output is complete, and builds to a temporary name before renaming, under a file lock, so several
@@ -19,8 +20,8 @@ import ml_collections
 from experiments import autoencoder as autoencoder_experiment
 from imgsynth import io, train_autoencoder
 from imgsynth.data import build, encode, sources
-from imgsynth.metrics import alignment as alignment_lib, instruments as instruments_lib
-from imgsynth.metrics import judge as judge_lib, train_alignment, train_judge
+from imgsynth.metrics import _data, alignment as alignment_lib, instruments as instruments_lib
+from imgsynth.metrics import judge as judge_lib, labels as labels_lib, train_alignment, train_judge
 from imgsynth.models import autoencoder_files
 from imgsynth.paradigms import token_model
 
@@ -100,47 +101,64 @@ def encoded(config) -> str:
         return encode.encode(model, info, path, data)
 
 
+def _judge_dir(data: _data.Dataset) -> str:
+    return judge_lib.judge_dir(data.spec.data_dir, data.spec.shapes_config)
+
+
 def judge(config) -> str:
     """The dataset's judge (shapes only), trained once and cached next to the dataset."""
-    return _instrument(config, "judge", judge_lib.judge_dir, judge_lib.INFO_FILE,
-                       train_judge.train_judge, train_judge.TrainSettings)
+    return _instrument(config, "judge", _judge_dir, judge_lib.INFO_FILE,
+                       lambda d, **kw: train_judge.train_judge(d.spec.data_dir,
+                                                               d.spec.shapes_config, **kw),
+                       train_judge.TrainSettings)
 
 
 def alignment(config) -> str:
     """The dataset's contrastive image-caption model, trained once and cached like the judge."""
-    return _instrument(config, "alignment", alignment_lib.alignment_dir, alignment_lib.INFO_FILE,
-                       train_alignment.train_alignment, train_alignment.TrainSettings)
+    return _instrument(config, "alignment", lambda d: d.instrument_dir("alignment"),
+                       alignment_lib.INFO_FILE, train_alignment.train_alignment,
+                       train_alignment.TrainSettings)
+
+
+def labels(config) -> str:
+    """The label classifier of a labelled dataset, trained once and cached like the judge."""
+    return _instrument(config, "labels", lambda d: d.instrument_dir(labels_lib.KIND),
+                       labels_lib.INFO_FILE, labels_lib.train_labels,
+                       train_alignment.TrainSettings)
 
 
 def _instrument(config, what, directory, info_file, train_fn, settings_cls) -> str:
-    data = data_config(config)
     dataset(config)
-    path = directory(data.data_dir, data.builder_config)
+    data = _data.Dataset.of(data_config(config))
+    path = directory(data)
     with io.FileLock(path):
         if not os.path.isfile(os.path.join(path, info_file)):
-            train_fn(data.data_dir, data.builder_config,
-                     settings=settings_cls(**_quick(config, what)), log=logging.info)
+            train_fn(data, settings=settings_cls(**_quick(config, what)), log=logging.info)
     return path
 
 
 def _quick(config, what: str) -> dict:
     """Instrument training length: `instruments.<what>_steps` when set (runlocal: short)."""
-    steps = config.instruments[f"{what}_steps"] or (150 if config.get("runlocal") else 0)
+    steps = config.instruments.get(f"{what}_steps", 0) or (150 if config.get("runlocal") else 0)
     return {"steps": steps, "warmup_steps": min(100, max(steps // 10, 1))} if steps else {}
 
 
 def prepare(config, *, evaluation: bool = True) -> dict:
-    """Every stage a generator run (and, with `evaluation`, its evaluation) needs."""
+    """Every stage a generator run (and, with `evaluation`, its evaluation) needs: the alignment
+    model always, the judge where the data has scenes, the label classifier where it has labels."""
     if config.data.name == "synthetic":
         return {}
     out = {"dataset": dataset(config), "encoded": encoded(config)}
-    if evaluation and config.data.name == "shapes":
-        data = data_config(config)
-        todo = [("judge", judge, judge_lib.judge_dir),
-                ("alignment", alignment, alignment_lib.alignment_dir)]
+    if evaluation:
+        data = _data.Dataset.of(data_config(config))
+        todo = [("alignment", alignment, lambda: data.instrument_dir("alignment"))]
+        if data.has_scenes:
+            todo.append(("judge", judge, lambda: _judge_dir(data)))
+        if data.label_names():
+            todo.append(("labels", labels, lambda: data.instrument_dir(labels_lib.KIND)))
         # An instrument another preparer is training right now comes last: two preparers of a
         # grid then train one each instead of one waiting on the other's lock.
-        todo.sort(key=lambda t: io.FileLock.held(t[2](data.data_dir, data.builder_config)))
+        todo.sort(key=lambda t: io.FileLock.held(t[2]()))
         for name, build_fn, _ in todo:
             out[name] = build_fn(config)
     return out
@@ -167,15 +185,11 @@ def generator_sources(config):
     return sources.encoded(path, info["hash"])
 
 
-def instruments(config) -> instruments_lib.Instruments:
+def instruments(config, external: instruments_lib.External | None = None
+                ) -> instruments_lib.Instruments:
     """Loads (never trains) what evaluating a run of `config` needs."""
-    if config.data.name != "shapes":
-        raise NotImplementedError(
-            f"data.name={config.data.name!r}: the judge-based metrics need the shapes dataset's "
-            "scenes; evaluate real data with the Inception FID / CLIP evaluators")
-    data = data_config(config)
-    return instruments_lib.load(autoencoder_dir(config), config.autoencoder.kind, data.data_dir,
-                                data.builder_config)
+    return instruments_lib.load(autoencoder_dir(config), config.autoencoder.kind,
+                                _data.Dataset.of(data_config(config)), external)
 
 
 if __name__ == "__main__":

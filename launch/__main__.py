@@ -6,6 +6,8 @@
     --retry_failed   also rerun runs (and evaluations) that failed before
     --skip_eval      local: train only (a later launch without it evaluates the done runs)
     --runs=REGEX     only the runs whose name matches
+    --set KEY=VALUE  override a config key in every run (repeatable), e.g. point the grid at a
+                     dataset: --set data.name=folder --set data.folder_name=NAME --set data.data_dir=DIR
 
 See docs/launch.md for the TPU-pod and SLURM options.
 """
@@ -32,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile_only", action="store_true")
     p.add_argument("--skip_eval", action="store_true", help="local: train only")
     p.add_argument("--runs", help="regular expression selecting runs by name")
+    grid_lib.add_set_argument(p)
     p.add_argument("--flops_per_s", type=float, help="achieved training FLOP/s for ETAs "
                    "(default: measured CPU rates for the CPU sizes)")
     p.add_argument("--fake_devices", type=int, help="--compile_only: compile for this many "

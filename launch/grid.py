@@ -10,7 +10,9 @@ A grid file is plain Python (big_vision sweeps):
                     ablation={"ema": "off"})                 # label; omit for main-grid runs
 
 Each `add` becomes `default_config(paradigm, "size=..,budget=..[,runlocal]")`, then the overrides,
-then `config.grid = {name, budget, ablation}` and `config.keep_flops` = the grid's budgets below
+then the command line's `--set KEY=VALUE` overrides (every run of the grid, e.g. pointing it at a
+dataset: `--set data.name=folder --set data.folder_name=NAME`; they reach the programs the
+launcher starts through the IMGSYNTH_GRID_SET environment variable), then `config.grid = {name, budget, ablation}` and `config.keep_flops` = the grid's budgets below
 this run's (checkpoints kept there give the intermediate points of the curves). Runs are named
 `<paradigm>-<size>-<budget:.0e>[-<ablation>]`; two runs with one name are an error.
 """
@@ -25,6 +27,9 @@ import os
 import re
 from collections.abc import Sequence
 from typing import Any
+
+import argparse
+import ast
 
 import ml_collections
 
@@ -49,8 +54,49 @@ CPU_EVAL_OVERHEAD_S = 25.0
 CPU_SAMPLE_FLOPS_PER_S = 150e9
 
 
+OVERRIDES_ENV = "IMGSYNTH_GRID_SET"
+
+
 class GridError(ValueError):
     """A grid that cannot be expanded; raised before anything runs."""
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """`KEY=VALUE` → (dotted key, Python literal, or the text itself: `data.name=folder`)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise GridError(f"--set {item!r}: expected KEY=VALUE, e.g. data.folder_name=mine")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    return key.strip(), value
+
+
+def command_line_overrides() -> dict:
+    """The `--set` overrides of this process (and of the launcher that started it)."""
+    return json.loads(os.environ.get(OVERRIDES_ENV) or "{}")
+
+
+class SetOverride(argparse.Action):
+    """`--set KEY=VALUE` (repeatable): an override for every run of the grid, recorded in the
+    environment so that the stage, training and evaluation programs the launcher starts expand
+    the grid the same way."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        try:
+            key, parsed = parse_set(value)
+        except GridError as e:
+            parser.error(str(e))
+        os.environ[OVERRIDES_ENV] = json.dumps({**command_line_overrides(), key: parsed})
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), value])
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action=SetOverride, metavar="KEY=VALUE", default=[],
+                        help="override a config key in every run (repeatable), e.g. --set "
+                             "data.name=folder --set data.folder_name=NAME --set "
+                             "data.data_dir=DIR; see README 'Your own data'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +121,14 @@ class Run:
     @property
     def synthetic(self) -> bool:
         return self.config.data.name == "synthetic"
+
+    @property
+    def dataset(self) -> str:
+        """The dataset in words, for stage lines: `shapes r32_small`, `folder mine`, ..."""
+        d = self.config.data
+        detail = {"shapes": d.get("builder_config") or f"r{d.get('resolution')}",
+                  "folder": d.get("folder_name"), "tfds": d.get("tfds_name")}.get(d.name, "")
+        return f"{d.name} {detail}".strip()
 
     def stage_key(self) -> str:
         """Runs with one key share every pipeline stage (data, autoencoder, encoded data, judge,
@@ -171,6 +225,9 @@ def expand(sweep, *, name: str, path: str = "<sweep>") -> Grid:
     for i, s in enumerate(specs):
         _check_spec(s, f"{path}: run #{i + 1} ({s.get('paradigm')}, {s.get('size')}, "
                        f"{s.get('budget')})")
+    extra = command_line_overrides()
+    for s in specs:
+        s["overrides"].update(extra)
     budgets = sorted({float(s["budget"]) for s in specs})
     runs, seen = [], {}
     for i, s in enumerate(specs):

@@ -182,7 +182,7 @@ class LocalLauncher:
                 tag = hashlib.sha1(key.encode()).hexdigest()[:10]
                 log_path = os.path.join(self.workdir, "stages", f"{tag}.log")
                 self.out(f"stages {tag}: preparing data and autoencoders for {len(members)} runs "
-                         f"({members[0].paradigm}, {members[0].config.data.builder_config})")
+                         f"({members[0].paradigm}, {members[0].dataset})")
                 self.state.update_stage(tag, setting=key, status="running", log=log_path)
                 slot = None if len(groups) == 1 else self._free_slot()
                 job = self._spawn("prepare", members[0], log_path, slot=slot)

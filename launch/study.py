@@ -1,6 +1,6 @@
 """The one-command study: run a grid locally, then build the report.
 
-    imgsynth-study [--grid=quickstart] [--workdir=./study] [--parallel=N]
+    imgsynth-study [--grid=quickstart] [--workdir=./study] [--parallel=N] [--set KEY=VALUE ...]
 
 Runs every stage, training run and evaluation of the grid through the launcher's local backend
 (resumable: run the same command again after an interruption), then writes
@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--retry_failed", action="store_true", help="rerun runs that failed before")
     p.add_argument("--dry_run", action="store_true", help="print the runs and their ETA only")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the fits")
+    grid_lib.add_set_argument(p)
     args = p.parse_args(argv)
 
     try:

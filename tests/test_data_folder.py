@@ -74,7 +74,7 @@ def test_skips_and_conversions_are_counted(built):
 def test_records_share_the_shapes_layout(built):
     _, path, _ = built
     builder = tfds.builder_from_directory(path)
-    records_ = [r for split in ("train", "validation")
+    records_ = [r for split in ("train", "validation", "test")
                 for r in builder.as_data_source(split)]
     by_caption = {r["caption"].decode(): r for r in records_}
     assert set(by_caption) == {"a red square", "gray noise", "nothing to see",

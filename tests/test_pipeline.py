@@ -13,8 +13,9 @@ from imgsynth import config as config_lib, evaluate, io, stages, train, train_au
 from imgsynth.models import autoencoder_files
 from imgsynth.data import encode, pipeline
 
-EVAL_SCHEMA = {"settings", "weights", "ceilings", "inference", "samples_png"}
-METRICS = {"prompt_following", "fd_judge", "kid", "alignment_score", "eval_loss"}
+EVAL_SCHEMA = {"dataset", "settings", "weights", "ceilings", "unavailable", "inference",
+               "samples_png", "samples_raw_png"}
+METRICS = {"prompt_following", "fd_judge", "fd_align", "kid", "alignment_score", "eval_loss"}
 
 
 def tiny(paradigm, cache, steps=12):
@@ -55,6 +56,8 @@ def test_runlocal_flow_trains_checkpoints_and_evaluates(cache, tmp_path):
         assert 0.0 <= pf["overall"] <= 1.0 and len(pf) >= 2
     assert report["inference"]["flops_per_image"] > 0 and report["inference"]["images_per_s"] > 0
     assert os.path.isfile(tmp_path / report["samples_png"])
+    assert report["dataset"] == "shapes r32_tiny" and "prompt_following" not in report["unavailable"]
+    assert report["ceilings"]["fd_align_real_floor"] >= 0
     assert json.load(open(tmp_path / "eval.json")) == json.loads(json.dumps(report))
 
 

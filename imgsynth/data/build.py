@@ -2,6 +2,7 @@
 
     python -m imgsynth.data.build --dataset=shapes --data_dir=DIR [--resolution=32] [--config=r32_small]
     python -m imgsynth.data.build --dataset=folder --src=DIR --name=NAME --data_dir=DIR [--resolution=32]
+        [--validation_fraction=0.05 --test_fraction=0.1]
     python -m imgsynth.data.build --dataset=tfds --tfds_name=coco_captions --text_key=captions/text --data_dir=DIR
 
 A dataset is built under a hidden temporary directory in `data_dir`, completed with its
@@ -148,12 +149,15 @@ def build_shapes(data_dir: str, config: str | shapes.ShapesConfig = "r32", *,
 
 
 def build_folder(data_dir: str, src: str, name: str, resolution: int = 32, *,
-                 validation_fraction: float = 0.05, text_max_len: int = 16,
-                 log: Log = logging.info, wait_timeout_s: float = 7200.0) -> str:
-    """A dataset from a folder of captioned images; skips and conversions go to the summary."""
+                 validation_fraction: float = 0.05, test_fraction: float = 0.1,
+                 text_max_len: int = 16, log: Log = logging.info,
+                 wait_timeout_s: float = 7200.0) -> str:
+    """A dataset from a folder of captioned images (train / validation / test splits); skips and
+    conversions go to the summary."""
     config = folder_lib.FolderConfig(name=folder_lib.config_name(name, resolution),
                                      src=os.path.abspath(src), resolution=resolution,
-                                     validation_fraction=validation_fraction)
+                                     validation_fraction=validation_fraction,
+                                     test_fraction=test_fraction)
     final_dir = os.path.join(data_dir, folder_lib.NAME, config.name, folder_lib.VERSION)
 
     def make_builder(tmp):
@@ -164,7 +168,8 @@ def build_folder(data_dir: str, src: str, name: str, resolution: int = 32, *,
         summary = json.load(f)
     if "skipped" in summary:
         log(f"{name}: found {summary.get('found')} images; written {summary.get('written')}; "
-            f"skipped {summary['skipped'] or 'none'}; converted {summary['converted'] or 'none'}")
+            f"skipped {summary['skipped'] or 'none'}; converted {summary['converted'] or 'none'}; "
+            f"labels {summary.get('labels') or 'none'}")
     return path
 
 
@@ -216,7 +221,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="", help="shapes builder config, e.g. r32_small")
     parser.add_argument("--src", default="", help="folder: the image folder")
     parser.add_argument("--name", default="", help="folder: the dataset's name")
-    parser.add_argument("--validation_fraction", type=float, default=0.05)
+    parser.add_argument("--validation_fraction", type=float, default=0.05,
+                        help="folder: share of the images in the validation split")
+    parser.add_argument("--test_fraction", type=float, default=0.1,
+                        help="folder: share of the images in the test split (evaluation's real "
+                             "images and prompts)")
     parser.add_argument("--tfds_name", default="")
     parser.add_argument("--text_key", default="")
     parser.add_argument("--text_max_len", type=int, default=16)
@@ -239,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
                             "folder_name": args.name, "src": args.src})
         build_folder(spec.data_dir, spec.src, spec.folder_name, spec.resolution,
                      validation_fraction=args.validation_fraction,
-                     text_max_len=args.text_max_len, log=log)
+                     test_fraction=args.test_fraction, text_max_len=args.text_max_len, log=log)
     else:
         build_tfds_vocab({"name": "tfds", "data_dir": args.data_dir, "tfds_name": args.tfds_name,
                           "text_key": args.text_key, "text_max_len": args.text_max_len}, log=log)

@@ -1,7 +1,9 @@
 """A folder of captioned images → the suite's record layout, as a TFDS builder.
 
 Captions come from `captions.jsonl` in the folder (one `{"file": relative path, "caption": text}`
-per line) or, for images it does not list, from a `.txt` file with the image's name next to it.
+per line, optionally with a `"label"`: a class name) or, for images it does not list, from a
+`.txt` file with the image's name next to it. Labels are all or nothing: when any record has one,
+a captioned image without one is an error naming it (label following needs every test label).
 
 What happens to each image (every skip and conversion is counted in `summary`):
   * no caption (or an empty one)                 → skipped, `missing_caption`
@@ -14,8 +16,9 @@ What happens to each image (every skip and conversion is counted in `summary`):
   * palette, CMYK, YCbCr, LAB, HSV               → converted to RGB, `other_mode`
   * EXIF orientation is applied; animations use their first frame.
 Kept images are resized (short side to the resolution, antialiased) and centre-cropped. A
-deterministic `validation_fraction` of the captioned files whose header passes the checks above
-(chosen by hash of their relative path) forms the validation split; the rest is train.
+deterministic `test_fraction` and `validation_fraction` of the captioned files whose header passes
+the checks above (chosen by hash of their relative path) form the test and validation splits; the
+rest is train. The label names (or null) are stored in build_summary.json as `labels`.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from imgsynth.data import records
 from imgsynth.data.render import png_bytes
 
 NAME = "captioned_folder"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 CAPTIONS_FILE = "captions.jsonl"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _GRAY_MODES = ("1", "L")
@@ -55,6 +58,7 @@ class FolderConfig(tfds.core.BuilderConfig):
     src: str = ""
     resolution: int = 32
     validation_fraction: float = 0.05
+    test_fraction: float = 0.1
 
 
 def config_name(name: str, resolution: int) -> str:
@@ -63,8 +67,12 @@ def config_name(name: str, resolution: int) -> str:
     return f"{name}_r{resolution}"
 
 
-def scan(src: str) -> tuple[list[tuple[str, str]], collections.Counter]:
-    """Captioned images under `src` as sorted (relative path, caption), and what was skipped."""
+Item = tuple[str, str, str]   # (relative path, caption, label or "")
+
+
+def scan(src: str) -> tuple[list[Item], collections.Counter]:
+    """Captioned images under `src` as sorted (relative path, caption, label), and what was
+    skipped; a label missing from some captioned images is a ValueError naming the first."""
     if not os.path.isdir(src):
         raise FileNotFoundError(f"image folder {src!r} does not exist")
     images = []
@@ -72,7 +80,7 @@ def scan(src: str) -> tuple[list[tuple[str, str]], collections.Counter]:
         dirs.sort()
         images += [os.path.relpath(os.path.join(root, f), src) for f in sorted(files)
                    if f.lower().endswith(IMAGE_EXTENSIONS)]
-    listed = {}
+    listed, labels = {}, {}
     skipped = collections.Counter()
     jsonl = os.path.join(src, CAPTIONS_FILE)
     if os.path.exists(jsonl):
@@ -82,7 +90,10 @@ def scan(src: str) -> tuple[list[tuple[str, str]], collections.Counter]:
                     continue
                 try:
                     entry = json.loads(line)
-                    listed[os.path.normpath(entry["file"])] = str(entry["caption"]).strip()
+                    rel = os.path.normpath(entry["file"])
+                    listed[rel] = str(entry["caption"]).strip()
+                    if str(entry.get("label", "")).strip():
+                        labels[rel] = str(entry["label"]).strip()
                 except (ValueError, KeyError, TypeError):
                     skipped["bad_caption_line"] += 1
     skipped["missing_file"] += len(set(listed) - set(images))
@@ -95,25 +106,38 @@ def scan(src: str) -> tuple[list[tuple[str, str]], collections.Counter]:
                 with open(txt, encoding="utf-8", errors="replace") as f:
                     caption = f.read().strip()
         if caption:
-            captioned.append((rel, caption))
+            captioned.append((rel, caption, labels.get(rel, "")))
         else:
             skipped["missing_caption"] += 1
+    unlabelled = [rel for rel, _, label in captioned if not label]
+    if labels and unlabelled:
+        raise ValueError(f"{jsonl}: field 'label' is missing for {len(unlabelled)} of "
+                         f"{len(captioned)} captioned images (first: {unlabelled[0]}); give every "
+                         "record a label or none")
     return captioned, +skipped
 
 
-def split_files(items: list[tuple[str, str]], validation_fraction: float
-                ) -> dict[str, list[tuple[str, str]]]:
-    """The files whose path hashes lowest form validation: stable, and at least one image when
-    a fraction is asked for and there are two or more images."""
-    if not 0 <= validation_fraction < 1:
-        raise ValueError(f"validation_fraction={validation_fraction} must be in [0, 1)")
+def split_files(items: list[Item], validation_fraction: float, test_fraction: float = 0.0
+                ) -> dict[str, list[Item]]:
+    """The files whose path hashes lowest form test, the next ones validation: stable, and at
+    least one image for each fraction asked for; a folder too small to leave a train split is
+    a ValueError."""
+    for key, value in (("validation_fraction", validation_fraction),
+                       ("test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{key}={value} must be in [0, 1)")
     ranked = sorted(items, key=lambda it: hashlib.sha256(it[0].encode()).hexdigest())
-    k = round(validation_fraction * len(items))
-    if validation_fraction > 0 and len(items) >= 2:
-        k = max(k, 1)
-    chosen = {rel for rel, _ in ranked[:k]}
-    return {"train": [it for it in items if it[0] not in chosen],
-            "validation": [it for it in items if it[0] in chosen]}
+    sizes = [max(round(f * len(items)), 1) if f > 0 else 0
+             for f in (test_fraction, validation_fraction)]
+    if sum(sizes) >= len(items):
+        raise ValueError(f"{len(items)} usable images cannot fill a test split of {sizes[0]}, a "
+                         f"validation split of {sizes[1]} and a train split; add images or lower "
+                         "--test_fraction / --validation_fraction")
+    test = {it[0] for it in ranked[:sizes[0]]}
+    validation = {it[0] for it in ranked[sizes[0]:sum(sizes)]}
+    return {"train": [it for it in items if it[0] not in test | validation],
+            "validation": [it for it in items if it[0] in validation],
+            "test": [it for it in items if it[0] in test]}
 
 
 def _check_header(size: tuple[int, int], mode: str, path: str, resolution: int) -> None:
@@ -175,7 +199,9 @@ class CaptionedFolder(records.OfflineBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=f"Captioned images from {self.builder_config.src}.",
-            features=records.features(self.builder_config.resolution),
+            features=tfds.features.FeaturesDict({
+                **records.features(self.builder_config.resolution),
+                "label": tfds.features.Text()}),
         )
 
     def _split_generators(self, dl_manager):
@@ -184,23 +210,25 @@ class CaptionedFolder(records.OfflineBuilder):
         captioned, skipped = scan(c.src)
         self.summary["found"] = len(captioned) + skipped["missing_caption"]
         items = []
-        for rel, caption in captioned:
+        for item in captioned:
             try:
-                probe(os.path.join(c.src, rel), c.resolution)
-                items.append((rel, caption))
+                probe(os.path.join(c.src, item[0]), c.resolution)
+                items.append(item)
             except SkipImage as skip:
                 skipped[skip.reason] += 1
         self.summary["skipped"].update(skipped)
         if not items:
             raise ValueError(f"{c.src}: no usable captioned images ({dict(skipped)}); captions go "
                              f"in {CAPTIONS_FILE} or in a .txt file next to each image")
-        return {split: self._generate_examples(split, files)
-                for split, files in split_files(items, c.validation_fraction).items() if files}
+        labels = sorted({label for _, _, label in items})
+        self.summary["labels"] = labels if labels != [""] else None
+        return {split: self._generate_examples(split, files) for split, files
+                in split_files(items, c.validation_fraction, c.test_fraction).items() if files}
 
-    def _generate_examples(self, split: str, files: list[tuple[str, str]]):
+    def _generate_examples(self, split: str, files: list[Item]):
         c = self.builder_config
         written = 0
-        for rel, caption in files:
+        for rel, caption, label in files:
             try:
                 image, conversion = load_image(os.path.join(c.src, rel), c.resolution)
             except SkipImage as skip:
@@ -211,7 +239,7 @@ class CaptionedFolder(records.OfflineBuilder):
             written += 1
             yield rel, {"image": png_bytes(records.fit_image(image, c.resolution)),
                         "caption": caption, "category": "none",
-                        "objects": records.empty_objects()}
+                        "objects": records.empty_objects(), "label": label}
         self.summary["written"][split] = written
         if not written:
             raise ValueError(

@@ -48,6 +48,11 @@ class RecordMapper:
             return _text(_field(record, self.spec.text_key))
         return self.label_caption(int(_field(record, self.spec.label_key)))
 
+    def label(self, record) -> str:
+        """The record's class name (its id as text when the field is no ClassLabel)."""
+        value = int(_field(record, self.spec.label_key))
+        return self.label_names[value] if self.label_names else str(value)
+
     def label_caption(self, label: int) -> str:
         name = self.label_names[label] if self.label_names else str(label)
         return self.spec.caption_template.format(label=name.replace("_", " "))
@@ -59,22 +64,21 @@ class RecordMapper:
                 "category": records.NONE_CATEGORY, "objects": records.empty_objects()}
 
 
-def _builder(spec: DataSpec) -> tfds.core.DatasetBuilder:
+def builder(spec: DataSpec) -> tfds.core.DatasetBuilder:
     return tfds.builder(spec.tfds_name, data_dir=spec.data_dir or None)
 
 
 def label_names(spec: DataSpec) -> list[str] | None:
     """Class names of `label_key`, or None when it is not a ClassLabel."""
-    feature = _builder(spec).info.features
+    feature = builder(spec).info.features
     for part in spec.label_key.split("/"):
         feature = feature[part]
     return list(feature.names) if isinstance(feature, tfds.features.ClassLabel) else None
 
 
 def raw_source(spec: DataSpec, split: str):
-    builder = _builder(spec)
     try:
-        return builder.as_data_source(split)
+        return builder(spec).as_data_source(split)
     except Exception as e:  # TFDS raises several types for "not prepared as ArrayRecord"
         raise FileNotFoundError(
             f"TFDS dataset {spec.tfds_name!r} split {split!r} is not available for random access "

@@ -7,9 +7,10 @@ matters: "a red circle above a blue square" ≠ "a blue circle above a red squar
 symmetric InfoNCE loss in which pairs with identical captions count as positives.
 
 How good the instrument is gets measured and stored with it: image→caption retrieval accuracy on
-real held-out test pairs (`retrieval_protocol`). Trained once per dataset version by
-`python -m imgsynth.metrics.train_alignment` and cached at
-`<data_dir>/alignment/<builder_config>-<version>/`.
+real held-out test pairs (`retrieval_protocol`). Trained once per dataset version (any captioned dataset: `_data.Dataset`) by the run's stages
+or, for shapes, `python -m imgsynth.metrics.train_alignment`, and cached at
+`<data_dir>/alignment/<dataset key>/`. Its image tower's hidden features are also what `fd_align`
+and KID compare.
 """
 from __future__ import annotations
 
@@ -64,13 +65,17 @@ class ImageTower(nnx.Module):
         self.hidden = nnx.Linear(GRID * GRID * cin, cfg.width, rngs=rngs)
         self.proj = nnx.Linear(cfg.width, cfg.embed_dim, rngs=rngs)
 
-    def __call__(self, images_BHWC):
+    def features(self, images_BHWC):
+        """The hidden layer before the projection: what fd_align and KID compare."""
         x = space_to_depth(to_float(images_BHWC), 2)
         for conv in self.convs:
             x = jax.nn.relu(conv(x))
         p = _cell_pool_matrix(x.shape[1], self.resolution / x.shape[1], self.resolution)
         cells = jnp.einsum("ry,cx,byxd->brcd", p, p, x).reshape(x.shape[0], -1)
-        return self.proj(jax.nn.relu(self.hidden(cells)))
+        return jax.nn.relu(self.hidden(cells))
+
+    def __call__(self, images_BHWC):
+        return self.proj(self.features(images_BHWC))
 
 
 class TextBlock(nnx.Module):
@@ -127,6 +132,11 @@ def _embed_images(model: AlignmentNet, images):
 
 
 @nnx.jit
+def _image_features(model: AlignmentNet, images):
+    return model.image.features(images)
+
+
+@nnx.jit
 def _embed_texts(model: AlignmentNet, ids, mask):
     txt = model.text(ids, mask)
     return txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
@@ -161,13 +171,22 @@ class Alignment:
     def retrieval_accuracy(self) -> float | None:
         return self.info.get("retrieval_accuracy")
 
-    def embed_images(self, images) -> np.ndarray:
+    def _checked(self, images) -> np.ndarray:
         images = np.asarray(images)
         r = self.config.resolution
         if images.ndim != 4 or images.shape[1:] != (r, r, 3) or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 [N, {r}, {r}, 3] images, got {images.dtype} "
                              f"{images.shape}")
-        return _batched(lambda x: _embed_images(self.model, x), [images], self.batch_size)
+        return images
+
+    def embed_images(self, images) -> np.ndarray:
+        return _batched(lambda x: _embed_images(self.model, x), [self._checked(images)],
+                        self.batch_size)
+
+    def image_features(self, images) -> np.ndarray:
+        """[N, width] image-tower features (float64) for fd_align and KID."""
+        return _batched(lambda x: _image_features(self.model, x), [self._checked(images)],
+                        self.batch_size).astype(np.float64)
 
     def embed_captions(self, captions) -> np.ndarray:
         ids, mask = self.tokenizer.encode(list(captions))
@@ -221,8 +240,8 @@ def load_alignment_from(directory: str) -> Alignment:
     return Alignment(model, WordTokenizer.load(os.path.join(directory, VOCAB_FILE)), info)
 
 
-def load_alignment(data_dir: str, builder_config: str = "r32") -> Alignment:
-    """The cached alignment model of a shapes dataset; says how to train it when there is none."""
-    return load_alignment_from(_data.trained_dir(data_dir, "alignment", builder_config,
-                                                 info_file=INFO_FILE, what="alignment model",
-                                                 trainer="train_alignment"))
+def load_alignment(data, builder_config: str = "r32") -> Alignment:
+    """The cached alignment model of a dataset (a `_data.Dataset`, or a shapes data_dir and
+    builder config); says how to train it when there is none."""
+    return load_alignment_from(_data.as_dataset(data, builder_config).trained_dir(
+        "alignment", info_file=INFO_FILE, what="alignment model", trainer="train_alignment"))

@@ -1,5 +1,7 @@
-"""What evaluating a run needs, loaded together: the run's decoder, the dataset's judge and
-alignment model, real test images, and the ceilings each instrument sets."""
+"""What evaluating a run needs, loaded together: the run's decoder, the dataset's metric models
+(alignment model always; judge for datasets with scenes; label classifier for labelled data;
+Inception and CLIP when their weights are given), real images, the ceilings each instrument sets,
+and, for every metric the dataset cannot support, the reason."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +12,33 @@ import numpy as np
 
 from imgsynth import io
 from imgsynth.data import images as images_lib
-from imgsynth.metrics import _data, alignment as alignment_lib, judge as judge_lib
-from imgsynth.metrics import prompt_following
+from imgsynth.metrics import _data, alignment as alignment_lib, clip_score, frechet, inception
+from imgsynth.metrics import judge as judge_lib, labels as labels_lib, prompt_following
+from imgsynth.metrics.clip_tokenizer import ClipTokenizer
 from imgsynth.models import autoencoder_files
+
+NO_SCENES = "the dataset stores no scenes (only the shapes dataset does)"
+NO_LABELS = ("the dataset has no labels (a TFDS label_key, or a 'label' per record in the "
+             "folder's captions.jsonl)")
+NO_INCEPTION = ("no Inception weights given (--inception_weights or eval.inception_weights; "
+                "convert pytorch-fid's checkpoint once with `python -m imgsynth.metrics.inception "
+                "--convert pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz`)")
+NO_CLIP = ("no CLIP weights and vocabulary given (--clip_weights and --clip_vocab, or "
+           "eval.clip_weights and eval.clip_vocab; convert OpenAI's checkpoint once with "
+           "`python -m imgsynth.metrics.clip_score --convert ViT-B-32.pt --out clip_vit_b32.npz`)")
+
+
+def evaluation_records(dataset: _data.Dataset, n: int) -> _data.Split:
+    """The first `n` records of the evaluation split: the real images every generated set is
+    compared with (and, for data without scenes, the prompts). Too few is an error naming the
+    dataset, raised before any sampling."""
+    split = dataset.eval_split()
+    real = dataset.read(split, limit=n)
+    if len(real.captions) < n:
+        raise ValueError(f"{dataset.name}: evaluation asks for {n} samples but its {split} split "
+                         f"holds {len(real.captions)} records; lower --num_samples "
+                         "(eval.num_samples) or rebuild with a larger test split")
+    return real
 
 
 @dataclasses.dataclass
@@ -20,46 +46,110 @@ class Instruments:
     autoencoder: object
     autoencoder_info: dict
     autoencoder_dir: str
-    judge: object
-    alignment: object
-    data_dir: str
-    builder_config: str
+    dataset: _data.Dataset
+    alignment: alignment_lib.Alignment
+    judge: judge_lib.Judge | None = None
+    labels: labels_lib.LabelClassifier | None = None
+    inception: inception.InceptionV3FID | None = None
+    clip: tuple[clip_score.CLIP, ClipTokenizer] | None = None
+    unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def decode(self, latents):
         return self.autoencoder.decode_latents(latents)
 
-    def real_images(self, n: int) -> np.ndarray:
-        return _data.read_split(self.data_dir, self.builder_config, "test", limit=n).images
+    def real(self, n: int) -> _data.Split:
+        return evaluation_records(self.dataset, n)
 
     def autoencoder_ceilings(self, n: int) -> dict:
-        """The judge on autoencoder reconstructions of real test images: the best a generator in
-        this latent space can score, with per-attribute accuracy. Computed once per (autoencoder,
-        dataset) and cached."""
-        path = os.path.join(self.autoencoder_dir, f"ceilings-v2-{self.builder_config}-{n}.json")
+        """The metrics on autoencoder reconstructions of real test images (with the judge's
+        per-attribute accuracy where the data stores scenes): the best a generator in this latent
+        space can score. Computed once per (autoencoder, dataset) and cached."""
+        path = os.path.join(self.autoencoder_dir, f"ceilings-v2-{self.dataset.key}-{n}.json")
         cached = io.read_json(path)
-        if cached is not None:
+        if cached is not None and "autoencoder_alignment_score" in cached:
             return cached
-        real = _data.read_split(self.data_dir, self.builder_config, "test", limit=n)
+        real = self.real(n)
         roundtrip = jax.jit(lambda x: self.decode(self.autoencoder.encode_latents(x)))
         recon = np.concatenate([
             images_lib.to_uint8(roundtrip(images_lib.to_float(real.images[i:i + 256])))
             for i in range(0, len(real.images), 256)])
-        out = prompt_following.reconstruction_ceilings(self.judge, real, recon)
+        out = {"autoencoder_alignment_score": alignment_lib.alignment_score(
+            self.alignment, recon, real.captions)}
+        if self.judge is not None:
+            out |= prompt_following.reconstruction_ceilings(self.judge, real, recon)
+        if self.labels is not None:
+            out["autoencoder_label_following"] = self.labels.following(recon, real.labels)
         io.write_json(path, out)
         return out
 
-    def ceilings(self, n: int) -> dict:
-        return {**self.autoencoder_ceilings(n),
-                "judge_prompt_following": self.judge.ceiling,
-                "judge_fd_real_floor": (self.judge.info.get("fd_real_floor") or {}).get("value"),
-                "alignment_retrieval_accuracy": self.alignment.retrieval_accuracy,
-                "autoencoder_psnr": self.autoencoder_info["validation"].get("psnr")}
+    def real_floors(self, real_images: np.ndarray, seed: int = 0) -> dict:
+        """fd_align and KID between the real evaluation images and as many real training
+        images: the score of a generator that draws real images (finite-sample floor)."""
+        other = self.dataset.read("train", limit=len(real_images)).images
+        a, b = (self.alignment.image_features(x) for x in (real_images, other))
+        kid = frechet.kid(a, b, subset_size=100, seed=seed)
+        return {"fd_align_real_floor": frechet.fd(a, b), "kid_real_floor": kid.mean}
+
+    def ceilings(self, real_images: np.ndarray) -> dict:
+        n = len(real_images)
+        out = {**self.autoencoder_ceilings(n), **self.real_floors(real_images),
+               "alignment_retrieval_accuracy": self.alignment.retrieval_accuracy,
+               "autoencoder_psnr": self.autoencoder_info["validation"].get("psnr")}
+        if self.judge is not None:
+            out |= {"judge_prompt_following": self.judge.ceiling,
+                    "judge_fd_real_floor": (self.judge.info.get("fd_real_floor") or {}).get("value")}
+        if self.labels is not None:
+            out["label_classifier_accuracy"] = self.labels.accuracy
+        return out
 
 
-def load(autoencoder_dir: str, kind: str, data_dir: str, builder_config: str) -> Instruments:
-    """Loads (never trains) the instruments; a clear error names the command that makes each."""
+def _weights_file(path: str, load):
+    """`load(path)`, with an architecture mismatch named by the file."""
+    try:
+        return load(path)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+@dataclasses.dataclass
+class External:
+    """The optional evaluators with published weights the user gives: loaded (and their files
+    checked against the architecture) before any sampling."""
+    inception: inception.InceptionV3FID | None = None
+    clip: tuple[clip_score.CLIP, ClipTokenizer] | None = None
+    unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def load_external(inception_weights: str = "", clip_weights: str = "",
+                  clip_vocab: str = "") -> External:
+    out = External()
+    if inception_weights:
+        out.inception = _weights_file(inception_weights, inception.load_inception)
+    else:
+        out.unavailable["inception_fid"] = NO_INCEPTION
+    if clip_weights and clip_vocab:
+        out.clip = (_weights_file(clip_weights, clip_score.load_clip), ClipTokenizer(clip_vocab))
+    elif clip_weights or clip_vocab:
+        raise ValueError("the CLIP score needs both --clip_weights and --clip_vocab")
+    else:
+        out.unavailable["clip_score"] = NO_CLIP
+    return out
+
+
+def load(autoencoder_dir: str, kind: str, dataset: _data.Dataset,
+         external: External | None = None) -> Instruments:
+    """Loads (never trains) the instruments; a clear error names how each trained one is made."""
+    external = external or load_external()
     model, info = autoencoder_files.load(autoencoder_dir, kind=kind)
-    return Instruments(model, info, autoencoder_dir,
-                       judge_lib.load_judge(data_dir, builder_config),
-                       alignment_lib.load_alignment(data_dir, builder_config),
-                       data_dir, builder_config)
+    out = Instruments(model, info, autoencoder_dir, dataset, alignment_lib.load_alignment(dataset),
+                      inception=external.inception, clip=external.clip,
+                      unavailable=dict(external.unavailable))
+    if dataset.has_scenes:
+        out.judge = judge_lib.load_judge(dataset.spec.data_dir, dataset.spec.shapes_config)
+    else:
+        out.unavailable |= {"prompt_following": NO_SCENES, "fd_judge": NO_SCENES}
+    if dataset.label_names():
+        out.labels = labels_lib.load_labels(dataset)
+    else:
+        out.unavailable["label_following"] = NO_LABELS
+    return out

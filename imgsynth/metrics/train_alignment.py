@@ -1,4 +1,4 @@
-"""Train the alignment model of a shapes dataset once, measure its retrieval accuracy, cache both.
+"""Train the alignment model of a dataset once, measure its retrieval accuracy, cache both.
 
     python -m imgsynth.metrics.train_alignment --data_dir=DIR [--builder_config=r32] [--force]
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 
 import jax
@@ -19,9 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from imgsynth.data import shapes
 from imgsynth.data.tokenizer import WordTokenizer
-from imgsynth.data.tokenizer import load as load_tokenizer_file
 from imgsynth.metrics import _data, instrument_training
 from imgsynth.metrics.alignment import (INFO_FILE, RETRIEVAL_GROUP, Alignment, AlignmentConfig,
                                         AlignmentNet, alignment_dir, alignment_scores,
@@ -41,23 +38,25 @@ def _loss(model: AlignmentNet, batch):
                   + optax.softmax_cross_entropy(logits.T, targets).mean())
 
 
-def train_alignment(data_dir: str, builder_config: str = "r32", *,
+def train_alignment(data, builder_config: str = "r32", *,
                     config: AlignmentConfig | None = None, settings: TrainSettings = TrainSettings(),
                     log=print) -> Alignment:
-    """Trains on the train split, measures retrieval on the test split, caches (if `save`).
+    """Trains on the train split, measures retrieval on the evaluation split, caches.
 
-    `config` sets the architecture; its resolution, vocabulary size and caption length are
-    always taken from the dataset."""
+    `data` is a `_data.Dataset` or a shapes data_dir (with `builder_config`). `config` sets the
+    architecture; its resolution, vocabulary size and caption length are always taken from the
+    dataset; a dataset smaller than a step trains on steps of all its pairs."""
     start, cpu_start = time.perf_counter(), _data.cpu_seconds()
-    resolution = _data.resolution_of(builder_config)
-    dataset = _data.dataset_path(data_dir, builder_config)
-    tokenizer = load_tokenizer_file(os.path.join(dataset, "vocab.json"))
+    dataset = _data.as_dataset(data, builder_config)
+    tokenizer = dataset.tokenizer()
     if not isinstance(tokenizer, WordTokenizer):
-        raise ValueError(f"{dataset}/vocab.json is not a word vocabulary")
-    config = dataclasses.replace(config or AlignmentConfig(), resolution=resolution,
+        raise ValueError(f"{dataset.name}: the alignment model needs a word vocabulary")
+    config = dataclasses.replace(config or AlignmentConfig(), resolution=dataset.resolution,
                                  vocab_size=tokenizer.vocab_size, text_max_len=tokenizer.max_len)
     s = settings
-    train = _data.read_split(data_dir, builder_config, "train", limit=s.steps * s.per_step_examples)
+    train = dataset.read("train", limit=s.steps * s.per_step_examples)
+    s = dataclasses.replace(s, per_step_examples=_data.step_examples(
+        s.per_step_examples, len(train.captions), f"{dataset.name} alignment model"))
     ids, mask = tokenizer.encode(train.captions)
     caption_ids = np.unique(np.asarray(train.captions), return_inverse=True)[1]
     log(f"alignment: {len(ids)} training pairs read in {time.perf_counter() - start:.0f} s")
@@ -66,19 +65,19 @@ def train_alignment(data_dir: str, builder_config: str = "r32", *,
         same = (caption_ids[idx][:, None] == caption_ids[idx][None, :]).astype(np.float32)
         return {"images": train.images[idx], "ids": ids[idx], "mask": mask[idx], "same": same}
 
-    directory = alignment_dir(data_dir, builder_config)
+    directory = dataset.instrument_dir("alignment")
     model = instrument_training.train(
         "alignment", directory + "-training", lambda: AlignmentNet(config, rngs=nnx.Rngs(s.seed)),
         _loss, batch, len(ids), s)
     result = Alignment(model, tokenizer)
-    test = _data.read_split(data_dir, builder_config, "test")
+    test = dataset.read(dataset.eval_split())
     scores = alignment_scores(result, test.images, test.captions)
     shuffled = alignment_scores(result, test.images, np.roll(np.asarray(test.captions), 1).tolist())
     group = min(RETRIEVAL_GROUP, len(test.captions))
     accuracy = retrieval_accuracy(result, test.images, test.captions, group)
     train_minutes = (time.perf_counter() - start) / 60
     result.info = {
-        "dataset": shapes.NAME, "builder_config": builder_config, "version": shapes.VERSION,
+        "dataset": dataset.name, "dataset_key": dataset.key,
         "retrieval_accuracy": accuracy,
         "retrieval_protocol": retrieval_protocol(group), "retrieval_group": group,
         "real_score": float(scores.mean()), "mismatched_score": float(shuffled.mean()),

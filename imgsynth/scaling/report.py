@@ -268,7 +268,7 @@ def _samples_html(rows, workdir: str) -> str:
         cells = []
         for p in paradigms:
             cand = [r for r in group if r["paradigm"] == p]
-            key = next((c for c in ("ema/fd_judge", "raw/fd_judge")
+            key = next((c for c in ("ema/fd_judge", "raw/fd_judge", "ema/fd_align", "raw/fd_align")
                         if any(np.isfinite(r[c]) for r in cand)), None)
             if not cand:
                 cells.append("–")
@@ -328,7 +328,22 @@ def _ceilings_html(rows) -> str:
         out.append([_esc(ae.split("=", 1)[1]), str(len(rs)), *cells])
     return _table(["autoencoder", "runs", "judge prompt following (real images)",
                    "prompt following of AE reconstructions", "alignment retrieval accuracy",
-                   "FD of AE reconstructions"], out)
+                   "FD of AE reconstructions", "fd_align real vs real", "KID real vs real",
+                   "label classifier accuracy (real images)"], out)
+
+
+def _dataset_html(rows) -> str:
+    """The dataset(s) the runs were evaluated on, and the metrics each could not support."""
+    done = [r for r in rows if r["status"] == "done" and r["dataset"]]
+    if not done:
+        return ""
+    names = sorted({r["dataset"] for r in done})
+    out = f"<p>Dataset: {_esc(', '.join(names))}.</p>"
+    reasons = sorted({r["unavailable"] for r in done if r["unavailable"]})
+    if reasons:
+        items = "".join(f"<li>{_esc(part)}</li>" for text in reasons for part in text.split("; "))
+        out += f"<p class='note'>Not available for these runs:</p><ul class='note'>{items}</ul>"
+    return out
 
 
 def _runs_html(results: table.Results, f: dict) -> str:
@@ -451,7 +466,7 @@ def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) ->
         f"{_num(min(r['train_flops'] for r in fitting.main_runs(rows)), 2)} – "
         f"{_num(meta['max_observed_flops'], 2)} FLOPs; extrapolated to {budgets} FLOPs. "
         f"Bootstrap: {meta['n_bootstrap']} resamples over runs, seed {meta['seed']}.</p>"
-        f"<p class='note'>Workdir <code>{_esc(os.path.abspath(workdir))}</code>, generated "
+        f"{_dataset_html(rows)}<p class='note'>Workdir <code>{_esc(os.path.abspath(workdir))}</code>, generated "
         f"{stamp}.</p><ol>{toc}</ol>{body}</body></html>")
 
 

@@ -24,10 +24,16 @@ NAN = float("nan")
 PROMPT_CATEGORIES = ("overall", "single_object", "two_objects", "counting", "colors", "position",
                      "color_attribution")
 EVAL_METRICS = tuple(f"prompt_following/{c}" for c in PROMPT_CATEGORIES) + (
-    "fd_judge", "kid/mean", "kid/std", "alignment_score", "eval_loss")
+    "fd_judge", "kid/mean", "kid/std", "alignment_score", "eval_loss",
+    # Any captioned dataset (imgsynth.evaluate; eval.json `unavailable` says which a run lacks):
+    "fd_align", "label_following", "inception_fid", "clip_score")
+# Added with `unavailable`: an eval.json from before it lacks them without being incomplete.
+NEWER_METRICS = ("fd_align", "label_following", "inception_fid", "clip_score",
+                 "fd_align_real_floor", "kid_real_floor", "label_classifier_accuracy")
 WEIGHTS = ("raw", "ema")
 CEILINGS = ("judge_prompt_following", "autoencoder_prompt_following",
-            "alignment_retrieval_accuracy", "autoencoder_fd_judge")
+            "alignment_retrieval_accuracy", "autoencoder_fd_judge",
+            "fd_align_real_floor", "kid_real_floor", "label_classifier_accuracy")
 INFERENCE = ("flops_per_image", "images_per_s", "latency_s", "batch_size")
 SETTINGS = ("num_samples", "guidance", "sampler_steps", "seed", "checkpoint_step")
 RUN_COLUMNS = ("run", "paradigm", "size", "seed", "grid", "ablation", "status", "reason", "budget",
@@ -37,12 +43,13 @@ RUN_COLUMNS = ("run", "paradigm", "size", "seed", "grid", "ablation", "status", 
 RESULT_COLUMNS = (RUN_COLUMNS + tuple(f"{w}/{m}" for w in WEIGHTS for m in EVAL_METRICS)
                   + tuple(f"ceilings/{c}" for c in CEILINGS)
                   + tuple(f"inference/{k}" for k in INFERENCE)
-                  + tuple(f"settings/{k}" for k in SETTINGS) + ("samples_png",))
+                  + tuple(f"settings/{k}" for k in SETTINGS)
+                  + ("samples_png", "dataset", "unavailable"))
 CURVE_COLUMNS = ("run", "paradigm", "size", "budget", "ablation", "params_non_embedding", "step",
                  "examples_seen", "train_flops", "eval/loss", "eval/loss_ema")
 STRING_COLUMNS = frozenset(
     {"run", "paradigm", "size", "grid", "ablation", "status", "reason", "samples_png",
-     "settings/sampler/method"})   # flow's ODE solver (euler | heun); the token samplers have none
+     "settings/sampler/method", "dataset", "unavailable"})   # flow's ODE solver (euler | heun); the token samplers have none
 STATUSES = ("pending", "running", "done", "failed")
 
 log = logging.getLogger(__name__)
@@ -222,8 +229,14 @@ def _add_evaluation(row, evaluation, name, run_dir, workdir, warn) -> None:
     for section in ("ceilings", "inference", "settings"):
         if isinstance(evaluation.get(section), dict):
             values.update(_flatten(evaluation[section], section))
+    # Metrics the run's dataset cannot support are recorded as such, not missing.
+    unavailable = evaluation.get("unavailable")
+    if not isinstance(unavailable, dict):
+        unavailable = dict.fromkeys(NEWER_METRICS, "")
+    row["dataset"] = str(evaluation.get("dataset") or "")
+    row["unavailable"] = "; ".join(f"{k}: {v}" for k, v in sorted(unavailable.items()))
     missing = [c for c in RESULT_COLUMNS if c not in values and "/" in c and c.split("/")[0] in (
-        *WEIGHTS, "ceilings", "inference", "settings")]
+        *WEIGHTS, "ceilings", "inference", "settings") and not _unavailable(c, unavailable)]
     if missing:
         warn(f"{name}: eval.json lacks {len(missing)} key(s), NaN in the table: "
              + ", ".join(missing[:8]) + (" …" if len(missing) > 8 else ""))
@@ -240,6 +253,16 @@ def _add_evaluation(row, evaluation, name, run_dir, workdir, warn) -> None:
         row["samples_png"] = os.path.relpath(path, workdir)
         if not os.path.exists(path):
             warn(f"{name}: samples_png {png!r} does not exist")
+
+
+def _unavailable(column: str, unavailable: dict) -> bool:
+    """Whether a result column belongs to a metric eval.json marks unavailable (its ceilings
+    included: prompt following's come from the judge)."""
+    metric = column.split("/")[1]
+    judge = "prompt_following" in unavailable and any(
+        k in metric for k in ("judge", "prompt_following"))
+    labels = "label_following" in unavailable and "label" in metric
+    return metric in unavailable or judge or labels
 
 
 def collect(workdir: str) -> Results:
