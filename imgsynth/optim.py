@@ -38,12 +38,15 @@ def cooldown_start(opt, total_steps: int) -> int:
 
 
 def _cooldown(peak: float, floor: float, steps: int, shape: str) -> optax.Schedule:
-    if shape == "linear":
-        return optax.linear_schedule(peak, floor, steps)
-    if shape == "1-sqrt":
-        return lambda t: floor + (peak - floor) * (
-            1.0 - jnp.sqrt(jnp.clip(t, 0, steps) / steps))
-    raise ValueError(f"optimizer.decay_shape={shape!r}; choose one of {SHAPES}")
+    """From exactly `peak` at 0 (a trunk's rate, bit for bit) to exactly `floor` at `steps`."""
+    if shape not in SHAPES:
+        raise ValueError(f"optimizer.decay_shape={shape!r}; choose one of {SHAPES}")
+
+    def lr(t):
+        frac = jnp.clip(t / steps, 0.0, 1.0)
+        left = 1.0 - (frac if shape == "linear" else jnp.sqrt(frac))
+        return jnp.where(t <= 0, peak, jnp.where(t >= steps, floor, floor + (peak - floor) * left))
+    return lr
 
 
 def schedule(opt, total_steps: int) -> optax.Schedule:

@@ -111,7 +111,7 @@ def fork_step(opt, total_steps: int, budget: float | None = None) -> int:
         raise config_lib.ConfigError(
             f"{what} is less than warm-up ({warmup}) + cooldown "
             f"({optim.cooldown_steps(opt, total_steps)} steps, decay_fraction="
-            f"{opt.decay_fraction}) plus one constant-rate step: raise the budget or shorten both")
+            f"{opt.decay_fraction}): raise the budget or shorten them")
     return start
 
 
