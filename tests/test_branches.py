@@ -158,7 +158,7 @@ def test_bad_forks_fail_before_training(tmp_path):
     warm = train.resolved(branch.config, registry.plan(branch.config))
     warm.optimizer.update(warmup_steps=100, warmup_fraction=0.3)
     with pytest.raises(config_lib.ConfigError, match=r"learning rate differs .* before the fork "
-                                                     r"\(step 1"):
+                                                     r"\(step 0"):
         train.fork_source(warm, str(tmp_path / "fake" / "warm"))
     longer = trunk.config.copy_and_resolve_references()
     longer.fork_budgets = (*longer.fork_budgets, 40 * per_step())
