@@ -75,6 +75,7 @@ class Run:
     role: str = ""           # "trunk", "branch" or "" (a run of its own)
     trunk: str = ""          # a branch: its trunk's run name
     fork_step: int = 0       # a branch: the trunk step it starts from
+    evaluate: bool = True    # sample and score it once trained (a trunk never is)
 
     @property
     def train_flops(self) -> float:
@@ -170,18 +171,18 @@ def expand(sweep, *, name: str, path: str = "<sweep>") -> Grid:
     def add(paradigm: str, size: str, budget: float | None = None, *,
             budgets: Sequence[float] | None = None, schedule: str | None = None,
             trunk_budget: float | None = None, overrides: dict | None = None,
-            ablation: dict | None = None, runlocal: bool = False) -> None:
+            ablation: dict | None = None, runlocal: bool = False, evaluate: bool = True) -> None:
         specs.append(dict(paradigm=paradigm, size=size, budget=budget, budgets=budgets,
                           schedule=schedule, trunk_budget=trunk_budget,
                           overrides=dict(overrides or {}), ablation=dict(ablation or {}),
-                          runlocal=runlocal))
+                          runlocal=runlocal, evaluate=evaluate))
 
     try:
         sweep(add)
     except Exception as e:
         hint = (" add() takes paradigm=, size=, budget= (or budgets=[...], schedule="
                 f"'{BRANCHES}'[, trunk_budget=]), and optionally overrides={{'dotted.key': "
-                "value}, ablation={'label': value}, runlocal=True." if isinstance(e, TypeError)
+                "value}, ablation={'label': value}, runlocal=True, evaluate=False." if isinstance(e, TypeError)
                 else "")
         raise GridError(f"{path}: sweep(add) failed: {type(e).__name__}: {e}.{hint}") from e
     if not specs:
@@ -239,8 +240,8 @@ def _check_spec(s: dict, where: str) -> None:
         if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
             raise GridError(f"{where}: ablation must map names to str/number/bool labels, got "
                             f"{key!r}: {value!r}")
-    if not isinstance(s["runlocal"], bool):
-        raise GridError(f"{where}: runlocal must be True or False")
+    if not isinstance(s["runlocal"], bool) or not isinstance(s["evaluate"], bool):
+        raise GridError(f"{where}: runlocal and evaluate must be True or False")
 
 
 def _check_budget(b, where: str) -> None:
@@ -279,7 +280,7 @@ def _make_run(s: dict, grid_name: str, budgets: Sequence[float], where: str) -> 
     return Run(name=name, paradigm=s["paradigm"], size=s["size"], budget=budget,
                ablation=dict(s["ablation"]), overrides=dict(s["overrides"]), config=config,
                steps=steps, flops_per_step=cost.train_flops_per_example * config.global_batch_size,
-               params=cost.params_total)
+               params=cost.params_total, evaluate=s["evaluate"])
 
 
 def _make_branches(s: dict, grid_name: str, where: str) -> list[Run]:
@@ -310,7 +311,7 @@ def _make_branches(s: dict, grid_name: str, where: str) -> list[Run]:
     except ValueError as e:
         raise GridError(f"{where} ({trunk_name}): {e}") from None
     out = [dataclasses.replace(branches[-1], name=trunk_name, budget=config.grid.budget,
-                               config=config, steps=trunk_steps, role="trunk")]
+                               config=config, steps=trunk_steps, role="trunk", evaluate=False)]
     for run, fork in zip(branches, forks):
         run.config.fork_from.update(workdir=os.path.join("..", trunk_name), step=fork)
         out.append(dataclasses.replace(run, role="branch", trunk=trunk_name, fork_step=fork))
@@ -346,7 +347,7 @@ def estimate_seconds(run: Run, flops_per_s: float | None = None) -> float | None
     rate = flops_per_s or CPU_FLOPS_PER_S.get(run.size)
     if rate is None:
         return None
-    evaluation = eval_seconds(run) if run.role != "trunk" else 0.0   # a trunk is not evaluated
+    evaluation = eval_seconds(run) if run.evaluate else 0.0
     overhead = CPU_TRAIN_OVERHEAD_S + evaluation if flops_per_s is None else 0.0
     return overhead + run.own_flops / rate
 

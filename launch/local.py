@@ -3,7 +3,8 @@
 Order: the shared pipeline stages (once per distinct data/autoencoder setting), then training, then
 the evaluation of each run as soon as its training is done. A cooldown branch starts once its
 trunk has the checkpoint it forks from (so it may run beside the trunk), and is blocked, with the
-reason, when the trunk failed or is not launched; a trunk itself is never evaluated. Resumable: a done run is skipped, a
+reason, when the trunk failed or is not launched. Runs added with `evaluate=False` (a trunk, an
+lr sweep's runs) are trained only. Resumable: a done run is skipped, a
 half-done one resumes from its checkpoint (train.py does that), a failed one is skipped unless
 `retry_failed`. A failure is recorded (status.json, launch_status.json, the log tail) and the grid
 goes on. Ctrl-C or SIGTERM is forwarded to the runs, which checkpoint and stop; every status is
@@ -172,7 +173,7 @@ class LocalLauncher:
 
     def _wants_eval(self, run: grid_lib.Run) -> bool:
         d = runs_lib.run_dir(self.workdir, run.name)
-        if run.role == "trunk" or os.path.exists(os.path.join(d, "eval.json")):
+        if not run.evaluate or os.path.exists(os.path.join(d, "eval.json")):
             return False
         return self.retry_failed or self.state.run(run.name).get("eval") != "failed"
 
@@ -355,7 +356,7 @@ class LocalLauncher:
         if total is None:
             return None
         evaluation = (grid_lib.eval_seconds(run) if self.flops_per_s is None
-                      and run.role != "trunk" else 0.0)
+                      and run.evaluate else 0.0)
         return evaluation if kind == "eval" else total - evaluation
 
     def _step_of(self, run: grid_lib.Run) -> int:

@@ -99,3 +99,34 @@ def test_ctrl_c_then_trunk_and_branches_resume(setup, tmp_path):
     seen = order(fake)
     assert [k for k in seen if k[1] == TRUNK] == [("train", TRUNK), ("train", TRUNK),
                                                   ("end", TRUNK)]
+
+
+def test_tune_picks_the_lowest_eval_loss_and_configs_read_it(tmp_path, monkeypatch):
+    from experiments import common
+    from launch import tune
+    grid = grid_lib.load("lr_sweep")
+    assert all(not r.evaluate and r.ablation == {"lr": r.config.optimizer.lr} for r in grid.runs)
+    work = tmp_path / "sweep"
+    loss = {3e-4: 0.9, 1e-3: 0.7, 3e-3: 0.8}
+    for r in grid.runs:
+        if (r.paradigm, r.size) == ("ar", "S") and r.config.optimizer.lr == 3e-3:
+            continue                                      # one unfinished run
+        d = runs_lib.run_dir(str(work), r.name)
+        io.write_status(d, "done", step=5)
+        scale = {"T": 1.0, "XS": 0.5, "S": 0.25}[r.size]
+        with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+            f.write(json.dumps({"step": 2, "eval/loss_ema": 0.1}) + "\n")   # earlier, not final
+            f.write(json.dumps({"step": 5, "eval/loss_ema": loss[r.config.optimizer.lr] * scale
+                                + (0.5 if r.size == "S" and r.config.optimizer.lr == 1e-3
+                                   else 0.0)}) + "\n")
+    out = tmp_path / "tuned_lr.json"
+    assert tune.main([f"--workdir={work}", f"--out={out}"]) == 0
+    tuned = json.load(open(out))
+    assert tuned["lr"]["flow"] == {"T": 1e-3, "XS": 1e-3, "S": 3e-3}
+    assert "S" not in tuned["lr"]["ar"]                  # never guessed from a partial sweep
+    assert tuned["source"]["workdir"] == str(work) and tuned["source"]["metric"] == "eval/loss_ema"
+    monkeypatch.setattr(common, "TUNED_LR_FILE", str(out))
+    from imgsynth import config as config_lib
+    assert config_lib.default_config("flow", "size=S").optimizer.lr == 3e-3
+    assert config_lib.default_config("ar", "size=S").optimizer.lr == 3e-4   # the default
+    assert tune.main([f"--workdir={tmp_path / 'empty'}", f"--out={out}"]) == 2
