@@ -76,7 +76,8 @@ def task(config: ml_collections.ConfigDict, sources, plan: registry.Plan | None 
         build=lambda: module.build(config, nnx.Rngs(config.seed)),
         loss=paradigm_loss(module, config), train_iter=train_iter, total_steps=plan.total_steps,
         keep_steps=plan.keep_steps, flops_per_step=plan.flops_per_step, first_row=first_row,
-        evaluate=evaluate, fork=fork)
+        evaluate=None if config.get("fork_budgets") else evaluate,   # a trunk: not a result
+        fork=fork)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:

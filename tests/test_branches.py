@@ -98,8 +98,8 @@ def test_branch_forks_bit_exactly_and_equals_a_standalone_wsd_run(tmp_path):
     lr = lambda rs: [(r["step"], r["train/lr"]) for r in rs if "train/lr" in r]   # noqa: E731
     assert lr(b) == lr(a)                                   # the learning-rate path
     assert [r["step"] for r in b if "train/loss" in r] == list(range(1, branch.steps + 1))
-    assert [r.get("train/loss") for r in b] == [r.get("train/loss") for r in a
-                                                if r["step"] != fork or "train/loss" in r][:len(b)]
+    loss = lambda rs: {r["step"]: r["train/loss"] for r in rs if "train/loss" in r}   # noqa: E731
+    assert loss(b) == loss(a)
     assert b[-1]["flops/train_cumulative"] == branch.train_flops   # train_flops is the budget's
     assert b[0]["n_params/all"] > 0                              # the trunk's history, copied
     assert lr(b)[-1][1] == pytest.approx(alone.optimizer.lr * alone.optimizer.min_lr_ratio)
@@ -165,3 +165,20 @@ def test_bad_forks_fail_before_training(tmp_path):
     with pytest.raises(config_lib.ConfigError, match="beyond the trunk's 8 steps"):
         registry.plan(longer)
     assert not any(os.path.exists(work / n) for n in ("other", "late"))
+
+
+def test_results_table_reports_the_real_cost(tmp_path):
+    from imgsynth.scaling import table
+    for name, fork, steps in (("trunk", 0, 8), ("branch", 8, 10), ("alone", 0, 10)):
+        d = tmp_path / "runs" / name
+        os.makedirs(d)
+        (d / "config.json").write_text(json.dumps({
+            "paradigm": "flow", "size": "T", "fork_from": {"workdir": "../trunk" if fork else "",
+                                                           "step": fork}}))
+        (d / "status.json").write_text(json.dumps({"status": "done", "step": steps}))
+        (d / "metrics.jsonl").write_text("".join(json.dumps(
+            {"step": s, "flops/train_per_step": 2.0, "flops/train_cumulative": 2.0 * s}) + "\n"
+            for s in range(steps + 1)))
+    rows = {r["run"]: r for r in table.collect(str(tmp_path)).rows}
+    assert [rows[f"runs/{n}"]["train_flops"] for n in ("trunk", "branch", "alone")] == [16, 20, 20]
+    assert [rows[f"runs/{n}"]["run_flops"] for n in ("trunk", "branch", "alone")] == [16, 4, 20]
