@@ -105,14 +105,18 @@ def fork_source(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, i
     """(trunk run directory, step) of a branch (`config.fork_from`), None for any other run.
 
     `fork_from.workdir` is the trunk's run directory, relative to this run's `workdir` when not
-    absolute (a grid names its sibling: `../flow-S-trunk`). Refused with one line, before
-    anything is built: a trunk that is missing, differs in anything but the schedule's end, has
-    other learning rates up to the fork, is shorter than the fork, or lacks that checkpoint.
+    absolute (a grid names its sibling: `../flow-S-trunk`). A branch that has not forked yet is
+    refused with one line, before anything is built, for a trunk that is missing, differs in
+    anything but the schedule's end, has other learning rates up to the fork, is shorter than
+    the fork, or lacks that checkpoint.
     """
     fork = config.get("fork_from")
     if fork is None or not fork.workdir:
         return None
     trunk = os.path.normpath(os.path.join(workdir, fork.workdir))
+    own = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(own) and os.listdir(own):
+        return trunk, fork.step        # forked before: it resumes from its own checkpoints
     old = io.read_json(os.path.join(trunk, loop.CONFIG_FILE))
     if old is None:
         raise config_lib.ConfigError(f"fork_from: no run in {trunk} (no {loop.CONFIG_FILE}); "
@@ -136,9 +140,7 @@ def fork_source(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, i
         raise config_lib.ConfigError(
             f"fork_from: the trunk's learning rate differs from this run's before the fork (step "
             f"{first}: {trunks[first]:.3g} vs {ours[first]:.3g}); same warm-up and peak needed")
-    own = os.path.join(workdir, "checkpoints")
-    if not (os.path.isdir(own) and os.listdir(own)) and not os.path.isdir(
-            os.path.join(trunk, "checkpoints", str(fork.step))):
+    if not os.path.isdir(os.path.join(trunk, "checkpoints", str(fork.step))):
         status = io.read_status(trunk)
         raise config_lib.ConfigError(
             f"fork_from: {trunk} has no checkpoint at step {fork.step} yet (trunk {status['status']}"
