@@ -5,9 +5,16 @@ A paradigm's own file (flow.py, maskgit.py, ar.py) calls `generator(...)`, sets 
 (autoencoder kind, heads, sampler), then `finish(...)`. Every key any run reads is listed here or
 in a paradigm file, so `config.json` shows a run's whole configuration.
 """
+import json
+import os
+
 import ml_collections
 
 from imgsynth import config as config_lib, registry
+
+# Learning rates per (paradigm, size) measured by the lr_sweep grid (`python -m launch.tune`);
+# a run without an entry keeps the default below.
+TUNED_LR_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned_lr.json")
 
 # Keys of the text after `:` (`experiments/flow.py:size=S,budget=1e15`).
 ARGS = dict(size="S", runlocal=False, budget=0.0, steps=0, seed=0, global_batch_size=0)
@@ -28,6 +35,11 @@ def generator(paradigm: str, args: ml_collections.ConfigDict) -> ml_collections.
     c.total_examples = None
     c.total_flops = None
     c.keep_flops = ()           # also checkpoint when cumulative training FLOPs pass these
+    # Cooldown branches (docs/launch.md): a trunk keeps checkpoints where the cooldowns of these
+    # budgets begin; a branch starts from its trunk's checkpoint (a run directory, relative to
+    # the branch's own, and a step) when it has none of its own.
+    c.fork_budgets = ()
+    c.fork_from = ml_collections.ConfigDict({"workdir": "", "step": 0})
     c.grid = ml_collections.ConfigDict({"name": "", "budget": 0.0, "ablation": {}})
 
     c.model = ml_collections.ConfigDict(dict(
@@ -56,7 +68,9 @@ def generator(paradigm: str, args: ml_collections.ConfigDict) -> ml_collections.
 
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=3e-4, b1=0.9, b2=0.95, weight_decay=0.01, clip_norm=1.0, schedule="cosine",
-        warmup_steps=100, min_lr_ratio=0.1, decay_fraction=0.2))
+        warmup_steps=100, warmup_fraction=0.1,   # warm-up: at most this share of the run
+        min_lr_ratio=0.1, decay_fraction=0.2,     # wsd: the cooldown's share of the run
+        decay_shape="linear"))                    # wsd cooldown: linear | 1-sqrt
     c.ema_decay = 0.999
     c.cfg_dropout = 0.1          # caption dropout, for classifier-free guidance
     c.sampler = ml_collections.ConfigDict(dict(steps=0, guidance=2.0))
@@ -108,4 +122,15 @@ def finish(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict,
         c.eval_every_steps = 30
         c.eval_examples = 64
         c.checkpoint_every_steps = 30
+    c.optimizer.lr = tuned_lr(c.paradigm, c.size, c.optimizer.lr)
     return c
+
+
+def tuned_lr(paradigm: str, size: str, default: float, path: str | None = None) -> float:
+    """The measured best learning rate of `paradigm` at `size` (experiments/tuned_lr.json, written
+    by `python -m launch.tune`), else `default`."""
+    path = path or TUNED_LR_FILE
+    if not os.path.exists(path):
+        return default
+    with open(path, encoding="utf-8") as f:
+        return float(json.load(f)["lr"].get(paradigm, {}).get(size, default))

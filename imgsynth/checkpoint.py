@@ -19,18 +19,25 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 
 class Checkpointer:
-    def __init__(self, directory: str, *, max_to_keep: int = 2, keep_steps=()):
-        """Keeps the latest `max_to_keep` checkpoints plus every step in `keep_steps` forever."""
+    def __init__(self, directory: str, *, max_to_keep: int = 2, keep_steps=(),
+                 read_only: bool = False):
+        """Keeps the latest `max_to_keep` checkpoints plus every step in `keep_steps` forever.
+
+        `read_only`: another run's checkpoints (a fork reads its trunk's), never written or
+        pruned from here."""
         _register_cpu_array_handler()
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
-            create=True, enable_async_checkpointing=False,
+            create=not read_only, read_only=read_only, enable_async_checkpointing=False,
             preservation_policy=policies.AnyPreservationPolicy([
                 policies.LatestN(n=max_to_keep), policies.CustomSteps(sorted(set(keep_steps)))]))
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def has_step(self, step: int) -> bool:
+        return step in self.manager.all_steps()
 
     def save(self, step: int, state: Any, data_iterator=None) -> None:
         items = {"state": ocp.args.StandardSave(state)}

@@ -48,7 +48,10 @@ class Task:
     `finish(state, graphdef) -> dict` runs once after the last step, before the run is marked
     done (an autoencoder fits its scale and writes its weights there), and its values are logged
     as a last row. `flops_per_step` > 0 turns on MFU and cumulative FLOPs in the rows;
-    `optimizer` = (tx, schedule) replaces the config's AdamW.
+    `optimizer` = (tx, schedule) replaces the config's AdamW. `fork` = (run directory, step): a
+    run without a checkpoint of its own starts from that run's checkpoint at `step` — params,
+    EMA, optimizer state, step and data position — with that run's rows up to `step` as its own
+    history (a cooldown branch of a constant-rate trunk).
     """
     name: str
     build: Callable[[], nnx.Module]
@@ -61,6 +64,7 @@ class Task:
     evaluate: Callable | None = None
     finish: Callable | None = None
     optimizer: tuple[optax.GradientTransformation, optax.Schedule] | None = None
+    fork: tuple[str, int] | None = None
 
 
 # ---- Run files ----------------------------------------------------------------------------------
@@ -182,6 +186,8 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
         log.truncate_after(start if start else -1)   # rows past the restored step go, always
         if start:
             logging.info("resumed from step %d", start)
+        elif task.fork is not None:
+            start, state = _fork(task.fork, ckpt_lib.abstract(state), train_iter, log)
         elif task.first_row:
             log.write({"step": 0, **task.first_row})
         row = {"step": start}
@@ -269,6 +275,23 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
         stop.restore()
     io.write_status(workdir, "done", step=task.total_steps)
     return row
+
+
+def _fork(fork: tuple[str, int], abstract_state, train_iter, log: MetricsLog) -> tuple[int, Any]:
+    """The state and data position of run `fork[0]` at step `fork[1]`, and its rows up to there."""
+    trunk, step = fork
+    source = ckpt_lib.Checkpointer(os.path.join(trunk, "checkpoints"), read_only=True)
+    try:
+        if not source.has_step(step):
+            raise FileNotFoundError(f"{trunk} has no checkpoint at step {step} to fork from")
+        state = source.restore(abstract_state, train_iter, step)
+    finally:
+        source.close()
+    for row in MetricsLog(trunk).rows():
+        if row.get("step", 0) <= step:
+            log.write(row)
+    logging.info("forked from %s at step %d", trunk, step)
+    return step, state
 
 
 class _Window:

@@ -1,5 +1,11 @@
 """AdamW with warmup and a cosine, constant or warmup-stable-decay (WSD) schedule, plus clipping,
-and the update step every trainer runs (gradient, optimizer, EMA)."""
+and the update step every trainer runs (gradient, optimizer, EMA).
+
+WSD follows Hägele et al. 2024 (arXiv:2405.18392): constant after warm-up, then a cooldown over
+the last `decay_fraction` of the steps, linear or 1 − sqrt, reaching the floor at the last update.
+A run at constant rate with the same warm-up has the same rates up to where the cooldown begins,
+so one such trunk serves many budgets (`cooldown_start`, imgsynth/registry.py).
+"""
 from __future__ import annotations
 
 import jax
@@ -7,20 +13,56 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+SHAPES = ("linear", "1-sqrt")
+
+
+def warmup_steps(opt, total_steps: int) -> int:
+    """`warmup_steps`, capped at `warmup_fraction` of the run (when > 0) and below its length, so
+    no short run spends most of its steps warming up."""
+    warmup = min(opt.warmup_steps, max(total_steps - 1, 0))
+    fraction = opt.get("warmup_fraction", 0.0)
+    if fraction:
+        warmup = min(warmup, max(int(fraction * total_steps), 1))
+    return warmup
+
+
+def cooldown_steps(opt, total_steps: int) -> int:
+    """Updates a WSD run of `total_steps` spends decaying (`decay_fraction` of them, at least 1)."""
+    return max(int(opt.decay_fraction * total_steps), 1)
+
+
+def cooldown_start(opt, total_steps: int) -> int:
+    """The step at which a WSD run of `total_steps` leaves the constant rate: its state there is a
+    constant-rate trunk's state at the same step."""
+    return total_steps - cooldown_steps(opt, total_steps)
+
+
+def _cooldown(peak: float, floor: float, steps: int, shape: str) -> optax.Schedule:
+    """From exactly `peak` at 0 (a trunk's rate, bit for bit) to exactly `floor` at `steps`."""
+    if shape not in SHAPES:
+        raise ValueError(f"optimizer.decay_shape={shape!r}; choose one of {SHAPES}")
+
+    def lr(t):
+        frac = jnp.clip(t / steps, 0.0, 1.0)
+        left = 1.0 - (frac if shape == "linear" else jnp.sqrt(frac))
+        return jnp.where(t <= 0, peak, jnp.where(t >= steps, floor, floor + (peak - floor) * left))
+    return lr
+
 
 def schedule(opt, total_steps: int) -> optax.Schedule:
-    warmup = min(opt.warmup_steps, max(total_steps - 1, 0))
+    warmup = warmup_steps(opt, total_steps)
     peak, floor = opt.lr, opt.lr * opt.min_lr_ratio
     rest = max(total_steps - warmup, 1)
     if opt.schedule == "cosine":
         main = optax.cosine_decay_schedule(peak, rest, alpha=opt.min_lr_ratio)
     elif opt.schedule == "constant":
         main = optax.constant_schedule(peak)
-    elif opt.schedule == "wsd":   # stable, then a linear decay over the last `decay_fraction`
-        decay = max(int(rest * opt.decay_fraction), 1)
+    elif opt.schedule == "wsd":   # stable, then the cooldown ends at the floor at the last update
+        decay = cooldown_steps(opt, total_steps)
         main = optax.join_schedules(
-            [optax.constant_schedule(peak), optax.linear_schedule(peak, floor, decay)],
-            [rest - decay])
+            [optax.constant_schedule(peak),
+             _cooldown(peak, floor, decay, opt.get("decay_shape", "linear"))],
+            [total_steps - decay - warmup])
     else:
         raise ValueError(f"optimizer.schedule={opt.schedule!r}; choose cosine, constant or wsd")
     joined = optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])

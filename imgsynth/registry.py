@@ -13,7 +13,7 @@ from typing import Any
 
 import ml_collections
 
-from imgsynth import config as config_lib
+from imgsynth import config as config_lib, optim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,14 +79,53 @@ class Plan:
 
 
 def plan(config: ml_collections.ConfigDict) -> Plan:
-    """The one place a run's steps, keep-steps and costs are computed; config errors raise here."""
+    """The one place a run's steps, keep-steps and costs are computed; config errors raise here.
+
+    Keep steps: where cumulative FLOPs pass `keep_flops`, and for a trunk the steps its cooldown
+    branches fork at (`fork_budgets`)."""
     module = paradigm_module(config)
     cost = module.model_cost(config)
     total_steps = config_lib.resolve_steps(config, cost.train_flops_per_example)
     per_step = cost.train_flops_per_example * config.global_batch_size
-    keep_steps = tuple(sorted({min(total_steps, math.floor(b / per_step)) for b in config.keep_flops
-                               if b >= per_step}))
-    return Plan(module, cost, total_steps, keep_steps, per_step)
+    keep = {min(total_steps, math.floor(b / per_step)) for b in config.keep_flops if b >= per_step}
+    for budget in config.get("fork_budgets", ()):
+        step = fork_step(config.optimizer, math.floor(budget / per_step), budget)
+        if step > total_steps:
+            raise config_lib.ConfigError(
+                f"branch budget {budget:.3g} forks at step {step}, beyond the trunk's "
+                f"{total_steps} steps; give the trunk at least {step} steps")
+        keep.add(step)
+    fork = config.get("fork_from")
+    if fork is not None and fork.workdir:
+        check_fork(config.optimizer, total_steps, fork.step)
+    return Plan(module, cost, total_steps, tuple(sorted(keep)), per_step)
+
+
+def fork_step(opt, total_steps: int, budget: float | None = None) -> int:
+    """Where a WSD run of `total_steps` (budget `budget`) leaves the constant rate: the trunk step
+    its cooldown branch starts from. A run too short for warm-up plus cooldown is refused."""
+    start = optim.cooldown_start(opt, total_steps)
+    warmup = optim.warmup_steps(opt, total_steps)
+    if start < max(warmup, 1):
+        what = f"budget {budget:.3g} ({total_steps} steps)" if budget else f"{total_steps} steps"
+        raise config_lib.ConfigError(
+            f"{what} is less than warm-up ({warmup}) + cooldown "
+            f"({optim.cooldown_steps(opt, total_steps)} steps, decay_fraction="
+            f"{opt.decay_fraction}): raise the budget or shorten them")
+    return start
+
+
+def check_fork(opt, total_steps: int, step: int) -> None:
+    """A branch must fork inside its own constant-rate phase, after warm-up."""
+    if opt.schedule != "wsd":
+        raise config_lib.ConfigError(
+            f"fork_from is set but optimizer.schedule={opt.schedule!r}: a cooldown branch runs "
+            "the wsd schedule")
+    start = fork_step(opt, total_steps)
+    if not optim.warmup_steps(opt, total_steps) <= step <= start or step < 1:
+        raise config_lib.ConfigError(
+            f"fork_from.step={step} is outside this run's constant-rate phase (steps "
+            f"{optim.warmup_steps(opt, total_steps)}..{start} of {total_steps})")
 
 
 def steps_for_budget(config: ml_collections.ConfigDict, budget_flops: float) -> int:

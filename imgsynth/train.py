@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import jax
@@ -30,8 +31,10 @@ def paradigm_loss(module, config):
     return lambda model, batch, rng: module.loss(model, batch, rng, config)
 
 
-def task(config: ml_collections.ConfigDict, sources, plan: registry.Plan | None = None) -> loop.Task:
-    """The engine's task for a generator run on `sources` = (train, eval) random-access records."""
+def task(config: ml_collections.ConfigDict, sources, plan: registry.Plan | None = None,
+         fork: tuple[str, int] | None = None) -> loop.Task:
+    """The engine's task for a generator run on `sources` = (train, eval) random-access records;
+    `fork` = (trunk run directory, step) for a cooldown branch (see `fork_source`)."""
     plan = plan or registry.plan(config)
     module, cost = plan.module, plan.cost
     train_source, eval_source = sources
@@ -75,7 +78,8 @@ def task(config: ml_collections.ConfigDict, sources, plan: registry.Plan | None 
         build=lambda: module.build(config, nnx.Rngs(config.seed)),
         loss=paradigm_loss(module, config), train_iter=train_iter, total_steps=plan.total_steps,
         keep_steps=plan.keep_steps, flops_per_step=plan.flops_per_step, first_row=first_row,
-        evaluate=evaluate)
+        evaluate=None if config.get("fork_budgets") else evaluate,   # a trunk: not a result
+        fork=fork)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -88,9 +92,73 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     done = loop.finished(workdir)
     if done:
         return done
+    fork = fork_source(resolved(config, plan), workdir)   # a branch's errors before any work
     sources = (sources_lib.synthetic(plan.module, config) if config.data.name == "synthetic"
                else stages.generator_sources(config))   # may train the autoencoder first
-    return loop.run(resolved(config, plan), workdir, task(config, sources, plan))
+    return loop.run(resolved(config, plan), workdir, task(config, sources, plan, fork))
+
+
+# Keys in which a cooldown branch may differ from its trunk: the schedule's end and the grid's
+# bookkeeping. The learning rates up to the fork are compared separately, value by value.
+FORK_FREE_KEYS = (*config_lib.DURATION_KEYS, "optimizer.schedule", "keep_flops", "fork_budgets",
+                  "fork_from", "grid.budget")
+
+
+def fork_source(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, int] | None:
+    """(trunk run directory, step) of a branch (`config.fork_from`), None for any other run.
+
+    `fork_from.workdir` is the trunk's run directory, relative to this run's `workdir` when not
+    absolute (a grid names its sibling: `../flow-S-trunk`). A branch that has not forked yet is
+    refused with one line, before anything is built, for a trunk that is missing, differs in
+    anything but the schedule's end, has other learning rates up to the fork, is shorter than
+    the fork, or lacks that checkpoint.
+    """
+    fork = config.get("fork_from")
+    if fork is None or not fork.workdir:
+        return None
+    trunk = os.path.normpath(os.path.join(workdir, fork.workdir))
+    own = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(own) and os.listdir(own):
+        return trunk, fork.step        # forked before: it resumes from its own checkpoints
+    old = io.read_json(os.path.join(trunk, loop.CONFIG_FILE))
+    if old is None:
+        raise config_lib.ConfigError(f"fork_from: no run in {trunk} (no {loop.CONFIG_FILE}); "
+                                     "train the trunk first")
+    new = json.loads(config.to_json_best_effort(sort_keys=True))
+    mine, theirs = _flat(new), _flat(old)
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)
+                    and not any(k == f or k.startswith(f + ".") for f in FORK_FREE_KEYS))
+    if differ:
+        raise config_lib.ConfigError(f"fork_from: the trunk {trunk} differs from this run in "
+                                     f"{differ}; a branch may change only the schedule's end")
+    if fork.step > old["total_steps"]:
+        raise config_lib.ConfigError(f"fork_from.step={fork.step} is beyond the trunk's "
+                                     f"{old['total_steps']} steps ({trunk})")
+    steps = np.arange(fork.step)
+    ours = np.asarray(optim.schedule(config.optimizer, config.total_steps)(steps))
+    trunk_opt = ml_collections.ConfigDict(old["optimizer"])
+    trunks = np.asarray(optim.schedule(trunk_opt, old["total_steps"])(steps))
+    if not np.array_equal(ours, trunks):
+        first = int(np.argmax(ours != trunks))
+        raise config_lib.ConfigError(
+            f"fork_from: the trunk's learning rate differs from this run's before the fork (step "
+            f"{first}: {trunks[first]:.3g} vs {ours[first]:.3g}); same warm-up and peak needed")
+    if not os.path.isdir(os.path.join(trunk, "checkpoints", str(fork.step))):
+        status = io.read_status(trunk)
+        raise config_lib.ConfigError(
+            f"fork_from: {trunk} has no checkpoint at step {fork.step} yet (trunk {status['status']}"
+            f" at step {status.get('step', 0)})")
+    return trunk, fork.step
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def resolved(config, plan: registry.Plan) -> ml_collections.ConfigDict:

@@ -15,6 +15,11 @@ dataset: `--set data.name=folder --set data.folder_name=NAME`; they reach the pr
 launcher starts through the IMGSYNTH_GRID_SET environment variable), then `config.grid = {name, budget, ablation}` and `config.keep_flops` = the grid's budgets below
 this run's (checkpoints kept there give the intermediate points of the curves). Runs are named
 `<paradigm>-<size>-<budget:.0e>[-<ablation>]`; two runs with one name are an error.
+
+`add(paradigm=, size=, budgets=[...], schedule="wsd_branches")` is one trunk and one cooldown
+branch per budget (Hägele et al. 2024): the trunk `<paradigm>-<size>-trunk[-<ablation>]` trains
+at constant rate and keeps checkpoints where each budget's cooldown begins; each branch, named
+like a run of its budget, starts there (`fork_from`) and runs the wsd schedule of its budget.
 """
 from __future__ import annotations
 
@@ -38,7 +43,8 @@ GRIDS_DIR = os.path.join(REPO_ROOT, "experiments", "grids")
 
 # Keys the grid itself decides; overriding them would make a run disagree with its name or budget.
 RESERVED_KEYS = ("paradigm", "size", "runlocal", "grid", "keep_flops", "total_steps",
-                 "total_examples", "total_flops")
+                 "total_examples", "total_flops", "fork_budgets", "fork_from")
+BRANCHES = "wsd_branches"   # add(schedule=...): one trunk, a cooldown branch per budget
 
 # Achieved training FLOP/s of a whole 2-core CPU machine, by size, for ETAs (train.py on
 # synthetic data, global_batch_size 32; measured at load ~7 as T 10, XS 14-25 GFLOP/s and scaled
@@ -112,11 +118,20 @@ class Run:
     steps: int
     flops_per_step: float
     params: int
+    role: str = ""           # "trunk", "branch" or "" (a run of its own)
+    trunk: str = ""          # a branch: its trunk's run name
+    fork_step: int = 0       # a branch: the trunk step it starts from
+    evaluate: bool = True    # sample and score it once trained (a trunk never is)
 
     @property
     def train_flops(self) -> float:
-        """FLOPs the run will spend: whole steps, so at most the budget."""
+        """FLOPs the run's model has seen at its end: whole steps, so at most the budget."""
         return self.steps * self.flops_per_step
+
+    @property
+    def own_flops(self) -> float:
+        """FLOPs this run computes itself: a branch only its steps after the fork."""
+        return (self.steps - self.fork_step) * self.flops_per_step
 
     @property
     def synthetic(self) -> bool:
@@ -207,47 +222,71 @@ def expand(sweep, *, name: str, path: str = "<sweep>") -> Grid:
     """Calls `sweep(add)` and turns every `add(...)` into a Run."""
     specs: list[dict] = []
 
-    def add(paradigm: str, size: str, budget: float, *, overrides: dict | None = None,
-            ablation: dict | None = None, runlocal: bool = False) -> None:
-        specs.append(dict(paradigm=paradigm, size=size, budget=budget,
+    def add(paradigm: str, size: str, budget: float | None = None, *,
+            budgets: Sequence[float] | None = None, schedule: str | None = None,
+            trunk_budget: float | None = None, overrides: dict | None = None,
+            ablation: dict | None = None, runlocal: bool = False, evaluate: bool = True) -> None:
+        specs.append(dict(paradigm=paradigm, size=size, budget=budget, budgets=budgets,
+                          schedule=schedule, trunk_budget=trunk_budget,
                           overrides=dict(overrides or {}), ablation=dict(ablation or {}),
-                          runlocal=runlocal))
+                          runlocal=runlocal, evaluate=evaluate))
 
     try:
         sweep(add)
     except Exception as e:
-        hint = (" add() takes paradigm=, size=, budget=, and optionally overrides={'dotted.key': "
-                "value}, ablation={'label': value}, runlocal=True." if isinstance(e, TypeError)
+        hint = (" add() takes paradigm=, size=, budget= (or budgets=[...], schedule="
+                f"'{BRANCHES}'[, trunk_budget=]), and optionally overrides={{'dotted.key': "
+                "value}, ablation={'label': value}, runlocal=True, evaluate=False." if isinstance(e, TypeError)
                 else "")
         raise GridError(f"{path}: sweep(add) failed: {type(e).__name__}: {e}.{hint}") from e
     if not specs:
         raise GridError(f"{path}: sweep(add) added no runs")
     for i, s in enumerate(specs):
         _check_spec(s, f"{path}: run #{i + 1} ({s.get('paradigm')}, {s.get('size')}, "
-                       f"{s.get('budget')})")
+                       f"{s.get('budget') or s.get('budgets')})")
     extra = command_line_overrides()
     for s in specs:
         s["overrides"].update(extra)
-    budgets = sorted({float(s["budget"]) for s in specs})
+    budgets = sorted({float(b) for s in specs for b in (s["budgets"] or [s["budget"]])})
     runs, seen = [], {}
     for i, s in enumerate(specs):
         where = f"{path}: run #{i + 1}"
-        run = _make_run(s, name, budgets, where)
-        if run.name in seen:
-            raise GridError(
-                f"{where} and run #{seen[run.name] + 1} are both named {run.name!r}; runs of a "
-                "grid need distinct (paradigm, size, budget to one significant digit, ablation)")
-        seen[run.name] = i
-        runs.append(run)
+        made = (_make_branches(s, name, where) if s["schedule"] == BRANCHES
+                else [_make_run(s, name, budgets, where)])
+        for run in made:
+            if run.name in seen:
+                raise GridError(
+                    f"{where} and run #{seen[run.name] + 1} are both named {run.name!r}; runs of "
+                    "a grid need distinct (paradigm, size, budget to one significant digit, "
+                    "ablation)")
+            seen[run.name] = i
+            runs.append(run)
     return Grid(name=name, path=path, runs=tuple(runs))
 
 
 def _check_spec(s: dict, where: str) -> None:
     if not isinstance(s["paradigm"], str) or not isinstance(s["size"], str):
         raise GridError(f"{where}: paradigm and size must be strings")
-    b = s["budget"]
-    if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
-        raise GridError(f"{where}: budget must be a positive number of training FLOPs, got {b!r}")
+    if s["schedule"] not in (None, BRANCHES):
+        raise GridError(f"{where}: schedule={s['schedule']!r}; add() knows only "
+                        f"schedule={BRANCHES!r} (set others with overrides={{'optimizer."
+                        "schedule': ...})")
+    if s["schedule"] == BRANCHES:
+        if s["budget"] is not None or not s["budgets"] or isinstance(s["budgets"], (str, dict)):
+            raise GridError(f"{where}: schedule={BRANCHES!r} takes budgets=[...] (a list of "
+                            "training FLOPs), not budget=")
+        if len(set(s["budgets"])) != len(s["budgets"]):
+            raise GridError(f"{where}: budgets {s['budgets']} repeat a value")
+        for b in (*s["budgets"], *([s["trunk_budget"]] if s["trunk_budget"] is not None else [])):
+            _check_budget(b, where)
+        if s["trunk_budget"] is not None and max(s["budgets"]) > s["trunk_budget"]:
+            raise GridError(f"{where}: branch budget {max(s['budgets']):g} is beyond the trunk's "
+                            f"budget {s['trunk_budget']:g}")
+    elif s["budgets"] is not None or s["trunk_budget"] is not None:
+        raise GridError(f"{where}: budgets=/trunk_budget= need schedule={BRANCHES!r}; a single "
+                        "run takes budget=")
+    else:
+        _check_budget(s["budget"], where)
     for key in s["overrides"]:
         if not isinstance(key, str) or not key:
             raise GridError(f"{where}: override keys must be dotted config keys, got {key!r}")
@@ -258,12 +297,17 @@ def _check_spec(s: dict, where: str) -> None:
         if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
             raise GridError(f"{where}: ablation must map names to str/number/bool labels, got "
                             f"{key!r}: {value!r}")
-    if not isinstance(s["runlocal"], bool):
-        raise GridError(f"{where}: runlocal must be True or False")
+    if not isinstance(s["runlocal"], bool) or not isinstance(s["evaluate"], bool):
+        raise GridError(f"{where}: runlocal and evaluate must be True or False")
 
 
-def run_name(paradigm: str, size: str, budget: float, ablation: dict) -> str:
-    name = f"{paradigm}-{size}-{budget:.0e}"
+def _check_budget(b, where: str) -> None:
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
+        raise GridError(f"{where}: budget must be a positive number of training FLOPs, got {b!r}")
+
+
+def run_name(paradigm: str, size: str, budget: float | str, ablation: dict) -> str:
+    name = f"{paradigm}-{size}-{budget if isinstance(budget, str) else format(budget, '.0e')}"
     for key, value in sorted(ablation.items()):
         label = json.dumps(value) if isinstance(value, bool) else str(value)
         name += "-" + re.sub(r"[^A-Za-z0-9._=+]", "_", f"{key}={label}")
@@ -293,7 +337,42 @@ def _make_run(s: dict, grid_name: str, budgets: Sequence[float], where: str) -> 
     return Run(name=name, paradigm=s["paradigm"], size=s["size"], budget=budget,
                ablation=dict(s["ablation"]), overrides=dict(s["overrides"]), config=config,
                steps=steps, flops_per_step=cost.train_flops_per_example * config.global_batch_size,
-               params=cost.params_total)
+               params=cost.params_total, evaluate=s["evaluate"])
+
+
+def _make_branches(s: dict, grid_name: str, where: str) -> list[Run]:
+    """One trunk (constant rate to the last fork step, or `trunk_budget`) and one wsd branch per
+    budget, all with the warm-up of the smallest budget so their rates agree up to every fork."""
+    from imgsynth import optim, registry   # jax
+    budgets = sorted(float(b) for b in s["budgets"])
+    branches = [_make_run({**s, "budget": b}, grid_name, (), where) for b in budgets]
+    opt = branches[0].config.optimizer
+    warmup = optim.warmup_steps(opt, branches[0].steps)
+    trunk_name = run_name(s["paradigm"], s["size"], "trunk", s["ablation"])
+    forks = []
+    for run in branches:
+        run.config.optimizer.update(schedule="wsd", warmup_steps=warmup, warmup_fraction=0.0)
+        try:
+            forks.append(registry.fork_step(run.config.optimizer, run.steps, run.budget))
+        except ValueError as e:
+            raise GridError(f"{where} ({run.name}): {e}") from None
+    trunk_budget = s["trunk_budget"] or forks[-1] * branches[-1].flops_per_step
+    trunk_steps = max(forks[-1], math.floor(trunk_budget / branches[-1].flops_per_step))
+    config = ml_collections.ConfigDict(branches[-1].config.to_dict())
+    config.optimizer.schedule = "constant"
+    config.total_flops, config.total_steps = None, trunk_steps
+    config.fork_budgets = tuple(budgets)
+    config.grid.budget = trunk_steps * branches[-1].flops_per_step
+    try:
+        registry.plan(config)
+    except ValueError as e:
+        raise GridError(f"{where} ({trunk_name}): {e}") from None
+    out = [dataclasses.replace(branches[-1], name=trunk_name, budget=config.grid.budget,
+                               config=config, steps=trunk_steps, role="trunk", evaluate=False)]
+    for run, fork in zip(branches, forks):
+        run.config.fork_from.update(workdir=os.path.join("..", trunk_name), step=fork)
+        out.append(dataclasses.replace(run, role="branch", trunk=trunk_name, fork_step=fork))
+    return out
 
 
 def _override(config: ml_collections.ConfigDict, key: str, value: Any, where: str) -> None:
@@ -325,8 +404,9 @@ def estimate_seconds(run: Run, flops_per_s: float | None = None) -> float | None
     rate = flops_per_s or CPU_FLOPS_PER_S.get(run.size)
     if rate is None:
         return None
-    overhead = CPU_TRAIN_OVERHEAD_S + eval_seconds(run) if flops_per_s is None else 0.0
-    return overhead + run.train_flops / rate
+    evaluation = eval_seconds(run) if run.evaluate else 0.0
+    overhead = CPU_TRAIN_OVERHEAD_S + evaluation if flops_per_s is None else 0.0
+    return overhead + run.own_flops / rate
 
 
 def eval_seconds(run: Run) -> float:
@@ -361,10 +441,13 @@ def plan_table(runs: Sequence[Run], flops_per_s: float | None = None) -> str:
         unknown += eta is None
         lines.append(f"{r.name:<34} {r.steps:>8} {r.config.global_batch_size:>6} "
                      f"{r.train_flops:>11.3g} {r.params / 1e6:>8.2f}M "
-                     f"{len(r.config.keep_flops):>4} {format_duration(eta):>8}")
+                     f"{len(r.config.keep_flops) + len(r.config.get('fork_budgets', ())):>4} "
+                     f"{format_duration(eta):>8}" + (f"  {r.role}" if r.role else ""))
     lines.append("-" * len(header))
-    flops = sum(r.train_flops for r in runs)
-    lines.append(f"{len(runs)} runs, {flops:.3g} training FLOPs, sequential ETA "
-                 f"{format_duration(total if unknown < len(runs) else None)}"
+    flops, own = sum(r.train_flops for r in runs), sum(r.own_flops for r in runs)
+    lines.append(f"{len(runs)} runs, {flops:.3g} training FLOPs"
+                 + (f" seen, {own:.3g} computed (cooldown branches share their trunks)"
+                    if own != flops else "")
+                 + f", sequential ETA {format_duration(total if unknown < len(runs) else None)}"
                  + (f" (+{unknown} runs without a rate: pass --flops_per_s)" if unknown else ""))
     return "\n".join(lines)

@@ -1,7 +1,10 @@
 """Local backend: every run in its own subprocess, `parallel` at a time, the cores divided.
 
 Order: the shared pipeline stages (once per distinct data/autoencoder setting), then training, then
-the evaluation of each run as soon as its training is done. Resumable: a done run is skipped, a
+the evaluation of each run as soon as its training is done. A cooldown branch starts once its
+trunk has the checkpoint it forks from (so it may run beside the trunk), and is blocked, with the
+reason, when the trunk failed or is not launched. Runs added with `evaluate=False` (a trunk, an
+lr sweep's runs) are trained only. Resumable: a done run is skipped, a
 half-done one resumes from its checkpoint (train.py does that), a failed one is skipped unless
 `retry_failed`. A failure is recorded (status.json, launch_status.json, the log tail) and the grid
 goes on. Ctrl-C or SIGTERM is forwarded to the runs, which checkpoint and stop; every status is
@@ -110,8 +113,10 @@ class LocalLauncher:
         last = time.monotonic()
         while True:
             while not self._stopping and queue and len(self._active) < self.parallel:
-                kind, run = queue.popleft()
-                self._start(kind, run)
+                job = self._next(queue)
+                if job is None:
+                    break
+                self._start(*job)
                 self._progress()
             if not self._active and (self._stopping or not queue):
                 break
@@ -136,9 +141,41 @@ class LocalLauncher:
         return 1 if failed else 0
 
     # ---- what to do ----------------------------------------------------------------------------
+    def _next(self, queue: collections.deque) -> tuple[str, grid_lib.Run] | None:
+        """Takes the first job of `queue` that can start now (None: all wait for a trunk)."""
+        for i, (kind, run) in enumerate(queue):
+            ready = self._trunk_ready(run, queue) if kind == "train" and run.trunk else True
+            if ready is not None:
+                del queue[i]
+                return (kind, run) if ready else self._next(queue)
+        return None
+
+    def _trunk_ready(self, run: grid_lib.Run, queue) -> bool | None:
+        """A branch: True when its trunk has the checkpoint at its fork step (orbax renames a
+        step's directory into place once complete) or is done; None while the trunk is queued or
+        training; False (recorded as blocked, with the reason) otherwise."""
+        d = runs_lib.run_dir(self.workdir, run.trunk)
+        status = io.read_status(d)
+        if (status["status"] == "done"
+                or os.path.isdir(os.path.join(d, "checkpoints", str(run.fork_step)))):
+            return True
+        if (any(j.run.name == run.trunk for j in self._active)
+                or any(k == "train" and r.name == run.trunk for k, r in queue)):
+            return None
+        trunk = self.state.run(run.trunk)
+        reason = (f"trunk {run.trunk} {trunk['train']}: {trunk.get('reason') or status.get('reason')}"
+                  if trunk.get("train") in ("failed", "blocked") else
+                  f"trunk {run.trunk} has no checkpoint at step {run.fork_step} and is not "
+                  f"launched (status {status['status']})")
+        reason += "; launch again once the trunk is trained"
+        io.write_status(runs_lib.run_dir(self.workdir, run.name), "pending", reason=reason)
+        self.state.update_run(run.name, train="blocked", reason=reason)
+        self.out(f"{run.name}: blocked: {reason}")
+        return False
+
     def _wants_eval(self, run: grid_lib.Run) -> bool:
         d = runs_lib.run_dir(self.workdir, run.name)
-        if not self.evaluate or os.path.exists(os.path.join(d, "eval.json")):
+        if not (self.evaluate and run.evaluate) or os.path.exists(os.path.join(d, "eval.json")):
             return False
         return self.retry_failed or self.state.run(run.name).get("eval") != "failed"
 
@@ -320,7 +357,8 @@ class LocalLauncher:
         total = grid_lib.estimate_seconds(run, self.flops_per_s)
         if total is None:
             return None
-        evaluation = grid_lib.eval_seconds(run) if self.flops_per_s is None else 0.0
+        evaluation = (grid_lib.eval_seconds(run) if self.flops_per_s is None
+                      and run.evaluate else 0.0)
         return evaluation if kind == "eval" else total - evaluation
 
     def _step_of(self, run: grid_lib.Run) -> int:

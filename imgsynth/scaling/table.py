@@ -195,6 +195,12 @@ def _run_row(run_dir: str, workdir: str, warn) -> tuple[dict, list[dict], bool]:
         row["train_flops"] = row["steps"] * _first(metrics, "flops/train_per_step")
         warn(f"{name}: no flops/train_cumulative in metrics.jsonl; using steps × "
              "flops/train_per_step")
+    # Cooldown branches (docs/launch.md): the FLOPs computed in this directory — a branch's model
+    # saw its trunk's steps up to the fork too — so the column's sum is the grid's real cost.
+    fork_step = _number((config.get("fork_from") or {}).get("step")) if isinstance(
+        config.get("fork_from"), dict) else 0.0
+    row["run_flops"] = (row["train_flops"] - fork_step * _first(metrics, "flops/train_per_step")
+                        if fork_step > 0 else row["train_flops"])
     evals = sorted((r for r in metrics if "eval/loss" in r or "eval/loss_ema" in r),
                    key=lambda r: _number(r.get("step")))
     row["final/eval_loss"] = _number(evals[-1].get("eval/loss")) if evals else NAN

@@ -1,0 +1,88 @@
+"""python -m launch.tune --workdir=DIR [--grid=lr_sweep] [--out=experiments/tuned_lr.json]
+
+Reads a finished learning-rate sweep (a grid whose runs differ in `optimizer.lr`, like
+experiments/grids/lr_sweep.py) and writes, per (paradigm, size), the rate whose run ended with the
+lowest eval loss (EMA weights), with where it was measured and every rate's loss. Generator configs
+read that file (experiments/common.py), so every study after it uses the tuned rates. A
+(paradigm, size) with an unfinished run is left out and named, never guessed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+from imgsynth import io
+from launch import grid as grid_lib, runs as runs_lib
+
+DEFAULT_OUT = os.path.join(grid_lib.REPO_ROOT, "experiments", "tuned_lr.json")
+LOSS = "eval/loss_ema"
+
+
+def final_loss(run_dir: str) -> float | None:
+    """The last evaluation's EMA eval loss of a finished run (None: not done or no evaluation)."""
+    if io.read_status(run_dir)["status"] != "done":
+        return None
+    values = []
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:   # a half-written line cannot hold the last evaluation of a done run
+                continue
+            if row.get(LOSS) is not None:
+                values.append(row[LOSS])
+    return values[-1] if values and math.isfinite(values[-1]) else None
+
+
+def tune(grid: grid_lib.Grid, workdir: str) -> tuple[dict, list[str]]:
+    """({'source', 'loss', 'lr'}, missing): the best rate per paradigm and size."""
+    losses: dict[str, dict[str, dict[str, float]]] = {}
+    missing = []
+    for run in grid.runs:
+        loss = final_loss(runs_lib.run_dir(workdir, run.name))
+        if loss is None:
+            missing.append(run.name)
+            continue
+        lr = repr(float(run.config.optimizer.lr))
+        losses.setdefault(run.paradigm, {}).setdefault(run.size, {})[lr] = loss
+    incomplete = {(r.paradigm, r.size) for r in grid.runs if r.name in missing}
+    best = {p: {s: float(min(by_lr, key=by_lr.get)) for s, by_lr in sizes.items()
+                if (p, s) not in incomplete} for p, sizes in losses.items()}
+    source = {"workdir": os.path.abspath(workdir), "grid": grid.path, "metric": LOSS,
+              "budget": sorted({r.budget for r in grid.runs}), "written": io.now()}
+    return {"source": source, "loss": losses, "lr": {p: s for p, s in best.items() if s}}, missing
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m launch.tune", description=__doc__.split("\n\n")[1])
+    p.add_argument("--workdir", required=True, help="the sweep's study directory")
+    p.add_argument("--grid", default="lr_sweep", help="the sweep's grid (name or path)")
+    p.add_argument("--out", default=DEFAULT_OUT, help="where the tuned rates go")
+    args = p.parse_args(argv)
+    try:
+        grid = grid_lib.load(args.grid)
+    except grid_lib.GridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result, missing = tune(grid, args.workdir)
+    if not result["lr"]:
+        print(f"error: no (paradigm, size) of grid {grid.name!r} has every run done in "
+              f"{args.workdir}; not finished: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    io.write_json(args.out, result)
+    for paradigm, sizes in sorted(result["lr"].items()):
+        for size, lr in sizes.items():
+            print(f"{paradigm:<8} {size:<4} lr {lr:g}  (" + ", ".join(
+                f"{float(k):g}: {v:.4f}" for k, v in sorted(result["loss"][paradigm][size].items(),
+                                                           key=lambda kv: float(kv[0]))) + ")")
+    if missing:
+        print(f"left out (runs not finished): {', '.join(missing)}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The local launcher with cooldown branches (fake programs): trunk before its branches, no trunk
+evaluation, branches of a failed trunk blocked with the reason, and both resumed after Ctrl-C."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from imgsynth import io
+from launch import grid as grid_lib, local, runs as runs_lib
+from test_launch_local import DRIVER, FAKE, fake, launcher  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
+
+# The fake trainer, slow when told, and logging the end of every training it completes.
+END = 'with open(os.path.join(args["--workdir"], "metrics.jsonl"), "a") as f:'
+FAKE_BRANCHES = FAKE.replace(END, 'if todo == "slow":\n    time.sleep(0.4)\n' + END) + (
+    'with open(os.environ["FAKE_CALLS"], "a") as f:\n'
+    '    f.write(json.dumps({"kind": "end", "run": run}) + "\\n")\n')
+
+GRID = """
+def sweep(add):
+    add(paradigm="flow", size="T", budgets=[1e12, 3e12], schedule="wsd_branches",
+        overrides={"data.name": "synthetic"})
+    add(paradigm="ar", size="T", budget=1e12, overrides={"data.name": "synthetic"})
+"""
+TRUNK, BRANCHES = "flow-T-trunk", ("flow-T-1e+12", "flow-T-3e+12")
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch, fake):  # noqa: F811
+    fake.script.write_text(FAKE_BRANCHES)
+    path = tmp_path / "branches.py"
+    path.write_text(GRID)
+    monkeypatch.setenv("FAKE_GRID", "branches")
+    return grid_lib.load(str(path)), tmp_path / "study", fake
+
+
+def order(fake):
+    return [(c["kind"], c["run"]) for c in fake.calls() if c["kind"] in ("train", "end")]
+
+
+def test_trunk_before_branches_and_no_trunk_evaluation(setup):
+    grid, work, fake = setup
+    assert [r.name for r in grid.runs] == [TRUNK, *BRANCHES, "ar-T-1e+12"]
+    fake.plan({f"train:{TRUNK}": "slow"})
+    assert launcher(grid, work, fake).run() == 0
+    seen = order(fake)
+    trunk_end = seen.index(("end", TRUNK))
+    assert all(seen.index(("train", b)) > trunk_end for b in BRANCHES), seen
+    assert seen.index(("train", "ar-T-1e+12")) < trunk_end      # other runs do not wait
+    assert sorted(c["run"] for c in fake.calls("eval")) == sorted([*BRANCHES, "ar-T-1e+12"])
+
+
+def test_branches_of_a_failed_trunk_are_blocked_with_the_reason(setup):
+    grid, work, fake = setup
+    fake.plan({f"train:{TRUNK}": "fail"})
+    run = launcher(grid, work, fake)
+    assert run.run() == 1
+    state = json.load(open(work / runs_lib.STATE_FILE))["runs"]
+    for b in BRANCHES:
+        assert state[b]["train"] == "blocked"
+        assert f"trunk {TRUNK} failed" in state[b]["reason"] and "boom" in state[b]["reason"]
+        status = io.read_status(runs_lib.run_dir(str(work), b))
+        assert status["status"] == "pending" and "boom" in status["reason"]
+    assert not {c["run"] for c in fake.calls("train")} & set(BRANCHES)
+    assert any("blocked" in line for line in run.lines)
+    fake.plan({})
+    assert launcher(grid, work, fake, retry_failed=True).run() == 0
+    seen = order(fake)
+    assert all(seen.index(("train", b)) > seen.index(("end", TRUNK)) for b in BRANCHES)
+
+
+def test_ctrl_c_then_trunk_and_branches_resume(setup, tmp_path):
+    grid, work, fake = setup
+    fake.plan({f"train:{TRUNK}": "hang"})
+    (tmp_path / "driver.py").write_text(DRIVER)
+    path = os.pathsep.join(filter(None, [grid_lib.REPO_ROOT, os.environ.get("PYTHONPATH")]))
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), grid.path, str(work),
+                             str(fake.script)], env={**os.environ, "PYTHONPATH": path},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    trunk = runs_lib.run_dir(str(work), TRUNK)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(trunk, "started")):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == local.EXIT_INTERRUPTED, output
+    assert io.read_status(trunk)["status"] == "pending"
+    assert not {c["run"] for c in fake.calls("train")} & set(BRANCHES)   # none forked early
+    fake.plan({})
+    assert launcher(grid, work, fake).run() == 0
+    assert all(io.read_status(runs_lib.run_dir(str(work), r.name))["status"] == "done"
+               for r in grid.runs)
+    seen = order(fake)
+    assert [k for k in seen if k[1] == TRUNK] == [("train", TRUNK), ("train", TRUNK),
+                                                  ("end", TRUNK)]
+
+
+def test_tune_picks_the_lowest_eval_loss_and_configs_read_it(tmp_path, monkeypatch):
+    from experiments import common
+    from launch import tune
+    grid = grid_lib.load("lr_sweep")
+    assert all(not r.evaluate and r.ablation == {"lr": r.config.optimizer.lr} for r in grid.runs)
+    work = tmp_path / "sweep"
+    loss = {3e-4: 0.9, 1e-3: 0.7, 3e-3: 0.8}
+    for r in grid.runs:
+        if (r.paradigm, r.size) == ("ar", "S") and r.config.optimizer.lr == 3e-3:
+            continue                                      # one unfinished run
+        d = runs_lib.run_dir(str(work), r.name)
+        io.write_status(d, "done", step=5)
+        scale = {"T": 1.0, "XS": 0.5, "S": 0.25}[r.size]
+        with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+            f.write(json.dumps({"step": 2, "eval/loss_ema": 0.1}) + "\n")   # earlier, not final
+            f.write(json.dumps({"step": 5, "eval/loss_ema": loss[r.config.optimizer.lr] * scale
+                                + (0.5 if r.size == "S" and r.config.optimizer.lr == 1e-3
+                                   else 0.0)}) + "\n")
+    out = tmp_path / "tuned_lr.json"
+    assert tune.main([f"--workdir={work}", f"--out={out}"]) == 0
+    tuned = json.load(open(out))
+    assert tuned["lr"]["flow"] == {"T": 1e-3, "XS": 1e-3, "S": 3e-3}
+    assert "S" not in tuned["lr"]["ar"]                  # never guessed from a partial sweep
+    assert tuned["source"]["workdir"] == str(work) and tuned["source"]["metric"] == "eval/loss_ema"
+    monkeypatch.setattr(common, "TUNED_LR_FILE", str(out))
+    from imgsynth import config as config_lib
+    assert config_lib.default_config("flow", "size=S").optimizer.lr == 3e-3
+    assert config_lib.default_config("ar", "size=S").optimizer.lr == 3e-4   # the default
+    assert tune.main([f"--workdir={tmp_path / 'empty'}", f"--out={out}"]) == 2
