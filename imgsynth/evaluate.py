@@ -186,7 +186,9 @@ def _sample_grid(workdir: str, images: np.ndarray, captions, n: int = 16) -> str
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
+
+    from imgsynth import cli
 
     _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run directory.")
     _NUM = flags.DEFINE_integer("num_samples", config_lib.EVAL_SAMPLES,
@@ -198,11 +200,9 @@ if __name__ == "__main__":
     def main(argv):
         del argv
         logging.basicConfig(level=logging.INFO)
-        try:
+        with cli.usage_errors(NotReady, FileNotFoundError, NotADirectoryError):
             report = evaluate(_WORKDIR.value, num_samples=_NUM.value, guidance=_GUIDANCE.value,
                               sampler_steps=_STEPS.value)
-        except (NotReady, FileNotFoundError) as e:
-            raise SystemExit(f"error: {e}") from None
         print(json.dumps({k: report[k] for k in ("weights", "ceilings", "inference")}))
 
-    app.run(main)
+    cli.run_absl(main)

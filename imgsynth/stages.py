@@ -175,14 +175,17 @@ def instruments(config) -> instruments_lib.Instruments:
 
 
 if __name__ == "__main__":
-    from absl import app
     from ml_collections import config_flags
+
+    from imgsynth import cli, registry
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "A generator run config.")
 
     def main(argv):
         del argv
         logging.basicConfig(level=logging.INFO)
+        with cli.usage_errors(KeyError, ValueError):   # unknown size or paradigm, a bad budget
+            registry.plan(_CONFIG.value)
         print(json.dumps(prepare(_CONFIG.value), indent=2))
 
-    app.run(main)
+    cli.run_absl(main)

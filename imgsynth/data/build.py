@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import tensorflow_datasets as tfds
 
-from imgsynth import io
+from imgsynth import cli, io
 from imgsynth.data import folder as folder_lib
 from imgsynth.data import mapped, records, shapes
 from imgsynth.data.spec import DataSpec
@@ -209,7 +209,8 @@ def build_if_missing(config_data, *, num_workers: int | None = None,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.one_line(argparse.ArgumentParser(prog="python -m imgsynth.data.build",
+                                                  description=__doc__.split("\n\n")[0]))
     parser.add_argument("--dataset", required=True, choices=("shapes", "folder", "tfds"))
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--resolution", type=int, default=None)
@@ -223,9 +224,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_workers", type=int, default=None,
                         help="shapes: generation processes (default: cores - 1)")
     args = parser.parse_args(argv)
+    with cli.usage_errors(ValueError, FileNotFoundError, NotADirectoryError, FileExistsError):
+        _build(parser, args)
+
+
+def _build(parser, args) -> None:
     resolution = args.resolution
     if resolution is None:
-        resolution = int(args.config[1:].split("_")[0]) if args.config.startswith("r") else 32
+        resolution = int(args.config[1:].split("_")[0]) if args.config[1:2].isdigit() else 32
     log = print
     if args.dataset == "shapes":
         spec = DataSpec.of({"name": "shapes", "data_dir": args.data_dir,
@@ -246,4 +252,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.run(main))
