@@ -12,7 +12,10 @@ import argparse
 import contextlib
 import difflib
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 
@@ -20,6 +23,7 @@ from imgsynth import config as config_lib, io
 
 USAGE_EXIT = 2
 VERBOSE_FLAG, VERBOSE_ENV = "--verbose", "IMGSYNTH_VERBOSE"
+WATCH_PARENT_ENV = "IMGSYNTH_PARENT_PID"
 
 
 class UsageError(ValueError):
@@ -58,11 +62,28 @@ def _report(e: BaseException, verbose: bool) -> int:
     return USAGE_EXIT
 
 
+def watch_parent() -> None:
+    """Where the launcher cannot ask the kernel to stop its children when it dies (no prctl, see
+    launch/local.py), it names itself in IMGSYNTH_PARENT_PID; a daemon thread here then sends this
+    process SIGTERM (checkpoint and stop) once the parent is gone."""
+    parent = os.environ.pop(WATCH_PARENT_ENV, "")
+    if not parent.isdigit():
+        return
+
+    def watch():
+        while os.getppid() == int(parent):
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+
+
 def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
     """Calls `main(argv)` (an argparse main; `--verbose` removed) and returns its exit code, or 2
     after one line for a usage error. Console scripts and `python -m` both `sys.exit` it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = _verbose(argv)
+    watch_parent()
     try:
         return main([a for a in argv if a != VERBOSE_FLAG]) or 0
     except USAGE_ERRORS as e:
@@ -91,6 +112,7 @@ def run_absl(main: Callable[[list[str]], None]) -> None:
     from absl import app, flags
 
     verbose = _verbose(sys.argv)
+    watch_parent()
     sys.argv = [a for a in sys.argv if a != VERBOSE_FLAG]   # config_flags re-reads sys.argv
 
     def parse(args):

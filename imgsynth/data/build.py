@@ -12,6 +12,7 @@ job only process 0 builds and the others wait for the finished directory.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from imgsynth.data.tokenizer import WordTokenizer
 
 VOCAB_FILE = "vocab.json"
 SUMMARY_FILE = "build_summary.json"
+FINGERPRINT_FILE = "fingerprint.json"
 _INFO_FILE = "dataset_info.json"
 
 Log = Callable[[str], None]
@@ -65,6 +67,35 @@ def vocab_path(config_data) -> str | None:
 def is_complete(path: str) -> bool:
     return (os.path.exists(os.path.join(path, _INFO_FILE))
             and os.path.exists(os.path.join(path, VOCAB_FILE)))
+
+
+def fingerprint(path: str) -> str:
+    """The identity of a built dataset: a hash of its record files, features and vocabulary (not
+    of where it lies, nor of the build's timing), so the caches keyed by it — autoencoders, judges,
+    alignment models — are found again in a moved or copied data_dir. Hashed once, then kept in
+    fingerprint.json beside the records."""
+    stored = os.path.join(path, FINGERPRINT_FILE)
+    try:
+        return io.read_json(stored)["sha256"]
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    if not is_complete(path):
+        raise FileNotFoundError(f"no complete dataset at {path}")
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        if name in (FINGERPRINT_FILE, SUMMARY_FILE, _INFO_FILE) or name.startswith("."):
+            continue   # dataset_info.json holds the build's paths and times; the records do not
+        digest.update(name.encode() + b"\0")
+        with open(os.path.join(path, name), "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    value = digest.hexdigest()
+    if io.is_writer():
+        try:
+            io.write_json(stored, {"sha256": value})
+        except OSError:   # a read-only dataset: hash again next time
+            pass
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
