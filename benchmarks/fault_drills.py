@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from concurrent import futures
 import os
 import random
 import shutil
@@ -72,7 +73,7 @@ def last_step(workdir: str) -> int:
     return -1
 
 
-def wait(proc: subprocess.Popen, until, timeout_s: float = 600.0, poll_s: float = 0.002) -> bool:
+def wait(proc: subprocess.Popen, until, timeout_s: float = 1800.0, poll_s: float = 0.002) -> bool:
     """Polls `until()` while `proc` runs; False if the process ended first."""
     deadline = time.monotonic() + timeout_s
     while proc.poll() is None:
@@ -212,18 +213,19 @@ def _process_dir(step_dir: str) -> str:
     raise FileNotFoundError(f"no ocdbt.process_* folder in {step_dir}")
 
 
-def corruption_drills(base: str, reference: str, steps: int, tmp: str) -> tuple[int, int]:
-    """Copies of a killed run, each with its newest checkpoint corrupted one way, resumed."""
-    recovered = 0
-    for i, (name, corrupt) in enumerate(CORRUPTIONS.items()):
+def corruption_drills(base: str, reference: str, ready: futures.Future, steps: int,
+                      tmp: str) -> tuple[int, int]:
+    """Copies of a killed run, each with its newest checkpoint corrupted one way, resumed side by
+    side; each must end equal to the uninterrupted `reference` (done once `ready` is)."""
+    def drill(i: int, name: str, corrupt) -> bool:
         work = os.path.join(tmp, f"corrupt{i}")
         shutil.copytree(base, work)
         root = os.path.join(work, "checkpoints")
         newest = max(int(s) for s in os.listdir(root) if s.isdigit())
         corrupt(os.path.join(root, str(newest)))
-        log = os.path.join(tmp, f"corrupt{i}.log")
         try:
-            finish(work, steps, log)
+            finish(work, steps, os.path.join(tmp, f"corrupt{i}.log"))
+            ready.result()
             ok = (os.path.isdir(os.path.join(work, "checkpoints.broken", str(newest)))
                   and same_run(reference, work)[0])
         except RuntimeError as e:
@@ -231,8 +233,11 @@ def corruption_drills(base: str, reference: str, steps: int, tmp: str) -> tuple[
             ok = False
         print(f"  corruption '{name}' of checkpoint {newest}: "
               f"{'recovered' if ok else 'NOT recovered'}", flush=True)
-        recovered += ok
-    return recovered, len(CORRUPTIONS)
+        return ok
+
+    with futures.ThreadPoolExecutor(len(CORRUPTIONS)) as pool:
+        done = list(pool.map(drill, range(len(CORRUPTIONS)), *zip(*CORRUPTIONS.items())))
+    return sum(done), len(CORRUPTIONS)
 
 
 # ---- A second trainer, bad input ----------------------------------------------------------------
@@ -309,24 +314,35 @@ def bad_inputs(tmp: str, done_run: str) -> dict[str, list[str]]:
 
 def bad_input_drills(tmp: str, done_run: str) -> tuple[int, int, dict]:
     answered, failures = 0, {}
-    for name, argv in bad_inputs(tmp, done_run).items():
-        result = run_cli(argv)
+    cases = bad_inputs(tmp, done_run)
+    with futures.ThreadPoolExecutor(4) as pool:
+        results = dict(zip(cases, pool.map(run_cli, cases.values())))
+    for name, result in results.items():
         ok = result[0] == 2 and one_line(result)
         answered += ok
         print(f"  {name}: exit {result[0]}, {result[1].strip().splitlines()[-1:] or ['']}"[:300],
               flush=True)
         if not ok:
             failures[name] = result[1][-500:]
-    return answered, len(bad_inputs(tmp, done_run)), failures
+    return answered, len(cases), failures
 
 
 # ---- The drills ---------------------------------------------------------------------------------
+
+def killed_base(tmp: str, steps: int) -> str:
+    """A run killed after its third checkpoint: the base the corruptions start from."""
+    base, log = os.path.join(tmp, "base"), os.path.join(tmp, "base.log")
+    proc = start(train_argv(base, steps), log)
+    wait(proc, lambda: last_step(base) >= 13)   # checkpoints 4, 8 and 12 are written
+    kill(proc)
+    return base
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kills", type=int, default=3, help="kill -9 points (one during a save)")
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=24)
     p.add_argument("--workdir", help="keep the drills' runs here (default: a temporary folder)")
     args = p.parse_args()
     tmp = args.workdir or tempfile.mkdtemp(prefix="fault-drills-")
@@ -335,28 +351,24 @@ def main() -> None:
     rng = random.Random(args.seed)
     steps = args.steps
 
-    reference = os.path.join(tmp, "reference")
-    finish(reference, steps, os.path.join(tmp, "reference.log"))
-    print(f"uninterrupted run: {steps} steps", flush=True)
-
     targets = sorted(rng.sample(range(2, steps - 4), args.kills))
     during_save = rng.randrange(args.kills)
     plan = [(s, i == during_save) for i, s in enumerate(targets)]
-    killed = os.path.join(tmp, "killed")
-    kills = killed_run(killed, steps, plan, os.path.join(tmp, "killed.log"))
-    bit_exact, arrays = same_run(reference, killed)
-    print(f"kill -9 at {plan} (step, during a save): bit-exact {bit_exact} ({arrays} arrays)",
-          flush=True)
-
-    # A run killed after its second checkpoint: the base the corruptions start from.
-    base, log = os.path.join(tmp, "base"), os.path.join(tmp, "base.log")
-    proc = start(train_argv(base, steps), log)
-    wait(proc, lambda: last_step(base) >= 13)   # checkpoints 4, 8 and 12 are written
-    kill(proc)
-    recovered, tried = corruption_drills(base, reference, steps, tmp)
-
-    duplicate = duplicate_drill(tmp)
-    print(f"second trainer: {duplicate['refusal']}", flush=True)
+    reference, killed = os.path.join(tmp, "reference"), os.path.join(tmp, "killed")
+    # Independent drills side by side: the machine's cores, not one process, bound the time.
+    with futures.ThreadPoolExecutor(4) as pool:
+        ref = pool.submit(finish, reference, steps, os.path.join(tmp, "reference.log"))
+        kills = pool.submit(killed_run, killed, steps, plan, os.path.join(tmp, "killed.log"))
+        corruptions = pool.submit(lambda: corruption_drills(
+            killed_base(tmp, steps), reference, ref, steps, tmp))
+        duplicate = pool.submit(duplicate_drill, tmp).result()
+        print(f"second trainer: {duplicate['refusal']}", flush=True)
+        kills = kills.result()
+        ref.result()
+        bit_exact, arrays = same_run(reference, killed)
+        print(f"kill -9 at {plan} (step, during a save): bit-exact {bit_exact} ({arrays} "
+              "arrays)", flush=True)
+        recovered, tried = corruptions.result()
     answered, bad_tried, failures = bad_input_drills(tmp, reference)
     result = {"kills": kills, "kill_points": plan, "bit_exact": bit_exact,
               "arrays_compared": arrays, "corruptions_recovered": recovered,
