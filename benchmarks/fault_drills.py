@@ -147,8 +147,9 @@ def checkpoint_arrays(workdir: str) -> dict:
         flat = {jax.tree_util.keystr(k): np.asarray(v)
                 for k, v in jax.tree_util.tree_leaves_with_path(tree)}
         data_dir = os.path.join(root, str(step), "data")
-        data = {name: open(os.path.join(data_dir, name), "rb").read()
-                for name in sorted(os.listdir(data_dir))} if os.path.isdir(data_dir) else {}
+        data = {name: open(os.path.join(data_dir, name), "rb").read()   # not the commit marker:
+                for name in sorted(os.listdir(data_dir))   # it names the folder and the time
+                if name != "commit_success.txt"} if os.path.isdir(data_dir) else {}
         out[step] = (flat, data)
     return out
 
@@ -197,7 +198,8 @@ def _remove(paths: list[str]) -> None:
 
 CORRUPTIONS = {
     # OCDBT keeps the arrays in d/<hash> data files and their index in manifest.ocdbt files.
-    "truncated data file": lambda d: _truncate(_files(d, lambda r: "/d/" in f"/{r}")[-1:]),
+    "truncated data file": lambda d: _truncate(sorted(   # the largest: it surely holds arrays
+        _files(d, lambda r: "/d/" in f"/{r}"), key=os.path.getsize)[-1:]),
     "truncated index": lambda d: _truncate(_files(d, lambda r: r.endswith("manifest.ocdbt"))),
     "missing manifest/metadata": lambda d: _remove(_files(
         d, lambda r: r.endswith("_METADATA") or r.endswith("_CHECKPOINT_METADATA"))),
