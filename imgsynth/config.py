@@ -78,6 +78,8 @@ def resolve_steps(config: ml_collections.ConfigDict, train_flops_per_example: fl
             f"give exactly one of {DURATION_KEYS}; got {sorted(given) or 'none'}")
     (key, value), = given.items()
     batch = config.global_batch_size
+    if float(value) <= 0:
+        raise ConfigError(f"{key}={value:g} is not positive: a run needs a budget above zero")
     if key == "total_steps":
         steps = int(value)
     elif key == "total_examples":

@@ -251,7 +251,9 @@ def _sample_grid(workdir: str, images: np.ndarray, captions, name: str, n: int =
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
+
+    from imgsynth import cli
 
     _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run directory.")
     _NUM = flags.DEFINE_integer("num_samples", None, "Generated images per weight set (default: "
@@ -270,13 +272,11 @@ if __name__ == "__main__":
     def main(argv):
         del argv
         logging.basicConfig(level=logging.INFO)
-        try:
+        with cli.usage_errors(NotReady, FileNotFoundError, NotADirectoryError, ValueError):
             report = evaluate(_WORKDIR.value, num_samples=_NUM.value, guidance=_GUIDANCE.value,
                               sampler_steps=_STEPS.value, inception_weights=_INCEPTION.value,
                               clip_weights=_CLIP.value, clip_vocab=_CLIP_VOCAB.value)
-        except (NotReady, FileNotFoundError) as e:
-            raise SystemExit(f"error: {e}") from None
         print(json.dumps({k: report[k] for k in ("dataset", "weights", "ceilings", "unavailable",
                                                  "inference")}))
 
-    app.run(main)
+    cli.run_absl(main)

@@ -16,11 +16,14 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from typing import Any
 
 STATUSES = ("pending", "running", "done", "failed")
 STATUS_FILE = "status.json"
+HEARTBEAT_S = 30.0       # a training run refreshes status.json at least this often
+STALE_AFTER_S = 1800.0   # ... and one on another host is presumed gone this long after its last
 
 
 def is_writer() -> bool:
@@ -184,6 +187,23 @@ def read_status(workdir: str) -> dict:
     except (OSError, ValueError):   # half-written by a foreign tool: treat as unknown
         return {"status": "pending", "reason": "unreadable status.json"}
     return status or {"status": "pending", "reason": None}
+
+
+def process_gone(status: dict, *, stale_after_s: float = STALE_AFTER_S) -> bool:
+    """Whether the trainer a `running` status names is gone: on this host its pid is not alive; on
+    another its heartbeat is older than `stale_after_s` (compiles and evaluations stay under it)."""
+    if status.get("status") != "running" or "pid" not in status:
+        return False
+    if status.get("host") == socket.gethostname():
+        try:
+            os.kill(int(status["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:   # alive, another user's
+            return False
+        return False
+    beat = status.get("heartbeat")
+    return beat is None or time.time() - float(beat) > stale_after_s
 
 
 def write_status(workdir: str, status: str, reason: str | None = None, **extra: Any) -> None:

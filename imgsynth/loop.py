@@ -158,7 +158,6 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
     if io.is_writer() and not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
         io.write_json(os.path.join(workdir, CONFIG_FILE),
                       json.loads(config.to_json_best_effort(sort_keys=True)))
-    running = {"pid": os.getpid(), "host": socket.gethostname()}
     log = MetricsLog(workdir)
     start, row = 0, {"step": 0}
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -191,7 +190,7 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
         elif task.first_row:
             log.write({"step": 0, **task.first_row})
         row = {"step": start}
-        io.write_status(workdir, "running", step=start, **running)
+        heartbeat = _Heartbeat(workdir, start)
 
         # ---- Loop ----------------------------------------------------------------------------
         flops_per_step = task.flops_per_step
@@ -236,6 +235,7 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
                 batch = first if step == start + 1 else sharding.to_global(next(train_iter), mesh)
                 state, metrics = compiled(state, batch)
                 progress(step)
+                heartbeat.beat()
                 if pending is not None:   # the previous step's metrics: the host never stalls
                     row = finish_row(*pending)
                     if row["step"] % log_every == 0:
@@ -254,7 +254,7 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
                     write(row)
                     if save:
                         checkpointer.save(step, state, train_iter)
-                        io.write_status(workdir, "running", step=step, **running)
+                        heartbeat.beat(saved=step)
                     window.restart(step)
                 if stop.requested:
                     io.write_status(workdir, "pending", reason=f"pre-empted at step {step}; run "
@@ -266,7 +266,8 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
             row.update(final)
     except BaseException as e:
         resume = checkpointer.latest_step() or 0
-        io.write_status(workdir, "failed", reason=f"{type(e).__name__}: {e}"[:2000],
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:2000]   # one line
+        io.write_status(workdir, "failed", reason=reason,
                         step=row.get("step", start), resume_step=resume)
         raise
     finally:
@@ -305,6 +306,25 @@ class _Window:
 
     def step_time(self, step: int) -> float:
         return (time.perf_counter() - self.t) / max(step - self.step, 1)
+
+
+class _Heartbeat:
+    """status.json of a running trainer: pid, host, the step it would resume from and a heartbeat
+    (epoch seconds, refreshed at least every io.HEARTBEAT_S of training and at each checkpoint),
+    so `--status` tells a live run from one whose process is gone."""
+
+    def __init__(self, workdir: str, step: int):
+        self.workdir, self.running = workdir, {"pid": os.getpid(), "host": socket.gethostname()}
+        self.beat(saved=step)
+
+    def beat(self, saved: int | None = None) -> None:
+        if saved is None and time.monotonic() - self.t < io.HEARTBEAT_S:
+            return
+        if saved is not None:
+            self.step = saved
+        self.t = time.monotonic()
+        io.write_status(self.workdir, "running", step=self.step, heartbeat=time.time(),
+                        **self.running)
 
 
 class _StopFlag:

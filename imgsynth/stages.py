@@ -58,13 +58,25 @@ def autoencoder_config(config) -> ml_collections.ConfigDict:
 
 
 def autoencoder_dir(config) -> str:
-    """The configured autoencoder workdir, or a cache path keyed by the autoencoder's config."""
+    """The configured autoencoder workdir, or a cache path keyed by the autoencoder's config and the
+    dataset's fingerprint — not the cache's location, so a moved or copied cache is reused. The
+    dataset is built first when missing (its content is part of the key)."""
     if config.autoencoder.workdir:
         return os.path.abspath(os.path.expanduser(config.autoencoder.workdir))
     ae = autoencoder_config(config)
-    digest = hashlib.sha256(ae.to_json(sort_keys=True).encode()).hexdigest()[:10]
+    key = ae.to_dict()
+    key.pop("cache_dir", None)
+    key["data"] = {k: v for k, v in key["data"].items() if k not in ("data_dir", "src")}
+    key["dataset"] = dataset_fingerprint(config)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     name = f"{ae.autoencoder.kind}-f{ae.autoencoder.downsample}-{ae.data.builder_config}-{digest}"
     return os.path.join(cache_root(config), "autoencoders", name)
+
+
+def dataset_fingerprint(config) -> str:
+    """The built dataset's content hash ('' for a TFDS dataset: its name and version say it)."""
+    path = dataset(config)
+    return build.fingerprint(path) if path else ""
 
 
 # ---- Stages -----------------------------------------------------------------------------------
@@ -193,14 +205,17 @@ def instruments(config, external: instruments_lib.External | None = None
 
 
 if __name__ == "__main__":
-    from absl import app
     from ml_collections import config_flags
+
+    from imgsynth import cli, registry
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "A generator run config.")
 
     def main(argv):
         del argv
         logging.basicConfig(level=logging.INFO)
+        with cli.usage_errors(KeyError, ValueError):   # unknown size or paradigm, a bad budget
+            registry.plan(_CONFIG.value)
         print(json.dumps(prepare(_CONFIG.value), indent=2))
 
-    app.run(main)
+    cli.run_absl(main)

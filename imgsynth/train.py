@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from imgsynth import config as config_lib, io, loop, optim, registry, sharding, stages
+from imgsynth import cli, config as config_lib, io, loop, optim, registry, sharding, stages
 from imgsynth.data import pipeline, sources as sources_lib
 from imgsynth.models import transformer
 from imgsynth.paradigms import base
@@ -212,22 +212,24 @@ def compile_only(config: ml_collections.ConfigDict) -> dict:
 def main(argv) -> None:
     del argv
     logging.basicConfig(level=logging.INFO)
+    with cli.usage_errors(KeyError, ValueError):   # unknown size or paradigm, a bad budget
+        registry.plan(_CONFIG.value)
+    if _COMPILE_ONLY.value:
+        report = compile_only(_CONFIG.value)
+        for k, v in report.items():
+            print(f"{k:<32} {v}")
+        print(json.dumps(report))
+        return
+    if not _WORKDIR.value:
+        raise cli.UsageError("--workdir is required (unless --compile_only)")
     try:
-        if _COMPILE_ONLY.value:
-            report = compile_only(_CONFIG.value)
-            for k, v in report.items():
-                print(f"{k:<32} {v}")
-            print(json.dumps(report))
-            return
-        if not _WORKDIR.value:
-            raise SystemExit("error: --workdir is required (unless --compile_only)")
         train(_CONFIG.value, _WORKDIR.value)
-    except (config_lib.ConfigError, NonFiniteLoss, io.LockedError) as e:
+    except NonFiniteLoss as e:
         raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.")
@@ -235,4 +237,4 @@ if __name__ == "__main__":
     _COMPILE_ONLY = flags.DEFINE_bool(
         "compile_only", False, "Only lower and compile the update step; print its memory needs.")
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run_absl(main)

@@ -122,8 +122,11 @@ def _recon_png(model, images: np.ndarray, path: str) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
+
+    from imgsynth import cli
+    from imgsynth.data.spec import DataSpec
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Autoencoder config file.")
     _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
@@ -132,7 +135,10 @@ if __name__ == "__main__":
     def main(argv):
         del argv
         logging.basicConfig(level=logging.INFO)
+        data = _CONFIG.value.data
+        with cli.usage_errors(KeyError, ValueError):   # the data spec before anything is built
+            DataSpec.of({**data.to_dict(), "data_dir": data.data_dir or _CONFIG.value.cache_dir})
         info = train(_CONFIG.value, _WORKDIR.value)
         print(json.dumps({k: info[k] for k in ("kind", "hash", "validation")}))
 
-    app.run(main)
+    cli.run_absl(main)

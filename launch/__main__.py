@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from imgsynth import cli
 from launch import grid as grid_lib, runs as runs_lib
 
 
@@ -65,7 +66,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    return cli.run(_main, argv)
+
+
+def _main(argv) -> int:
+    args = cli.one_line(parser()).parse_args(argv)
+    cli.check_workdir(args.workdir, args.parallel)
     try:
         grid = grid_lib.load(args.grid)
         runs = grid.select(args.runs)

@@ -14,7 +14,10 @@ from their last periodic checkpoint).
 from __future__ import annotations
 
 import collections
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
 import hashlib
 import os
 import signal
@@ -22,7 +25,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 
-from imgsynth import io
+from imgsynth import cli, io
 from launch import grid as grid_lib, runs as runs_lib
 
 EXIT_INTERRUPTED = 130
@@ -53,6 +56,37 @@ def available_cores() -> tuple[int, ...]:
     if hasattr(os, "sched_getaffinity"):
         return tuple(sorted(os.sched_getaffinity(0)))
     return tuple(range(os.cpu_count() or 1))
+
+
+# ---- Children die with the launcher -------------------------------------------------------------
+# A trainer outliving its launcher would be started a second time by the next launch. On Linux the
+# kernel sends each child SIGTERM when the launcher dies, even by kill -9 (PR_SET_PDEATHSIG); the
+# trainer checkpoints and stops as on pre-emption. Elsewhere the child's own watchdog
+# (imgsynth.cli.watch_parent) polls its parent pid and does the same.
+
+PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _prctl():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl
+    except (OSError, AttributeError):   # not Linux
+        return None
+
+
+def die_with_parent_env() -> dict[str, str]:
+    """The child's watchdog setting where the kernel cannot do it (no prctl)."""
+    return {} if _prctl() is not None else {cli.WATCH_PARENT_ENV: str(os.getpid())}
+
+
+def die_with_parent(parent: int) -> None:
+    """preexec_fn: in the forked child, before exec, ask for SIGTERM when `parent` dies."""
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:   # it died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclasses.dataclass
@@ -274,7 +308,8 @@ class LocalLauncher:
             log.write(f"\n=== {kind} {io.now()}: {runs_lib.shell(argv)}\n".encode())
             log.flush()
             proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**env, **die_with_parent_env()}, preexec_fn=functools.partial(die_with_parent, os.getpid()),
                 start_new_session=True)   # Ctrl-C reaches the launcher only; it forwards it
         if cores and hasattr(os, "sched_setaffinity"):
             try:   # before the child's first thread: Python start-up alone takes far longer

@@ -155,19 +155,20 @@ def status_rows(workdir: str, runs: Sequence[grid_lib.Run]) -> list[dict]:
         reason = status.get("reason") or launch.get("reason") or ""
         if status["status"] == "done" and launch.get("eval") in ("failed", "unavailable"):
             reason = launch.get("eval_reason", "")
-        rows.append({"run": r.name, "status": status["status"], "step": step, "total": r.steps,
+        shown = "stale (process gone)" if io.process_gone(status) else status["status"]
+        rows.append({"run": r.name, "status": shown, "step": step, "total": r.steps,
                      "loss": metrics.get("loss"), "eval": evaluation, "reason": reason})
     return rows
 
 
 def status_table(rows: Sequence[dict]) -> str:
-    header = f"{'run':<34} {'status':<8} {'step/total':>15} {'loss':>8} {'eval':<11} reason"
+    header = f"{'run':<34} {'status':<20} {'step/total':>15} {'loss':>8} {'eval':<11} reason"
     lines = [header, "-" * len(header)]
     for row in rows:
         step = f"{row['step'] if row['step'] is not None else '–'}/{row['total']}"
         loss = f"{row['loss']:.4f}" if isinstance(row["loss"], (int, float)) else "–"
         reason = " ".join(str(row["reason"]).split())[:90]
-        lines.append(f"{row['run']:<34} {row['status']:<8} {step:>15} {loss:>8} "
+        lines.append(f"{row['run']:<34} {row['status']:<20} {step:>15} {loss:>8} "
                      f"{row['eval']:<11} {reason}")
     counts: dict[str, int] = {}
     for row in rows:

@@ -13,10 +13,15 @@ import argparse
 import os
 import sys
 
+from imgsynth import cli
 from launch import grid as grid_lib, local
 
 
 def main(argv=None) -> int:
+    return cli.run(_main, argv)
+
+
+def _main(argv) -> int:
     p = argparse.ArgumentParser(prog="imgsynth-study", description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", default="quickstart", help="grid name or path (default: quickstart)")
     p.add_argument("--workdir", default="./study", help="study directory (default: ./study)")
@@ -27,7 +32,8 @@ def main(argv=None) -> int:
     p.add_argument("--dry_run", action="store_true", help="print the runs and their ETA only")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the fits")
     grid_lib.add_set_argument(p)
-    args = p.parse_args(argv)
+    args = cli.one_line(p).parse_args(argv)
+    cli.check_workdir(args.workdir, args.parallel)
 
     try:
         grid = grid_lib.load(args.grid)

@@ -53,3 +53,33 @@ def test_changed_config_on_a_finished_run_is_refused(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(config_lib.ConfigError, match="is a file"):
         train.train(tiny("flow"), str(tmp_path / "file"))
+
+
+def test_status_tells_a_live_run_from_a_dead_one(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from launch import runs as runs_lib
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    here, now = socket.gethostname(), time.time()
+    cases = {"alive": dict(pid=os.getpid(), host=here, heartbeat=now - 3600),
+             "dead": dict(pid=int(dead), host=here, heartbeat=now),
+             "far-fresh": dict(pid=1, host="elsewhere", heartbeat=now - 60),
+             "far-old": dict(pid=1, host="elsewhere", heartbeat=now - 2 * io.STALE_AFTER_S)}
+
+    class Run:
+        def __init__(self, name):
+            self.name, self.steps = name, 10
+
+    for name, fields in cases.items():
+        d = runs_lib.run_dir(str(tmp_path), name)
+        os.makedirs(d)
+        io.write_status(d, "running", step=4, **fields)
+    rows = runs_lib.status_rows(str(tmp_path), [Run(n) for n in [*cases, "never"]])
+    assert [r["status"] for r in rows] == ["running", "stale (process gone)", "running",
+                                           "stale (process gone)", "pending"]
+    assert "stale (process gone)" in runs_lib.status_table(rows)

@@ -13,6 +13,7 @@ job only process 0 builds and the others wait for the finished directory.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from collections.abc import Callable
 
 import tensorflow_datasets as tfds
 
-from imgsynth import io
+from imgsynth import cli, io
 from imgsynth.data import folder as folder_lib
 from imgsynth.data import mapped, records, shapes
 from imgsynth.data.spec import DataSpec
@@ -31,6 +32,7 @@ from imgsynth.data.tokenizer import WordTokenizer
 
 VOCAB_FILE = "vocab.json"
 SUMMARY_FILE = "build_summary.json"
+FINGERPRINT_FILE = "fingerprint.json"
 _INFO_FILE = "dataset_info.json"
 
 Log = Callable[[str], None]
@@ -66,6 +68,35 @@ def vocab_path(config_data) -> str | None:
 def is_complete(path: str) -> bool:
     return (os.path.exists(os.path.join(path, _INFO_FILE))
             and os.path.exists(os.path.join(path, VOCAB_FILE)))
+
+
+def fingerprint(path: str) -> str:
+    """The identity of a built dataset: a hash of its record files, features and vocabulary (not
+    of where it lies, nor of the build's timing), so the caches keyed by it — autoencoders, judges,
+    alignment models — are found again in a moved or copied data_dir. Hashed once, then kept in
+    fingerprint.json beside the records."""
+    stored = os.path.join(path, FINGERPRINT_FILE)
+    try:
+        return io.read_json(stored)["sha256"]
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    if not is_complete(path):
+        raise FileNotFoundError(f"no complete dataset at {path}")
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        if name in (FINGERPRINT_FILE, SUMMARY_FILE, _INFO_FILE) or name.startswith("."):
+            continue   # dataset_info.json holds the build's paths and times; the records do not
+        digest.update(name.encode() + b"\0")
+        with open(os.path.join(path, name), "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    value = digest.hexdigest()
+    if io.is_writer():
+        try:
+            io.write_json(stored, {"sha256": value})
+        except OSError:   # a read-only dataset: hash again next time
+            pass
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +245,8 @@ def build_if_missing(config_data, *, num_workers: int | None = None,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.one_line(argparse.ArgumentParser(prog="python -m imgsynth.data.build",
+                                                  description=__doc__.split("\n\n")[0]))
     parser.add_argument("--dataset", required=True, choices=("shapes", "folder", "tfds"))
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--resolution", type=int, default=None)
@@ -232,9 +264,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_workers", type=int, default=None,
                         help="shapes: generation processes (default: cores - 1)")
     args = parser.parse_args(argv)
+    with cli.usage_errors(ValueError, FileNotFoundError, NotADirectoryError, FileExistsError):
+        _build(parser, args)
+
+
+def _build(parser, args) -> None:
     resolution = args.resolution
     if resolution is None:
-        resolution = int(args.config[1:].split("_")[0]) if args.config.startswith("r") else 32
+        resolution = int(args.config[1:].split("_")[0]) if args.config[1:2].isdigit() else 32
     log = print
     if args.dataset == "shapes":
         spec = DataSpec.of({"name": "shapes", "data_dir": args.data_dir,
@@ -255,4 +292,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(cli.run(main))

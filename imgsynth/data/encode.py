@@ -113,7 +113,9 @@ def load_encoded(path: str, split: str, *, autoencoder_hash: str | None = None) 
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
+
+    from imgsynth import cli
 
     _AE = flags.DEFINE_string("autoencoder", None, "Trained autoencoder workdir.")
     _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset directory (as for data.build).")
@@ -127,12 +129,15 @@ if __name__ == "__main__":
         cfg = ml_collections.ConfigDict(dict(
             name="shapes", data_dir=_DATA_DIR.value, resolution=_RES.value,
             builder_config=_BUILDER.value, text_max_len=16, tokenizer="word"))
+        with cli.usage_errors(ValueError):
+            build.dataset_dir(cfg)   # checks the spec
         if not build.is_complete(build.dataset_dir(cfg)):
-            raise SystemExit(f"error: no complete dataset at {build.dataset_dir(cfg)}; build it with "
+            raise cli.UsageError(f"no complete dataset at {build.dataset_dir(cfg)}; build it with "
                              f"`python -m imgsynth.data.build --dataset=shapes --data_dir={_DATA_DIR.value} "
                              f"--config={_BUILDER.value}`")
         from imgsynth.models import autoencoder_files
-        model, info = autoencoder_files.load(_AE.value)
+        with cli.usage_errors(FileNotFoundError, NotADirectoryError):
+            model, info = autoencoder_files.load(_AE.value)
         print(encode(model, info, _AE.value, cfg, log=print))
 
-    app.run(main)
+    cli.run_absl(main)

@@ -36,8 +36,11 @@ def resolution_of(builder_config: str) -> int:
 
 
 def cache_dir(data_dir: str, kind: str, builder_config: str) -> str:
-    """`<data_dir>/<kind>/<builder_config>-<version>/`, e.g. judges/r32-1.0.0."""
-    return os.path.join(data_dir, kind, f"{builder_config}-{shapes.VERSION}")
+    """`<data_dir>/<kind>/<builder_config>-<version>-<fingerprint>/`, e.g. judges/r32-1.0.0-3f9a…:
+    keyed by the dataset's content, so a metric model follows its data to a moved or copied
+    data_dir and a rebuilt dataset never meets a model calibrated on the old one."""
+    digest = build.fingerprint(dataset_path(data_dir, builder_config))[:10]
+    return os.path.join(data_dir, kind, f"{builder_config}-{shapes.VERSION}-{digest}")
 
 
 def trained_dir(data_dir: str, kind: str, builder_config: str, *, info_file: str, what: str,
