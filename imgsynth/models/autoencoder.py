@@ -23,9 +23,7 @@ channels is therefore a contiguous group of index digits: the token models' fact
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -33,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from imgsynth.models.layers import depth_to_space, space_to_depth
 
 KINDS = ("kl", "lfq", "fsq")
 DISCRETE_KINDS = ("lfq", "fsq")
@@ -102,21 +102,6 @@ class Upsample(nnx.Module):
     def __call__(self, x_BHWC: jax.Array) -> jax.Array:
         x_BHWC = jnp.repeat(jnp.repeat(x_BHWC, 2, axis=1), 2, axis=2)
         return self.conv(x_BHWC)
-
-
-def space_to_depth(x_BHWC: jax.Array, p: int) -> jax.Array:
-    """(B, H, W, C) → (B, H/p, W/p, p·p·C): each p×p patch becomes one position."""
-    b, h, w, c = x_BHWC.shape
-    x = x_BHWC.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h // p, w // p, p * p * c)
-
-
-def depth_to_space(x_BhwD: jax.Array, p: int) -> jax.Array:
-    """Inverse of space_to_depth."""
-    b, h, w, d = x_BhwD.shape
-    c = d // (p * p)
-    x = x_BhwD.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h * p, w * p, c)
 
 
 class Encoder(nnx.Module):
@@ -603,33 +588,3 @@ def build_autoencoder(config_ae: Mapping[str, Any], rngs: nnx.Rngs) -> Autoencod
     kwargs["channel_mult"] = tuple(kwargs["channel_mult"])
     kwargs["fsq_levels"] = tuple(kwargs["fsq_levels"])
     return Autoencoder(**kwargs, rngs=rngs)
-
-
-def save_metadata(model: Autoencoder, path: str, **extra: Any) -> None:
-    """Writes kind, latent statistics and codebook size as JSON (atomically) next to a checkpoint,
-    so consumers of precomputed latents need not restore the model to know how to read them."""
-    meta = {"kind": model.kind, "downsample": model.downsample,
-            "latent_channels": model.code_channels, "codebook_size": model.codebook_size,
-            "levels": None if model.levels is None else list(model.levels),
-            "scale_factor": float(model.scale_factor.value) if model.kind == "kl" else None,
-            **extra}
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp, path)
-
-
-def load_metadata(model: Autoencoder, path: str) -> dict[str, Any]:
-    """Reads `save_metadata`'s JSON, checks it describes `model`, and restores the scale factor."""
-    with open(path) as f:
-        meta = json.load(f)
-    levels = None if model.levels is None else list(model.levels)
-    if (meta.get("kind") != model.kind or meta.get("latent_channels") != model.code_channels
-            or meta.get("levels", levels) != levels):
-        raise ValueError(f"{path} describes a {meta.get('kind')} autoencoder with "
-                         f"{meta.get('latent_channels')} latent channels (levels "
-                         f"{meta.get('levels')}), not this {model.kind} one with "
-                         f"{model.code_channels} (levels {levels})")
-    if model.kind == "kl":
-        model.scale_factor.value = jnp.asarray(meta["scale_factor"], jnp.float32)
-    return meta
