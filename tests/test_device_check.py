@@ -13,9 +13,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.slow
 def test_device_check_smoke_runs_every_part(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable,   # one CPU device per part, as on a GPU host
-           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(
-               "--xla_force_host_platform_device_count=8", ""),
+    # One CPU device per part, as on a GPU host: the suite's fake-device flag is left out (and an
+    # XLA_FLAGS left blank would be read as a file name).
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                     if not f.startswith("--xla_force_host_platform_device_count"))
+    env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "PYTHON": sys.executable,
+           **({"XLA_FLAGS": flags} if flags else {}),
            # the suite's compilation cache (conftest.py): a second run compiles next to nothing
            "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
