@@ -45,7 +45,13 @@ def generator(paradigm: str, args: ml_collections.ConfigDict) -> ml_collections.
     c.model = ml_collections.ConfigDict(dict(
         width=0, depth=0, heads=0, mlp_dim=0, dtype="float32", scan_layers=True, remat=False,
         attention="auto"))   # dot_product_attention kernel: auto (cuDNN on GPUs) | xla | cudnn
-    c.text = ml_collections.ConfigDict(dict(
+    c.text = ml_collections.ConfigDict(dict(   # the caption encoder (docs/text.md)
+        encoder="trained",   # trained (with the generator) | clip (frozen, from text.weights)
+        weights="", vocab="",   # clip: converted OpenAI CLIP .npz and its BPE vocabulary
+        # clip: the text tower text.weights must hold (OpenAI ViT-B/32's by default)
+        clip=ml_collections.ConfigDict(dict(width=512, depth=12, heads=8, vocab_size=49408,
+                                            context_length=77)),
+        hash="",             # set by the trainer: the frozen encoder a run trained with
         width=0, depth=0, heads=0, mlp_dim=0, vocab_size=512, max_len=16))
     c.data = ml_collections.ConfigDict(dict(
         name="shapes", data_dir="", resolution=32, builder_config="r32", text_max_len=16,

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from imgsynth import checkpoint as ckpt_lib, config as config_lib, io, loop, optim, registry, stages
-from imgsynth.data import images as images_lib, pipeline
+from imgsynth.data import images as images_lib
 from imgsynth.metrics import _data, alignment as alignment_lib, clip_score, frechet, inception
 from imgsynth.metrics import instruments as instruments_lib, prompt_following as pf
 from imgsynth.models import autoencoder_files
@@ -135,8 +135,7 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
     autoencoder, _ = autoencoder_files.load(stages.autoencoder_dir(config),
                                             kind=config.autoencoder.kind)
     decode = autoencoder.decode_latents
-    tokenizer = pipeline.load_tokenizer(stages.data_config(config))
-    text_ids, text_mask = tokenizer.encode(captions)
+    text_ids, text_mask = stages.caption_inputs(config, captions)   # a frozen encoder's on the fly
 
     sampler = make_sampler(config, module, graphdef, decode)
     images = {}

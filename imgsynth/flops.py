@@ -3,7 +3,8 @@
 Convention (see docs/flops.md): a matmul with an [m, n] weight costs 2·m·n FLOPs per use; every
 weight used in a matmul counts, heads included; embedding lookups cost nothing; self-attention adds
 4·T²·d per layer (QKᵀ and AV, no causal discount); cross-attention adds 4·T·T_ctx·d per layer.
-Training = 3 × forward. The autoencoder is excluded (latents are precomputed).
+Training = 3 × forward. The autoencoder and a frozen caption encoder are excluded (latents and
+caption states are precomputed); the frozen encoder's FLOPs are reported apart.
 
     python -m imgsynth.flops --config=experiments/flow.py:size=S [--json]
 """
@@ -62,15 +63,24 @@ def transformer(cfg: TransformerConfig, tokens: int, ctx_tokens: int = 0) -> Cos
     return total
 
 
-def text_encoder(cfg: TransformerConfig, vocab_size: int, max_len: int) -> Cost:
-    """The caption encoder (`models/text.py`): embeddings (free) + a bidirectional stack."""
-    return embedding(vocab_size, cfg.width) + embedding(max_len, cfg.width) + transformer(cfg, max_len)
+def text_encoder(cfg: TransformerConfig, vocab_size: int, max_len: int,
+                 positions: int | None = None) -> Cost:
+    """A caption encoder run on `max_len` tokens: embeddings (free) + a Transformer stack. The
+    trained one (`models/text.py`) has `max_len` position rows; CLIP's text tower
+    (`models/frozen_text.py`) has `positions` and reads the first `max_len`."""
+    return (embedding(vocab_size, cfg.width) + embedding(positions or max_len, cfg.width)
+            + transformer(cfg, max_len))
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelCost:
-    """A whole generator: named components, each with parameters and forward FLOPs per example."""
+    """A whole generator: named components, each with parameters and forward FLOPs per example.
+
+    `frozen` holds what runs but is not trained (a pretrained caption encoder whose states are
+    precomputed once per caption): reported apart, in neither parameters nor training compute.
+    """
     components: dict[str, Cost]
+    frozen: dict[str, Cost] = dataclasses.field(default_factory=dict)
 
     def _sum(self, attr: str):
         return sum(getattr(c, attr) for c in self.components.values())
@@ -107,6 +117,9 @@ class ModelCost:
         }
         for name, c in self.components.items():
             out[f"fwd_flops/{name}"] = c.fwd_flops
+        for name, c in self.frozen.items():
+            out[f"frozen_params/{name}"] = c.params + c.embedding_params
+            out[f"frozen_fwd_flops/{name}"] = c.fwd_flops
         return out
 
 

@@ -1,6 +1,6 @@
 """Pipeline stages a generator run needs, each built once and shared by every run that needs it.
 
-    dataset → autoencoder (per kind) → encoded latents/tokens;
+    dataset → autoencoder (per kind) → encoded latents/tokens (+ frozen caption encoder states);
     dataset → alignment model, judge (datasets with scenes), label classifier (labelled data)
 
 Every stage lives under `config.cache_dir` unless the config names a path, is skipped when its
@@ -19,10 +19,10 @@ import ml_collections
 
 from experiments import autoencoder as autoencoder_experiment
 from imgsynth import io, train_autoencoder
-from imgsynth.data import build, encode, sources
+from imgsynth.data import build, encode, pipeline, sources
 from imgsynth.metrics import _data, alignment as alignment_lib, instruments as instruments_lib
 from imgsynth.metrics import judge as judge_lib, labels as labels_lib, train_alignment, train_judge
-from imgsynth.models import autoencoder_files
+from imgsynth.models import autoencoder_files, frozen_text
 from imgsynth.paradigms import token_model
 
 
@@ -103,14 +103,18 @@ def autoencoder(config) -> str:
 
 
 def encoded(config) -> str:
+    """The dataset encoded by the run's autoencoder (and frozen caption encoder, if any), kept
+    per (autoencoder, text encoder) identity."""
+    text = frozen_text.identity(config)   # its errors before an autoencoder is trained
     path = autoencoder(config)
     data = data_config(config)
-    out = encode.encoded_dir(path, data)
+    out = encode.encoded_dir(path, data, text)
     with io.FileLock(out):
-        if encode.is_complete(out, autoencoder_files.load_info(path)["hash"]):
+        if encode.is_complete(out, autoencoder_files.load_info(path)["hash"], text):
             return out
         model, info = autoencoder_files.load(path)
-        return encode.encode(model, info, path, data)
+        return encode.encode(model, info, path, data,
+                             text_encoder=frozen_text.load(config) if text else None)
 
 
 def _judge_dir(data: _data.Dataset) -> str:
@@ -176,14 +180,17 @@ def prepare(config, *, evaluation: bool = True) -> dict:
     return out
 
 
-def pin_autoencoder(config) -> ml_collections.ConfigDict:
-    """A copy of `config` whose `autoencoder.workdir` names the exact autoencoder it will use.
+def pin(config) -> ml_collections.ConfigDict:
+    """A copy of `config` whose `autoencoder.workdir` names the exact autoencoder it will use and
+    whose `text.hash` names its frozen caption encoder (files checked here, before any work).
 
     Written into the run's config.json, so evaluation decodes with the autoencoder that made the
-    training latents even if experiments/autoencoder.py changes later.
+    training latents even if experiments/autoencoder.py changes later, and encodes its prompts
+    with the very text encoder the run trained on (a resumed run with other weights is refused).
     """
     pinned = ml_collections.ConfigDict(config.to_dict())
     if config.data.name != "synthetic":
+        pinned.text.hash = frozen_text.identity(config)
         pinned.autoencoder.workdir = autoencoder_dir(config)
     return pinned
 
@@ -194,7 +201,16 @@ def generator_sources(config):
     info = autoencoder_files.load_info(autoencoder_dir(config), kind=config.autoencoder.kind)
     if info.get("codebook_size"):   # tokens of another codebook than the config's are refused
         token_model.check_tokenizer(config, info)
-    return sources.encoded(path, info["hash"])
+    return sources.encoded(path, info["hash"], frozen_text.identity(config))
+
+
+def caption_inputs(config, captions) -> tuple:
+    """What the run's generator takes for `captions` (ids or states, and the mask), computed as
+    the encode stage stored them for training: the data tokenizer's ids, or the frozen encoder's
+    states."""
+    if frozen_text.is_frozen(config):
+        return frozen_text.load(config)(captions)
+    return pipeline.load_tokenizer(data_config(config)).encode(list(captions))
 
 
 def instruments(config, external: instruments_lib.External | None = None

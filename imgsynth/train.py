@@ -72,7 +72,9 @@ def task(config: ml_collections.ConfigDict, sources, plan: registry.Plan | None 
                  "n_params/non_embedding": cost.params_nonembedding,
                  "flops/train_per_example": cost.train_flops_per_example,
                  "flops/train_per_step": plan.flops_per_step,
-                 **{f"flops/fwd_{k}_per_example": c.fwd_flops for k, c in cost.components.items()}}
+                 **{f"flops/fwd_{k}_per_example": c.fwd_flops for k, c in cost.components.items()},
+                 **{f"flops/frozen_fwd_{k}_per_example": c.fwd_flops   # not training compute
+                    for k, c in cost.frozen.items()}}
     return loop.Task(
         name=f"{config.paradigm}/{config.size}",
         build=lambda: module.build(config, nnx.Rngs(config.seed)),
@@ -87,7 +89,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     sharding.initialize_distributed()
     plan = registry.plan(config)   # config errors before anything is built or written
     transformer.check_compute_dtype(base.dtype(config))
-    config = stages.pin_autoencoder(config)
+    config = stages.pin(config)
     loop.check_config(workdir, resolved(config, plan))
     done = loop.finished(workdir)
     if done:

@@ -120,7 +120,7 @@ def test_inference_flops_accounting():
     a.autoencoder.factors = 2       # heads of 8 + 8 codes instead of 64
     cfg = base.backbone_config(a, causal=True)
     expected = (flops.cached_decode_flops(cfg, 64, 16) + 2 * a.model.width * 16 * 64
-                + base.text_cost(a).fwd_flops)
+                + base.text_costs(a)["text_encoder"].fwd_flops)
     assert ar.inference_flops(a) == expected
     # Next-token decoding with a cache is far cheaper than MaskGIT's 12 full passes.
     assert ar.inference_flops(a) < maskgit.inference_flops(m) / 4

@@ -4,9 +4,12 @@
 
 Writes `<AE_WORKDIR>/encoded/<dataset>/{train,validation}.array_record` (one msgpack record per
 image: `latents` float32 [h, w, c] (already scaled) or `tokens` int32 [h, w], plus `text_ids`,
-`text_mask`, `category`) and `encoded.json` naming the autoencoder's weight hash. Generator runs
-read it with `load_encoded`, which refuses latents made by another autoencoder than the one that
-will decode them.
+`text_mask`, `category`) and `encoded.json` naming the autoencoder's weight hash. `text_ids` are
+the data tokenizer's ids int32 [L], or — with a frozen caption encoder (`text.encoder=clip`,
+models/frozen_text.py) — its states float32 [L, W], computed here once per caption; such a
+dataset lives in `<dataset>-text-<encoder identity>`, so another encoder never reuses it. Generator
+runs read it with `load_encoded`, which refuses latents made by another autoencoder than the one
+that will decode them, and states of another text encoder than the run's.
 """
 from __future__ import annotations
 
@@ -29,24 +32,31 @@ INFO_FILE = "encoded.json"
 SPLITS = ("train", "validation")
 
 
-def encoded_dir(ae_workdir: str, config_data) -> str:
+def encoded_dir(ae_workdir: str, config_data, text_encoder: str = "") -> str:
+    """Where the dataset encoded by this autoencoder (and frozen text encoder identity, '' for
+    the trained one) lives."""
     spec = DataSpec.of(config_data)
     name = spec.shapes_config if spec.name == "shapes" else (spec.folder_name or spec.tfds_name)
-    return os.path.join(ae_workdir, "encoded", f"{spec.name}-{name}")
+    text = f"-text-{text_encoder}" if text_encoder else ""
+    return os.path.join(ae_workdir, "encoded", f"{spec.name}-{name}{text}")
 
 
-def is_complete(path: str, autoencoder_hash: str) -> bool:
-    """Whether `path` holds both splits encoded by the autoencoder with this weight hash."""
+def is_complete(path: str, autoencoder_hash: str, text_encoder: str = "") -> bool:
+    """Whether `path` holds both splits encoded by the autoencoder with this weight hash and the
+    text encoder with this identity."""
     done = _read_info(path)
-    return done is not None and done["autoencoder_hash"] == autoencoder_hash
+    return (done is not None and done["autoencoder_hash"] == autoencoder_hash
+            and done.get("text_encoder", "") == text_encoder)
 
 
-def encode(model, info: dict, ae_workdir: str, config_data, *, batch_size: int = 256,
-           log=logging.info) -> str:
+def encode(model, info: dict, ae_workdir: str, config_data, *, text_encoder=None,
+           batch_size: int = 256, log=logging.info) -> str:
     """Encodes the train and validation splits with `model` (the autoencoder of `ae_workdir`,
-    `info` its autoencoder.json); skipped when already complete for these weights."""
-    out = encoded_dir(ae_workdir, config_data)
-    if is_complete(out, info["hash"]):
+    `info` its autoencoder.json) and, given a `frozen_text.FrozenTextEncoder`, the captions with
+    it; skipped when already complete for these weights."""
+    text = text_encoder.identity if text_encoder is not None else ""
+    out = encoded_dir(ae_workdir, config_data, text)
+    if is_complete(out, info["hash"], text):
         log(f"{out} is complete; nothing to do")
         return out
     pipeline.load_split(config_data, "train")   # a clear error now if the dataset is missing
@@ -59,8 +69,12 @@ def encode(model, info: dict, ae_workdir: str, config_data, *, batch_size: int =
             source = pipeline.load_split(config_data, split)
             writer = ArrayRecordWriter(os.path.join(tmp, f"{split}.array_record"), "group_size:1")
             for start in range(0, len(source), batch_size):
-                idx = list(range(start, min(start + batch_size, len(source))))
-                records = [transform(source[i]) for i in idx]
+                raw = [source[i] for i in range(start, min(start + batch_size, len(source)))]
+                records = [transform(r) for r in raw]
+                if text_encoder is not None:
+                    states, masks = text_encoder([r["caption"] for r in raw])
+                    for r, state, mask in zip(records, states, masks):
+                        r["text_ids"], r["text_mask"] = state, mask
                 images = np.stack([r["image"] for r in records])
                 pad = batch_size - len(images)   # one compiled shape
                 padded = np.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0)))
@@ -73,7 +87,11 @@ def encode(model, info: dict, ae_workdir: str, config_data, *, batch_size: int =
             writer.close()
             counts[split] = len(source)
             log(f"encoded {counts[split]} {split} images with {info['kind']} autoencoder {info['hash']}")
+        if text_encoder is not None:
+            log(f"encoded the captions with frozen text encoder {text} "
+                f"({text_encoder.num_truncated} truncated to {text_encoder.max_len} tokens)")
         meta = {"autoencoder": os.path.abspath(ae_workdir), "autoencoder_hash": info["hash"],
+                "text_encoder": text,
                 "kind": info["kind"], "key": key, "latent_shape": info["latent_shape"],
                 "counts": counts, "data": dict(DataSpec.of(config_data).__dict__)}
         with open(os.path.join(tmp, INFO_FILE), "w") as f:
@@ -98,8 +116,10 @@ class EncodedSource:
         return serialization.msgpack_restore(self._source[index])
 
 
-def load_encoded(path: str, split: str, *, autoencoder_hash: str | None = None) -> EncodedSource:
-    """The encoded split; refuses latents from another autoencoder than `autoencoder_hash`."""
+def load_encoded(path: str, split: str, *, autoencoder_hash: str | None = None,
+                 text_encoder: str = "") -> EncodedSource:
+    """The encoded split; refuses latents from another autoencoder than `autoencoder_hash` and
+    caption states from another text encoder than `text_encoder` ('' the trained one: ids)."""
     info = _read_info(path)
     if info is None:
         raise FileNotFoundError(f"no encoded dataset at {path}; run `python -m imgsynth.data.encode "
@@ -109,6 +129,10 @@ def load_encoded(path: str, split: str, *, autoencoder_hash: str | None = None) 
             f"{path} was encoded by autoencoder {info['autoencoder_hash']}, but this run decodes "
             f"with {autoencoder_hash}: re-encode with the run's autoencoder, or point "
             "autoencoder.workdir at the one that made these latents")
+    if info.get("text_encoder", "") != text_encoder:
+        raise ValueError(
+            f"{path} holds captions for text encoder {info.get('text_encoder') or 'trained'!r}, "
+            f"but this run's is {text_encoder or 'trained'!r}: re-encode with the run's")
     return EncodedSource(path, split)
 
 

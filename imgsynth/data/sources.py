@@ -23,7 +23,9 @@ def synthetic(module, config) -> tuple[list[dict], list[dict]]:
             synthetic_records(module, config, max(n // 8, config.global_batch_size), config.seed + 1))
 
 
-def encoded(path: str, autoencoder_hash: str) -> tuple:
-    """(train, validation) of an encoded dataset; refuses latents of another autoencoder."""
-    return tuple(encode.load_encoded(path, split, autoencoder_hash=autoencoder_hash)
+def encoded(path: str, autoencoder_hash: str, text_encoder: str = "") -> tuple:
+    """(train, validation) of an encoded dataset; refuses latents of another autoencoder and
+    caption states of another frozen text encoder."""
+    return tuple(encode.load_encoded(path, split, autoencoder_hash=autoencoder_hash,
+                                     text_encoder=text_encoder)
                  for split in encode.SPLITS)

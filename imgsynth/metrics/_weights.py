@@ -12,6 +12,7 @@ import dataclasses
 import io
 import os
 import sys
+import zipfile
 from collections.abc import Callable, Iterable
 
 import jax.numpy as jnp
@@ -32,6 +33,21 @@ def read_npz(path: str | os.PathLike, *, what: str, how_to_get: str) -> dict[str
         raise FileNotFoundError(f"{what} weights not found at {path!r}. {how_to_get}")
     with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
+
+
+def shape_stand_ins(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Zero-stride arrays of the shapes an .npz holds, read from the member headers only: a
+    weight file is checked against an architecture (`match_weights`) without loading it."""
+    out = {}
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            with archive.open(name) as f:
+                version = np.lib.format.read_magic(f)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read(f)
+            out[name.removesuffix(".npy")] = np.broadcast_to(np.zeros((), dtype), shape)
+    return out
 
 
 def match_weights(factory: Callable[[], nnx.Module], weights: dict[str, np.ndarray],

@@ -150,18 +150,37 @@ class VisionTransformer(nnx.Module):
         return self.ln_post(x[:, 0]) @ self.proj[...]
 
 
-class CLIP(nnx.Module):
-    """Attribute names are OpenAI's state_dict names, so loading is a walk."""
+class ClipText(nnx.Module):
+    """CLIP's text tower up to `ln_final`: per-token states of a causal Transformer.
+
+    CLIP score pools it at the EOT token and projects it (`CLIP.encode_text`); a generator with
+    `text.encoder=clip` conditions on the states themselves (`models/frozen_text.py`). The
+    attribute names are OpenAI's, at the root of its state_dict, so both load by the same walk.
+    """
 
     def __init__(self, cfg: ClipConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.visual = VisionTransformer(cfg, rngs=rngs)
         self.transformer = Transformer(cfg.text_width, cfg.text_layers,
                                        cfg.text_width // cfg.head_width, rngs=rngs)
         self.token_embedding = nnx.Embed(cfg.vocab_size, cfg.text_width, rngs=rngs)
         self.positional_embedding = nnx.Param(
             nnx.initializers.normal(0.01)(rngs.params(), (cfg.context_length, cfg.text_width)))
         self.ln_final = nnx.LayerNorm(cfg.text_width, epsilon=1e-5, rngs=rngs)
+
+    def states(self, tokens_BL):
+        """[B, L, text_width] for any L up to the context length: the tower is causal, so the
+        states of a prefix do not depend on the positions after it."""
+        pos_LD = self.positional_embedding[...][: tokens_BL.shape[1]]
+        x = self.token_embedding(tokens_BL) + pos_LD
+        return self.ln_final(self.transformer(x, causal=True))
+
+
+class CLIP(ClipText):
+    """The text tower plus the image tower and the text projection."""
+
+    def __init__(self, cfg: ClipConfig, *, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs=rngs)
+        self.visual = VisionTransformer(cfg, rngs=rngs)
         proj_init = nnx.initializers.normal(cfg.text_width ** -0.5)
         self.text_projection = nnx.Param(proj_init(rngs.params(), (cfg.text_width, cfg.embed_dim)))
         self.logit_scale = nnx.Param(jnp.asarray(np.log(1 / 0.07), jnp.float32))
@@ -171,8 +190,7 @@ class CLIP(nnx.Module):
         return self.visual(x_BHWC)
 
     def encode_text(self, tokens_BL):
-        x = self.token_embedding(tokens_BL) + self.positional_embedding[...]
-        x = self.ln_final(self.transformer(x, causal=True))
+        x = self.states(tokens_BL)
         eot = jnp.argmax(tokens_BL, axis=-1)  # EOT has the largest id in the vocabulary
         return x[jnp.arange(x.shape[0]), eot] @ self.text_projection[...]
 
@@ -202,6 +220,28 @@ def load_clip(weights_path, config: ClipConfig | None = None) -> CLIP:
     cfg = config or ClipConfig.from_weights(weights)
     return _weights.load_into(lambda: CLIP(cfg, rngs=nnx.Rngs(0)), weights, _convert,
                               ignore=lambda k: k in _CHECKPOINT_EXTRAS, what="CLIP")
+
+
+def _text_tower(cfg: ClipConfig) -> dict:
+    """The loading arguments of the text tower of `cfg` out of a CLIP state_dict (a full
+    checkpoint, or its text keys only): the image tower's keys are ignored."""
+    def ignore(key):
+        return (key.startswith("visual.") or key in ("text_projection", "logit_scale")
+                or key in _CHECKPOINT_EXTRAS)
+    return dict(factory=lambda: ClipText(cfg, rngs=nnx.Rngs(0)), convert=_convert, ignore=ignore,
+                what="CLIP text tower")
+
+
+def check_text_tower(shapes: dict[str, np.ndarray], cfg: ClipConfig) -> None:
+    """Raises ValueError naming every key of a CLIP state_dict (arrays or zero-stride stand-ins,
+    `_weights.shape_stand_ins`) that does not fit the text tower of `cfg`."""
+    _weights.match_weights(weights=shapes, **_text_tower(cfg))
+
+
+def load_text_tower(weights_path, cfg: ClipConfig) -> ClipText:
+    """The text tower of `cfg` from a converted CLIP .npz (shapes checked key by key)."""
+    weights = _weights.read_npz(weights_path, what="CLIP", how_to_get=WEIGHTS_HELP)
+    return _weights.load_into(weights=weights, **_text_tower(cfg))
 
 
 def preprocess(images, resolution: int) -> np.ndarray:

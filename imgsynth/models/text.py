@@ -1,15 +1,17 @@
-"""The caption encoder: a small bidirectional Transformer built from the shared blocks.
+"""The generator's caption module: the jointly trained encoder, or the projection of a frozen one.
 
-It is trained jointly with the generator, so its FLOPs are part of training compute. Paradigms see
-only its output sequence `ctx_BSD` and mask, so an external encoder's precomputed embeddings can
-replace it without touching any paradigm.
+`TextEncoder` (`text.encoder=trained`) is a small bidirectional Transformer built from the shared
+blocks, trained with the generator, so its FLOPs are part of training compute. With a frozen
+pretrained encoder (`models/frozen_text.py`) the caption arrives as its precomputed states and
+`CaptionProjection` maps them to the generator's caption width. Paradigms see only the output
+sequence `ctx_BSD` and mask, so either takes the caption's place without touching any paradigm.
 """
 from __future__ import annotations
 
 import jax
 from flax import nnx
 
-from imgsynth.models.transformer import Transformer, TransformerConfig, init
+from imgsynth.models.transformer import Transformer, TransformerConfig, dense, init
 
 
 class TextEncoder(nnx.Module):
@@ -25,3 +27,15 @@ class TextEncoder(nnx.Module):
         out_BSD, _ = self.body(x_BSD, mask_BT=mask_BS)
         return out_BSD
 
+
+
+class CaptionProjection(nnx.Module):
+    """Frozen-encoder states [B, S, in_width] → the generator's caption width: trained, and
+    counted in training compute; the frozen encoder itself is not part of the model."""
+
+    def __init__(self, in_width: int, out_width: int, *, rngs: nnx.Rngs, dtype):
+        self.proj = dense(in_width, out_width, ("patch", "embed"), rngs=rngs, dtype=dtype)
+
+    def __call__(self, states_BSW: jax.Array, mask_BS: jax.Array) -> jax.Array:
+        del mask_BS   # masked positions are ignored by the cross-attention that reads the output
+        return self.proj(states_BSW)

@@ -36,7 +36,7 @@ def inference_flops(config) -> float:
     cfg = base.backbone_config(config, causal=True)
     per_image = (flops.cached_decode_flops(cfg, T, config.text.max_len)
                  + token_model.heads_cost(config, T).fwd_flops
-                 + base.text_cost(config).fwd_flops)
+                 + base.caption_flops(config))
     return per_image * (2 if config.sampler.guidance != 1.0 else 1)
 
 

@@ -16,7 +16,8 @@ import numpy as np
 from flax import nnx
 
 from imgsynth import flops
-from imgsynth.models.text import TextEncoder
+from imgsynth.models import frozen_text
+from imgsynth.models.text import CaptionProjection, TextEncoder
 from imgsynth.models.transformer import TransformerConfig
 
 
@@ -43,7 +44,8 @@ class Paradigm(Protocol):
         """Deterministic per-example losses {name: [B]} (fixed noise/masks from `rng`)."""
 
     def sample(self, model, text_ids, text_mask, rng, config):
-        """Latents or tokens [B, h, w, ...] for the captions."""
+        """Latents or tokens [B, h, w, ...] for the captions (`text_ids`: what the caption module
+        of `build_text_encoder` takes — token ids, or a frozen encoder's states)."""
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -84,12 +86,31 @@ def text_config(config) -> TransformerConfig:
                              attention=m.attention)
 
 
-def build_text_encoder(config, rngs: nnx.Rngs) -> TextEncoder:
+def build_text_encoder(config, rngs: nnx.Rngs) -> TextEncoder | CaptionProjection:
+    """The generator's caption module: the jointly trained encoder (token ids → states), or the
+    trained projection of a frozen encoder's precomputed states (`text.encoder`)."""
+    if frozen_text.is_frozen(config):
+        return CaptionProjection(frozen_text.width(config), config.text.width, rngs=rngs,
+                                 dtype=dtype(config))
     return TextEncoder(text_config(config), config.text.vocab_size, config.text.max_len, rngs=rngs)
 
 
-def text_cost(config) -> flops.Cost:
-    return flops.text_encoder(text_config(config), config.text.vocab_size, config.text.max_len)
+def text_costs(config) -> dict[str, flops.Cost]:
+    """The trained part of the caption path: the whole encoder, or a frozen one's projection."""
+    t = config.text
+    if frozen_text.is_frozen(config):
+        return {"text_projection": flops.dense(frozen_text.width(config), t.width, t.max_len)}
+    return {"text_encoder": flops.text_encoder(text_config(config), t.vocab_size, t.max_len)}
+
+
+def frozen_costs(config) -> dict[str, flops.Cost]:
+    """The frozen caption encoder, if any: run once per caption, never trained."""
+    return {"text_encoder": frozen_text.cost(config)} if frozen_text.is_frozen(config) else {}
+
+
+def caption_flops(config) -> float:
+    """Forward FLOPs from a caption to the generator's context (sampling encodes on the fly)."""
+    return sum(c.fwd_flops for c in (*text_costs(config).values(), *frozen_costs(config).values()))
 
 
 def drop_captions(text_ids, text_mask, rate: float, rng):
@@ -102,17 +123,24 @@ def drop_captions(text_ids, text_mask, rate: float, rng):
 
 
 def null_captions(text_ids, text_mask, keep=None):
+    """`text_ids` are token ids [B, L], or a frozen encoder's states [B, L, W]: its null caption
+    is the state of the start token alone (causal, so the same for every caption)."""
     first = jnp.arange(text_ids.shape[1])[None] == 0
     keep = jnp.zeros((text_ids.shape[0], 1), bool) if keep is None else keep
-    return (jnp.where(keep | first, text_ids, 0), jnp.where(keep, text_mask, first))
+    kept = (keep | first).reshape((*text_mask.shape, *(1,) * (text_ids.ndim - 2)))
+    return jnp.where(kept, text_ids, 0), jnp.where(keep, text_mask, first)
 
 
 def example_captions(config, n: int, rng) -> dict:
-    """Random caption tokens of the configured shape (benchmarks, compile checks, tests)."""
+    """Random captions of the configured shape (benchmarks, compile checks, tests): token ids,
+    or random states of the frozen encoder's width."""
     L = config.text.max_len
     lengths = rng.integers(2, L + 1, size=(n, 1))
-    ids = rng.integers(1, config.text.vocab_size, size=(n, L)).astype("int32")
     mask = np.arange(L)[None] < lengths
+    if frozen_text.is_frozen(config):
+        states = rng.normal(size=(n, L, frozen_text.width(config))).astype("float32")
+        return {"text_ids": states, "text_mask": mask}
+    ids = rng.integers(1, config.text.vocab_size, size=(n, L)).astype("int32")
     return {"text_ids": np.where(mask, ids, 0).astype("int32"), "text_mask": mask}
 
 

@@ -64,8 +64,8 @@ def model_cost(config) -> flops.ModelCost:
              + flops.dense(d, patch_dim, T))
     backbone = flops.transformer(base.backbone_config(config, causal=False, cond_dim=d), T,
                                  config.text.max_len)
-    return flops.ModelCost({"generator": backbone, "heads": heads,
-                            "text_encoder": base.text_cost(config)})
+    return flops.ModelCost({"generator": backbone, "heads": heads, **base.text_costs(config)},
+                           frozen=base.frozen_costs(config))
 
 
 def inference_flops(config) -> float:
@@ -74,7 +74,7 @@ def inference_flops(config) -> float:
     per_eval = cost.components["generator"].fwd_flops + cost.components["heads"].fwd_flops
     evals = config.sampler.steps * (2 if config.sampler.method == "heun" else 1)
     guided = 2 if config.sampler.guidance != 1.0 else 1
-    return evals * guided * per_eval + guided * cost.components["text_encoder"].fwd_flops
+    return evals * guided * per_eval + guided * base.caption_flops(config)
 
 
 def example_batch(config, n: int, rng) -> dict:

@@ -35,7 +35,7 @@ def inference_flops(config) -> float:
     cost = model_cost(config)
     per_eval = cost.components["generator"].fwd_flops + cost.components["heads"].fwd_flops
     guided = 2 if config.sampler.guidance != 1.0 else 1
-    return guided * (config.sampler.steps * per_eval + cost.components["text_encoder"].fwd_flops)
+    return guided * (config.sampler.steps * per_eval + base.caption_flops(config))
 
 
 def mask_schedule(r):

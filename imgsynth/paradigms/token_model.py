@@ -127,7 +127,7 @@ def model_cost(config, *, causal: bool) -> flops.ModelCost:
     T = gh * gw
     backbone = flops.transformer(base.backbone_config(config, causal=causal), T, config.text.max_len)
     return flops.ModelCost({"generator": backbone, "heads": heads_cost(config, T),
-                            "text_encoder": base.text_cost(config)})
+                            **base.text_costs(config)}, frozen=base.frozen_costs(config))
 
 
 def example_batch(config, n: int, rng) -> dict:
