@@ -10,7 +10,9 @@ always; prompt following and fd_judge where the data stores scenes (shapes); lab
 where it has labels; Inception FID and CLIP score when their weights are given (flags or
 `config.eval`). `eval.json` holds every metric, the instruments' ceilings and real-vs-real floors,
 `unavailable` (each metric the dataset or setup cannot support, with the reason), evaluation
-losses, analytic inference FLOPs per image, measured images/s and batch-1 latency and the settings.
+losses, analytic inference FLOPs per image, measured images/s and batch-1 latency, the settings
+and the evaluation's own timing. Every metric carries its 95% interval over the evaluated images
+as `<name>_lo` and `<name>_hi` beside it (`imgsynth.metrics.intervals`).
 """
 from __future__ import annotations
 
@@ -25,10 +27,11 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from imgsynth import checkpoint as ckpt_lib, config as config_lib, io, loop, optim, registry, stages
+from imgsynth import checkpoint as ckpt_lib, config as config_lib, io, loop, optim, perf, registry
+from imgsynth import stages
 from imgsynth.data import images as images_lib
 from imgsynth.metrics import _data, alignment as alignment_lib, clip_score, frechet, inception
-from imgsynth.metrics import instruments as instruments_lib, prompt_following as pf
+from imgsynth.metrics import instruments as instruments_lib, intervals, prompt_following as pf
 from imgsynth.models import autoencoder_files
 
 MAX_SAMPLE_BATCH = 64
@@ -112,7 +115,9 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
              clip_weights: str = "", clip_vocab: str = "") -> dict:
     """Evaluates a finished run (see the module docstring); settings not given come from
     `config.eval` where the run's config has them."""
+    called = time.time()
     config, module, graphdef, weights, step = load_run(workdir)
+    loop.use_compilation_cache(config)
     settings = config.get("eval") or {}
     num_samples = num_samples or settings.get("num_samples") or config_lib.EVAL_SAMPLES
     if guidance is not None:
@@ -179,6 +184,10 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
                       "decoder_flops_per_image": decoder_flops, **speed},
         "samples_png": os.path.basename(png),
         "samples_raw_png": os.path.basename(raw_png),
+        # What this evaluation cost (benchmarks/study_efficiency.py): `start` is the process's
+        # start (the launcher's evaluations are processes of their own), `called` this call's.
+        "timing": {"start": perf.process_start(), "called": called, "end": time.time(),
+                   "cores": perf.cores()},
     }
     io.write_json(os.path.join(workdir, "eval.json"), report)
     return report
@@ -201,30 +210,54 @@ def _inception_batch(images) -> int:
 
 
 def _metrics(instruments, images, captions, categories, labels, reference, seed) -> dict:
-    """Every supported metric of one generated set (prompts in `captions`)."""
+    """Every supported metric of one generated set (prompts in `captions`), each with its 95%
+    interval over the images as `<name>_lo`/`<name>_hi` beside it (`metrics.intervals`)."""
     feats = instruments.alignment.image_features(images)
     kid = frechet.kid(feats, reference["align"], subset_size=100, seed=seed)
-    out = {"alignment_score": alignment_lib.alignment_score(instruments.alignment, images,
-                                                            captions),
-           "fd_align": frechet.fd(feats, reference["align"]),
-           "kid": {"mean": kid.mean, "std": kid.std}}
+    scores = alignment_lib.alignment_scores(instruments.alignment, images, captions)
+    out, kid_out = {}, {"std": kid.std}
+    _mean(out, "alignment_score", scores, seed)
+    _distance(out, "fd_align", feats, reference["align"], seed)
+    intervals.add(kid_out, "mean", kid.mean, intervals.kid_interval(
+        kid.mean, feats, reference["align"], seed=seed, name="kid"))
+    out["kid"] = kid_out
     if instruments.judge is not None:
         judge = instruments.judge
-        result = pf.prompt_following(judge.read_scenes(images), captions, categories)
-        out["prompt_following"] = {"overall": result["accuracy"], **result["per_category"]}
-        out["fd_judge"] = frechet.fd(judge.features(images), reference["judge"])
+        scenes = judge.read_scenes(images)
+        result = pf.prompt_following(scenes, captions, categories)
+        # Each image scored alone by the same function: the scores the interval resamples.
+        ok = np.array([pf.prompt_following([s], [c], [k])["accuracy"]
+                       for s, c, k in zip(scenes, captions, categories)])
+        names = np.array([str(k) for k in categories])
+        following = {}
+        intervals.add(following, "overall", result["accuracy"], intervals.mean_interval(
+            ok, seed=seed, name="prompt_following", strata=names))
+        for category, value in result["per_category"].items():
+            intervals.add(following, category, value, intervals.mean_interval(
+                ok[names == category], seed=seed, name=f"prompt_following/{category}"))
+        out["prompt_following"] = following
+        _distance(out, "fd_judge", judge.features(images), reference["judge"], seed)
     if instruments.labels is not None:
-        out["label_following"] = instruments.labels.following(images, labels)
+        _mean(out, "label_following", instruments.labels.correct(images, labels), seed)
     if instruments.inception is not None:
-        out["inception_fid"] = frechet.fd(
-            inception.inception_features(instruments.inception, images,
-                                         batch_size=_inception_batch(images)),
-            reference["inception"])
+        _distance(out, "inception_fid", inception.inception_features(
+            instruments.inception, images, batch_size=_inception_batch(images)),
+            reference["inception"], seed)
     if instruments.clip is not None:
         model, clip_tokenizer = instruments.clip
-        out["clip_score"] = float(np.mean(clip_score.clip_scores(model, clip_tokenizer, images,
-                                                                 captions)))
+        _mean(out, "clip_score", clip_score.clip_scores(model, clip_tokenizer, images, captions),
+              seed)
     return out
+
+
+def _mean(out: dict, name: str, scores, seed: int) -> None:
+    intervals.add(out, name, np.mean(scores), intervals.mean_interval(scores, seed=seed, name=name))
+
+
+def _distance(out: dict, name: str, feats, reference, seed: int) -> None:
+    value = frechet.fd(feats, reference)
+    intervals.add(out, name, value, intervals.fd_interval(value, feats, reference, seed=seed,
+                                                          name=name))
 
 
 def _sample_grid(workdir: str, images: np.ndarray, captions, name: str, n: int = 16) -> str:

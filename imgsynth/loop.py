@@ -3,8 +3,9 @@
 A caller hands over a `Task` — how to build the model, its loss, a checkpointable train iterator,
 the number of steps — and `run` does the rest the same way for all of them: sharded state, a
 jitted update with donated buffers, metrics fetched one step late, evaluations, orbax checkpoints
-holding the data iterator's position, resume, SIGTERM, status.json and MFU. So every model of the
-suite resumes after pre-emption and logs the same rows.
+holding the data iterator's position, resume, SIGTERM, status.json (with what the process cost),
+MFU and the persistent compilation cache. So every model of the suite resumes after pre-emption
+and logs the same rows.
 
 Sections: run files · mesh · model and optimizer · checkpoint · evals · loop.
 """
@@ -119,6 +120,23 @@ class MetricsLog:
             io.atomic_write(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
+COMPILATION_CACHE = "jax-compilation-cache"
+
+
+def use_compilation_cache(config: ml_collections.ConfigDict) -> None:
+    """JAX's persistent compilation cache in `<cache_dir>/jax-compilation-cache`, for every
+    program a training or evaluation process compiles, however short (a run's small programs add
+    up): a rerun, or a run whose programs another process compiled, starts its first step without
+    compiling. A directory already set (JAX_COMPILATION_CACHE_DIR, the tests') is kept, and a
+    config without `cache_dir` changes nothing. An entry another process is still writing reads
+    as a miss (JAX warns and compiles)."""
+    if not config.get("cache_dir") or jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.join(
+        os.path.abspath(os.path.expanduser(config.cache_dir)), COMPILATION_CACHE))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
 def finished(workdir: str) -> dict | None:
     """The row a finished run returns ({'step', 'already_done'}), or None if it is not done."""
     status = io.read_status(workdir)
@@ -141,6 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> dict:
     done = finished(workdir)
     if done:
         return done
+    use_compilation_cache(config)
 
     # ---- Mesh, run files ----------------------------------------------------------------------
     mesh = sharding.make_mesh(config.get("mesh", (-1, 1, 1)))
@@ -191,6 +210,8 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
             log.write({"step": 0, **task.first_row})
         row = {"step": start}
         heartbeat = _Heartbeat(workdir, start)
+        timing = {"start": perf.process_start(), "first_step": None,
+                  "steps": task.total_steps - start}
 
         # ---- Loop ----------------------------------------------------------------------------
         flops_per_step = task.flops_per_step
@@ -234,6 +255,9 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
             for step in range(start + 1, task.total_steps + 1):
                 batch = first if step == start + 1 else sharding.to_global(next(train_iter), mesh)
                 state, metrics = compiled(state, batch)
+                if step == start + 1:   # one wait, for the start-up time in the run's record
+                    jax.block_until_ready(metrics)
+                    timing["first_step"] = time.time()
                 progress(step)
                 heartbeat.beat()
                 if pending is not None:   # the previous step's metrics: the host never stalls
@@ -274,7 +298,10 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
         checkpointer.close()
         writer.flush()
         stop.restore()
-    io.write_status(workdir, "done", step=task.total_steps)
+    # What this process cost (benchmarks/study_efficiency.py): from its start, so start-up counts.
+    timing.update(end=time.time(), cores=perf.cores(), peak_flops_per_s=peak,
+                  flops=timing["steps"] * flops_per_step)
+    io.write_status(workdir, "done", step=task.total_steps, timing=timing)
     return row
 
 

@@ -1,10 +1,12 @@
-"""Measured peak FLOP/s of the devices, the denominator of MFU.
+"""Measured peak FLOP/s of the devices, the denominator of MFU, and what a process records about
+its own cost (start time, cores) for the study's efficiency (benchmarks/study_efficiency.py).
 
 A large matmul in the training dtype, timed after compilation: what the hardware delivers to
 dense linear algebra here, not a datasheet number.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -31,3 +33,29 @@ def job_peak(device_peak: float) -> float:
     if jax.default_backend() == "cpu":
         return device_peak * jax.process_count()
     return device_peak * jax.device_count()
+
+
+_IMPORTED = time.time()
+
+
+def process_start() -> float:
+    """Epoch seconds at which this process started, so start-up (imports, restoring, compiling)
+    counts: on Linux its start in clock ticks since boot (/proc/self/stat) against the boot clock;
+    elsewhere when this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - age
+    except (OSError, ValueError, IndexError, AttributeError):
+        return _IMPORTED
+
+
+def cores() -> int:
+    """The compute this process holds, the unit of core-time: CPU cores it may run on (the
+    launcher pins each parallel run to its share) on the CPU backend, else its local devices."""
+    if jax.default_backend() != "cpu":
+        return jax.local_device_count()
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

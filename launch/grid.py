@@ -14,7 +14,12 @@ then the command line's `--set KEY=VALUE` overrides (every run of the grid, e.g.
 dataset: `--set data.name=folder --set data.folder_name=NAME`; they reach the programs the
 launcher starts through the IMGSYNTH_GRID_SET environment variable), then `config.grid = {name, budget, ablation}` and `config.keep_flops` = the grid's budgets below
 this run's (checkpoints kept there give the intermediate points of the curves). Runs are named
-`<paradigm>-<size>-<budget:.0e>[-<ablation>]`; two runs with one name are an error.
+`<paradigm>-<size>-<budget:.0e>[-<ablation>][-s<seed>]`; two runs with one name are an error.
+
+`add(..., seeds=(0, 1, 2))` replicates the run once per seed (the config's `seed`: parameter
+initialisation, data order, sampling noise); a seed other than 0 is named by a `-s<seed>` suffix,
+so a grid without `seeds=` keeps its names. The report averages replicates (imgsynth/scaling/
+replicates.py).
 
 `add(paradigm=, size=, budgets=[...], schedule="wsd_branches")` is one trunk and one cooldown
 branch per budget (Hägele et al. 2024): the trunk `<paradigm>-<size>-trunk[-<ablation>]` trains
@@ -43,7 +48,7 @@ GRIDS_DIR = os.path.join(REPO_ROOT, "experiments", "grids")
 
 # Keys the grid itself decides; overriding them would make a run disagree with its name or budget.
 RESERVED_KEYS = ("paradigm", "size", "runlocal", "grid", "keep_flops", "total_steps",
-                 "total_examples", "total_flops", "fork_budgets", "fork_from")
+                 "total_examples", "total_flops", "fork_budgets", "fork_from", "seed")
 BRANCHES = "wsd_branches"   # add(schedule=...): one trunk, a cooldown branch per budget
 
 # Achieved training FLOP/s of a whole 2-core CPU machine, by size, for ETAs (train.py on
@@ -118,6 +123,7 @@ class Run:
     steps: int
     flops_per_step: float
     params: int
+    seed: int = 0
     role: str = ""           # "trunk", "branch" or "" (a run of its own)
     trunk: str = ""          # a branch: its trunk's run name
     fork_step: int = 0       # a branch: the trunk step it starts from
@@ -225,18 +231,20 @@ def expand(sweep, *, name: str, path: str = "<sweep>") -> Grid:
     def add(paradigm: str, size: str, budget: float | None = None, *,
             budgets: Sequence[float] | None = None, schedule: str | None = None,
             trunk_budget: float | None = None, overrides: dict | None = None,
-            ablation: dict | None = None, runlocal: bool = False, evaluate: bool = True) -> None:
+            ablation: dict | None = None, runlocal: bool = False, evaluate: bool = True,
+            seeds: Sequence[int] = (0,)) -> None:
         specs.append(dict(paradigm=paradigm, size=size, budget=budget, budgets=budgets,
                           schedule=schedule, trunk_budget=trunk_budget,
                           overrides=dict(overrides or {}), ablation=dict(ablation or {}),
-                          runlocal=runlocal, evaluate=evaluate))
+                          runlocal=runlocal, evaluate=evaluate, seeds=seeds))
 
     try:
         sweep(add)
     except Exception as e:
         hint = (" add() takes paradigm=, size=, budget= (or budgets=[...], schedule="
                 f"'{BRANCHES}'[, trunk_budget=]), and optionally overrides={{'dotted.key': "
-                "value}, ablation={'label': value}, runlocal=True, evaluate=False." if isinstance(e, TypeError)
+                "value}, ablation={'label': value}, runlocal=True, evaluate=False, seeds=(0, 1)."
+                if isinstance(e, TypeError)
                 else "")
         raise GridError(f"{path}: sweep(add) failed: {type(e).__name__}: {e}.{hint}") from e
     if not specs:
@@ -251,14 +259,15 @@ def expand(sweep, *, name: str, path: str = "<sweep>") -> Grid:
     runs, seen = [], {}
     for i, s in enumerate(specs):
         where = f"{path}: run #{i + 1}"
-        made = (_make_branches(s, name, where) if s["schedule"] == BRANCHES
-                else [_make_run(s, name, budgets, where)])
+        made = [run for seed in s["seeds"] for run in (
+            _make_branches({**s, "seed": seed}, name, where) if s["schedule"] == BRANCHES
+            else [_make_run({**s, "seed": seed}, name, budgets, where)])]
         for run in made:
             if run.name in seen:
                 raise GridError(
                     f"{where} and run #{seen[run.name] + 1} are both named {run.name!r}; runs of "
                     "a grid need distinct (paradigm, size, budget to one significant digit, "
-                    "ablation)")
+                    "ablation, seed)")
             seen[run.name] = i
             runs.append(run)
     return Grid(name=name, path=path, runs=tuple(runs))
@@ -292,13 +301,19 @@ def _check_spec(s: dict, where: str) -> None:
             raise GridError(f"{where}: override keys must be dotted config keys, got {key!r}")
         if key.split(".")[0] in RESERVED_KEYS:
             raise GridError(f"{where}: {key!r} is set by the grid itself (paradigm=, size=, "
-                            "budget=, runlocal=, ablation=); it cannot be an override")
+                            "budget=, runlocal=, ablation=, seeds=); it cannot be an override")
     for key, value in s["ablation"].items():
         if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
             raise GridError(f"{where}: ablation must map names to str/number/bool labels, got "
                             f"{key!r}: {value!r}")
     if not isinstance(s["runlocal"], bool) or not isinstance(s["evaluate"], bool):
         raise GridError(f"{where}: runlocal and evaluate must be True or False")
+    seeds = s["seeds"]
+    if (isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds
+            or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise GridError(f"{where}: seeds={seeds!r}; give distinct non-negative integers, e.g. "
+                        "seeds=(0, 1, 2)")
 
 
 def _check_budget(b, where: str) -> None:
@@ -306,19 +321,21 @@ def _check_budget(b, where: str) -> None:
         raise GridError(f"{where}: budget must be a positive number of training FLOPs, got {b!r}")
 
 
-def run_name(paradigm: str, size: str, budget: float | str, ablation: dict) -> str:
+def run_name(paradigm: str, size: str, budget: float | str, ablation: dict,
+             seed: int = 0) -> str:
     name = f"{paradigm}-{size}-{budget if isinstance(budget, str) else format(budget, '.0e')}"
     for key, value in sorted(ablation.items()):
         label = json.dumps(value) if isinstance(value, bool) else str(value)
         name += "-" + re.sub(r"[^A-Za-z0-9._=+]", "_", f"{key}={label}")
-    return name
+    return name + (f"-s{seed}" if seed else "")
 
 
 def _make_run(s: dict, grid_name: str, budgets: Sequence[float], where: str) -> Run:
-    budget = float(s["budget"])
-    name = run_name(s["paradigm"], s["size"], budget, s["ablation"])
+    budget, seed = float(s["budget"]), s.get("seed", 0)
+    name = run_name(s["paradigm"], s["size"], budget, s["ablation"], seed)
     where = f"{where} ({name})"
-    arg = f"size={s['size']},budget={budget!r}" + (",runlocal" if s["runlocal"] else "")
+    arg = (f"size={s['size']},budget={budget!r},seed={seed}"
+           + (",runlocal" if s["runlocal"] else ""))
     from imgsynth import config as config_lib, registry   # paradigm modules: jax
     try:
         config = config_lib.default_config(s["paradigm"], arg)
@@ -337,7 +354,7 @@ def _make_run(s: dict, grid_name: str, budgets: Sequence[float], where: str) -> 
     return Run(name=name, paradigm=s["paradigm"], size=s["size"], budget=budget,
                ablation=dict(s["ablation"]), overrides=dict(s["overrides"]), config=config,
                steps=steps, flops_per_step=cost.train_flops_per_example * config.global_batch_size,
-               params=cost.params_total, evaluate=s["evaluate"])
+               params=cost.params_total, evaluate=s["evaluate"], seed=seed)
 
 
 def _make_branches(s: dict, grid_name: str, where: str) -> list[Run]:
@@ -348,7 +365,7 @@ def _make_branches(s: dict, grid_name: str, where: str) -> list[Run]:
     branches = [_make_run({**s, "budget": b}, grid_name, (), where) for b in budgets]
     opt = branches[0].config.optimizer
     warmup = optim.warmup_steps(opt, branches[0].steps)
-    trunk_name = run_name(s["paradigm"], s["size"], "trunk", s["ablation"])
+    trunk_name = run_name(s["paradigm"], s["size"], "trunk", s["ablation"], s.get("seed", 0))
     forks = []
     for run in branches:
         run.config.optimizer.update(schedule="wsd", warmup_steps=warmup, warmup_fraction=0.0)

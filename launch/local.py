@@ -114,9 +114,9 @@ class LocalLauncher:
         self.parallel, self.retry_failed, self.commands = parallel, retry_failed, commands
         self.flops_per_s, self.poll_s, self.progress_every_s = flops_per_s, poll_s, progress_every_s
         self.out = out or (lambda line: print(line, flush=True))
-        cores = tuple(cores) if cores is not None else available_cores()
-        self.threads = max(1, len(cores) // parallel)
-        self.slots = core_slots(parallel, cores)
+        self.cores = tuple(cores) if cores is not None else available_cores()
+        self.threads = max(1, len(self.cores) // parallel)
+        self.slots = core_slots(parallel, self.cores)
         self.evaluate = evaluate   # False: train only; a later launch evaluates the done runs
         self._stopping = self._killed = False
         self._active: list[_Job] = []
@@ -132,10 +132,12 @@ class LocalLauncher:
             raise LaunchError(f"another launcher is running: {e} (Ctrl-C stops it)") from None
         with lock:
             self.state = runs_lib.LaunchState(self.workdir, self.grid)
+            self.state.begin_launch()
             old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
             try:
                 return self._run()
             finally:
+                self.state.end_launch()
                 for s, handler in old.items():
                     signal.signal(s, handler)
 
@@ -268,12 +270,17 @@ class LocalLauncher:
                     continue
                 del running[tag]
                 self._active.remove(job)
+                # Its core-time, for the grid's efficiency (benchmarks/study_efficiency.py).
+                cost = {"seconds": time.monotonic() - job.started,
+                        "cores": len(self.slots[job.slot] or self.cores) if job.slot >= 0
+                        else len(self.cores)}
                 if rc == 0:
-                    self.state.update_stage(tag, status="done", reason=None)
+                    self.state.update_stage(tag, status="done", reason=None, **cost)
                     continue
                 tail = runs_lib.log_tail(job.log_path, job.log_offset)
                 reason = ("interrupted" if self._stopping else runs_lib.failure_reason(tail, rc))
-                self.state.update_stage(tag, status="failed", reason=reason, log_tail=tail)
+                self.state.update_stage(tag, status="failed", reason=reason, log_tail=tail,
+                                        **cost)
                 if not self._stopping:
                     self.out(f"stages {tag} failed: {reason} (log: {job.log_path})")
                     for run in members:

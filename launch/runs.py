@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 
 from imgsynth import io
@@ -112,7 +113,9 @@ def failure_reason(tail: str, returncode: int) -> str:
 # The grid's status file -------------------------------------------------------------------------
 
 class LaunchState:
-    """WORKDIR/launch_status.json: per run and stage, the launcher's last outcome. Atomic writes."""
+    """WORKDIR/launch_status.json: per run and stage, the launcher's last outcome; per launch its
+    start and end (epoch seconds), so a grid's wall time sums its launches, not the gaps between
+    them (benchmarks/study_efficiency.py). Atomic writes."""
 
     def __init__(self, workdir: str, grid: grid_lib.Grid | None = None):
         self.path = os.path.join(workdir, STATE_FILE)
@@ -128,6 +131,14 @@ class LaunchState:
 
     def update_run(self, name: str, **fields) -> None:
         self.data["runs"].setdefault(name, {}).update(fields, updated=io.now())
+        self.save()
+
+    def begin_launch(self) -> None:
+        self.data.setdefault("launches", []).append({"start": time.time(), "end": None})
+        self.save()
+
+    def end_launch(self) -> None:
+        self.data["launches"][-1]["end"] = time.time()
         self.save()
 
     def update_stage(self, tag: str, **fields) -> None:

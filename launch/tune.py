@@ -2,9 +2,10 @@
 
 Reads a finished learning-rate sweep (a grid whose runs differ in `optimizer.lr`, like
 experiments/grids/lr_sweep.py) and writes, per (paradigm, size), the rate whose run ended with the
-lowest eval loss (EMA weights), with where it was measured and every rate's loss. Generator configs
-read that file (experiments/common.py), so every study after it uses the tuned rates. A
-(paradigm, size) with an unfinished run is left out and named, never guessed.
+lowest eval loss (EMA weights; the mean over seed replicates), with where it was measured and
+every rate's loss. Generator configs read that file (experiments/common.py), so every study after
+it uses the tuned rates. A (paradigm, size) with an unfinished run is left out and named, never
+guessed.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def final_loss(run_dir: str) -> float | None:
 
 def tune(grid: grid_lib.Grid, workdir: str) -> tuple[dict, list[str]]:
     """({'source', 'loss', 'lr'}, missing): the best rate per paradigm and size."""
-    losses: dict[str, dict[str, dict[str, float]]] = {}
+    replicates: dict[str, dict[str, dict[str, list[float]]]] = {}
     missing = []
     for run in grid.runs:
         loss = final_loss(runs_lib.run_dir(workdir, run.name))
@@ -47,7 +48,11 @@ def tune(grid: grid_lib.Grid, workdir: str) -> tuple[dict, list[str]]:
             missing.append(run.name)
             continue
         lr = repr(float(run.config.optimizer.lr))
-        losses.setdefault(run.paradigm, {}).setdefault(run.size, {})[lr] = loss
+        replicates.setdefault(run.paradigm, {}).setdefault(run.size, {}).setdefault(
+            lr, []).append(loss)
+    # Seed replicates of one rate (`add(..., seeds=...)`) count by their mean.
+    losses = {p: {s: {lr: sum(v) / len(v) for lr, v in by_lr.items()} for s, by_lr in sizes.items()}
+              for p, sizes in replicates.items()}
     incomplete = {(r.paradigm, r.size) for r in grid.runs if r.name in missing}
     best = {p: {s: float(min(by_lr, key=by_lr.get)) for s, by_lr in sizes.items()
                 if (p, s) not in incomplete} for p, sizes in losses.items()}

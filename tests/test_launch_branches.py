@@ -130,3 +130,24 @@ def test_tune_picks_the_lowest_eval_loss_and_configs_read_it(tmp_path, monkeypat
     assert config_lib.default_config("flow", "size=S").optimizer.lr == 3e-3
     assert config_lib.default_config("ar", "size=S").optimizer.lr == 3e-4   # the default
     assert tune.main([f"--workdir={tmp_path / 'empty'}", f"--out={out}"]) == 2
+
+
+def test_tune_averages_seed_replicates(tmp_path):
+    from launch import tune
+
+    def sweep(add):
+        for lr in (1e-3, 3e-3):
+            add(paradigm="flow", size="T", budget=1e12, evaluate=False, seeds=(0, 1),
+                overrides={"optimizer.lr": lr}, ablation={"lr": lr})
+    grid = grid_lib.expand(sweep, name="sweep")
+    # Seed 0 alone would pick 3e-3; the mean over both seeds picks 1e-3.
+    loss = {(1e-3, 0): 0.8, (1e-3, 1): 0.8, (3e-3, 0): 0.7, (3e-3, 1): 1.1}
+    for r in grid.runs:
+        d = runs_lib.run_dir(str(tmp_path), r.name)
+        io.write_status(d, "done", step=5)
+        with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+            f.write(json.dumps({"step": 5, "eval/loss_ema": loss[r.config.optimizer.lr, r.seed]})
+                    + "\n")
+    result, missing = tune.tune(grid, str(tmp_path))
+    assert not missing and result["lr"] == {"flow": {"T": 1e-3}}
+    assert result["loss"]["flow"]["T"] == {repr(1e-3): 0.8, repr(3e-3): pytest.approx(0.9)}

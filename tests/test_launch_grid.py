@@ -85,6 +85,33 @@ def test_shipped_grids():
     assert "flow-T-3e+11" in table and "12 runs" in table
 
 
+def test_seeds_expand_to_distinct_runs(tmp_path):
+    path = write_grid(tmp_path, """
+        def sweep(add):
+            add(paradigm="flow", size="T", budget=1e12, seeds=(0, 1, 2))
+            add(paradigm="ar", size="T", budget=2e12)
+            add(paradigm="maskgit", size="T", budgets=[1e12, 2e12], schedule="wsd_branches",
+                seeds=(0, 3))
+        """)
+    g = grid_lib.load(path)
+    names = [r.name for r in g.runs]
+    assert names[:4] == ["flow-T-1e+12", "flow-T-1e+12-s1", "flow-T-1e+12-s2", "ar-T-2e+12"]
+    assert {n for n in names[4:]} == {"maskgit-T-trunk", "maskgit-T-1e+12", "maskgit-T-2e+12",
+                                      "maskgit-T-trunk-s3", "maskgit-T-1e+12-s3",
+                                      "maskgit-T-2e+12-s3"}
+    for r in g.runs:
+        assert r.config.seed == r.seed and r.name.endswith(f"-s{r.seed}") == (r.seed != 0)
+    flow = [g.run(n) for n in names[:3]]
+    assert [r.seed for r in flow] == [0, 1, 2] and len({r.steps for r in flow}) == 1
+    # Replicates differ in their seed only.
+    configs = [r.config.to_dict() for r in flow]
+    assert all({k for k in c if c[k] != configs[0][k]} == {"seed"} for c in configs[1:])
+    branch = g.run("maskgit-T-2e+12-s3")
+    assert branch.trunk == "maskgit-T-trunk-s3"
+    assert branch.config.fork_from.workdir == "../maskgit-T-trunk-s3"
+    assert g.run("maskgit-T-trunk-s3").config.seed == 3
+
+
 ADD = "def sweep(add):\n    add(paradigm='flow', size='T', budget=1e12, %s)"
 
 
@@ -102,6 +129,10 @@ ADD = "def sweep(add):\n    add(paradigm='flow', size='T', budget=1e12, %s)"
     (ADD % "overrides={'keep_flops': ()}", "set by the grid itself"),
     (ADD % "overrides={'ema_decay': 'x'}", "override ema_decay='x'"),
     (ADD % "ablation={'ae': [1]}", "ablation must map"),
+    (ADD % "seeds=(0, 0)", "seeds=\\(0, 0\\); give distinct"),
+    (ADD % "seeds=()", "give distinct non-negative integers"),
+    (ADD % "seeds=(-1,)", "give distinct non-negative integers"),
+    (ADD % "overrides={'seed': 1}", "set by the grid itself"),
     ("def sweep(add):\n    add(paradigm='flow', size='T', budget=1.1e12)\n"
      "    add(paradigm='flow', size='T', budget=1.2e12)", "both named 'flow-T-1e\\+12'"),
     ("def sweep(add):\n    raise RuntimeError('oops')",

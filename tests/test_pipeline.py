@@ -13,7 +13,7 @@ from imgsynth import config as config_lib, evaluate, io, stages, train, train_au
 from imgsynth.models import autoencoder_files
 from imgsynth.data import encode, pipeline
 
-EVAL_SCHEMA = {"dataset", "settings", "weights", "ceilings", "unavailable", "inference",
+EVAL_SCHEMA = {"dataset", "settings", "weights", "ceilings", "unavailable", "inference", "timing",
                "samples_png", "samples_raw_png"}
 METRICS = {"prompt_following", "fd_judge", "fd_align", "kid", "alignment_score", "eval_loss"}
 
@@ -54,6 +54,14 @@ def test_runlocal_flow_trains_checkpoints_and_evaluates(cache, tmp_path):
         assert METRICS <= set(report["weights"][which])
         pf = report["weights"][which]["prompt_following"]
         assert 0.0 <= pf["overall"] <= 1.0 and len(pf) >= 2
+        m = report["weights"][which]
+        for value, lo, hi in [(m[k], m[f"{k}_lo"], m[f"{k}_hi"])
+                              for k in ("alignment_score", "fd_align", "fd_judge")] + [
+                (m["kid"]["mean"], m["kid"]["mean_lo"], m["kid"]["mean_hi"]),
+                (pf["overall"], pf["overall_lo"], pf["overall_hi"])]:
+            assert lo <= value <= hi
+    timing = report["timing"]
+    assert timing["start"] <= timing["called"] <= timing["end"] and timing["cores"] >= 1
     assert report["inference"]["flops_per_image"] > 0 and report["inference"]["images_per_s"] > 0
     assert os.path.isfile(tmp_path / report["samples_png"])
     assert report["dataset"] == "shapes r32_tiny" and "prompt_following" not in report["unavailable"]

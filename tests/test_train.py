@@ -52,6 +52,10 @@ def test_golden_one_step(paradigm, tmp_path):
         np.testing.assert_allclose(got[k], v, rtol=2e-4, err_msg=f"{paradigm} {k}")
     status = json.load(open(tmp_path / "status.json"))
     assert status["status"] == "done" and status["step"] == 2
+    timing = status["timing"]   # what the process cost, for benchmarks/study_efficiency.py
+    assert timing["start"] < timing["first_step"] < timing["end"] and timing["cores"] >= 1
+    assert timing["steps"] == 2 and timing["peak_flops_per_s"] == 1e11
+    assert timing["flops"] == 2 * rows(str(tmp_path))[0]["flops/train_per_step"]
     first = rows(str(tmp_path))[0]
     assert first["n_params/all"] == first["n_params/embedding"] + first["n_params/non_embedding"]
 
@@ -103,3 +107,19 @@ def test_changed_config_is_refused(tmp_path):
     os.remove(tmp_path / "status.json")
     with pytest.raises(ValueError, match="different config"):
         train.train(tiny("flow", **{"optimizer.lr": 1.0}), str(tmp_path))
+
+
+def test_compilation_cache_goes_in_the_cache_dir(tmp_path):
+    import jax
+    before = jax.config.jax_compilation_cache_dir
+    c = tiny("flow")
+    loop.use_compilation_cache(c)                    # the tests' own cache directory is kept
+    assert jax.config.jax_compilation_cache_dir == before
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        c.cache_dir = str(tmp_path / "cache")
+        loop.use_compilation_cache(c)
+        expected = tmp_path / "cache" / loop.COMPILATION_CACHE
+        assert jax.config.jax_compilation_cache_dir == str(expected)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

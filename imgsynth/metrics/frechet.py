@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import threadpoolctl
 
 
 class FeatureStats(NamedTuple):
@@ -142,3 +143,61 @@ def kid(feats_a, feats_b, subset_size: int = 1000, num_subsets: int = 100,
                        b[rng.choice(b.shape[0], m, replace=False)])
         for _ in range(num_subsets)])
     return KIDResult(float(values.mean()), float(values.std()))
+
+
+# ---- On subsets of the first set (intervals.py resamples the generated images) -----------------
+
+def _subsets(subsets, n: int) -> np.ndarray:
+    idx = np.asarray(subsets)
+    if idx.ndim != 2 or idx.shape[1] < 2 or idx.min() < 0 or idx.max() >= n:
+        raise ValueError(f"subsets must be [num_subsets, size >= 2] row indices below {n}, got "
+                         f"shape {idx.shape}")
+    return idx
+
+
+def fd_of_subsets(feats_a, feats_b, subsets) -> np.ndarray:
+    """`fd(feats_a[s], feats_b)` for every row `s` of `subsets` [B, size] (distinct rows each).
+
+    One n×n Gram matrix serves every subset: with F_b the centred reference rows, tr((Σ_s Σ_b)^½)
+    is the nuclear norm of the subset's centred rows of K = A F_bᵀ, i.e. the sum of the square
+    roots of the eigenvalues of the doubly centred submatrix of K Kᵀ — an eigenproblem of the
+    subset's size, whatever the feature dimension. Many small eigenproblems run fastest on one
+    BLAS thread (150 rows: 30 ms → 2 ms each on a loaded 2-core machine).
+    """
+    a, b = _check_pair(feats_a, feats_b)
+    idx = _subsets(subsets, a.shape[0])
+    size = idx.shape[1]
+    mu_b = b.mean(axis=0)
+    f_b = (b - mu_b) / np.sqrt(b.shape[0] - 1)
+    k = a @ f_b.T
+    gram = k @ k.T
+    norms = np.einsum("ij,ij->i", a, a)
+    out = np.empty(len(idx))
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        for start in range(0, len(idx), 64):   # bounded memory: 64 subsets of size² at a time
+            rows = idx[start:start + 64]
+            g = gram[rows[:, :, None], rows[:, None, :]]
+            g = g - g.mean(axis=1, keepdims=True) - g.mean(axis=2, keepdims=True) + g.mean(
+                axis=(1, 2), keepdims=True)
+            eig = np.linalg.eigvalsh(0.5 * (g + g.transpose(0, 2, 1)) / (size - 1))
+            tr_covmean = np.sqrt(np.clip(eig, 0.0, None)).sum(axis=1)
+            weights = np.zeros((len(rows), a.shape[0]))
+            np.put_along_axis(weights, rows, 1.0 / size, axis=1)
+            mu = weights @ a
+            tr_a = (norms[rows].sum(axis=1) - size * np.einsum("ij,ij->i", mu, mu)) / (size - 1)
+            diff = mu - mu_b
+            out[start:start + 64] = (np.einsum("ij,ij->i", diff, diff) + tr_a
+                                     + np.sum(f_b * f_b) - 2.0 * tr_covmean)
+    return np.maximum(out, 0.0)
+
+
+def kid_of_subsets(feats_a, feats_b, subsets) -> np.ndarray:
+    """Unbiased MMD² (KID's kernel) between the rows `subsets[i]` of feats_a and all of feats_b,
+    for every i; the kernel matrices are computed once."""
+    a, b = _check_pair(feats_a, feats_b)
+    idx = _subsets(subsets, a.shape[0])
+    size, m = idx.shape[1], b.shape[0]
+    kaa, kab, kbb = _poly_kernel(a, a), _poly_kernel(a, b).mean(axis=1), _poly_kernel(b, b)
+    bb = (kbb.sum() - np.trace(kbb)) / (m * (m - 1))
+    aa = np.array([kaa[np.ix_(r, r)].sum() - np.trace(kaa[np.ix_(r, r)]) for r in idx])
+    return aa / (size * (size - 1)) + bb - 2.0 * kab[idx].mean(axis=1)

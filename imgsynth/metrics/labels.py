@@ -67,11 +67,15 @@ class LabelClassifier:
         ids = _batched(lambda x: _predict(self.model, x), [np.asarray(images)], self.batch_size)
         return [self.names[int(i)] for i in ids]
 
-    def following(self, images, labels) -> float:
-        """Share of `images` classified as their `labels`."""
+    def correct(self, images, labels) -> np.ndarray:
+        """Per image, whether it is classified as its label (what intervals resample)."""
         if len(images) != len(labels) or not len(labels):
             raise ValueError(f"{len(images)} images and {len(labels)} labels: one label per image")
-        return float(np.mean([p == t for p, t in zip(self.predict(images), labels)]))
+        return np.array([p == t for p, t in zip(self.predict(images), labels)], float)
+
+    def following(self, images, labels) -> float:
+        """Share of `images` classified as their `labels`."""
+        return float(np.mean(self.correct(images, labels)))
 
 
 def load_labels_from(directory: str) -> LabelClassifier:

@@ -2,7 +2,8 @@
 
 Every function takes the results table and/or fits.json (the fit command: its table and fit)
 and returns a `Figure`, or None when there is nothing to show for it. Colours name paradigms
-and markers name model sizes throughout, so a reader learns the legend once.
+and markers name model sizes throughout, so a reader learns the legend once. Runs' markers average
+seed replicates and carry their 95% intervals as error bars (`replicates.aggregate`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullLocator
 
 from imgsynth import io
+from imgsynth.scaling import replicates
 from imgsynth.scaling.fits import PRIMARY_WEIGHTS, main_runs
 from imgsynth.scaling.table import PROMPT_CATEGORIES
 
@@ -128,21 +130,30 @@ def _plot_fit(ax, entry: dict | None, color: str, max_data: float) -> list[float
     return y.tolist()
 
 
-def _scatter(ax, points: dict[tuple[str, str], list[tuple[float, float]]], markers) -> None:
-    """One artist per (paradigm, size): colour names the paradigm, the marker the size."""
+def _scatter(ax, points: dict[tuple[str, str], list[tuple]], markers) -> None:
+    """One artist per (paradigm, size): colour names the paradigm, the marker the size; points
+    (x, y, lo, hi) get a vertical error bar from lo to hi where both are known."""
     for (p, size), xy in points.items():
-        x, y = zip(*xy)
+        x, y = [v[0] for v in xy], [v[1] for v in xy]
         ax.plot(x, y, ls="", marker=markers.get(size, "o"), color=paradigm_color(p), ms=5.5,
                 alpha=0.85, mec="white", mew=0.5)
+        bars = [v for v in xy if len(v) == 4 and np.isfinite(v[2]) and np.isfinite(v[3])]
+        if bars:
+            bx, by, lo, hi = (np.array(c, float) for c in zip(*bars))
+            ax.errorbar(bx, by, yerr=[np.maximum(by - lo, 0), np.maximum(hi - by, 0)], fmt="none",
+                        ecolor=paradigm_color(p), elinewidth=0.9, capsize=2, alpha=0.7)
 
 
 def _points(ax, runs, column, markers) -> list[float]:
-    points: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for r in runs:
+    """Runs of `column` against training FLOPs, seed replicates averaged, with 95% intervals."""
+    points: dict[tuple[str, str], list[tuple]] = {}
+    for r in replicates.aggregate(runs):
         if np.isfinite(r[column]):
-            points.setdefault((r["paradigm"], r["size"]), []).append((r["train_flops"], r[column]))
+            points.setdefault((r["paradigm"], r["size"]), []).append(
+                (r["train_flops"], r[column], r.get(f"{column}_lo", np.nan),
+                 r.get(f"{column}_hi", np.nan)))
     _scatter(ax, points, markers)
-    return [y for xy in points.values() for _, y in xy]
+    return [v[1] for xy in points.values() for v in xy]
 
 
 def _budget_lines(ax, budgets) -> None:
@@ -387,7 +398,7 @@ def ema_figure(rows) -> Figure | None:
     markers = size_markers(runs)
     for ax, (m, label, gain) in zip(axes[0], have):
         points: dict[tuple[str, str], list[tuple[float, float]]] = {}
-        for r in runs:
+        for r in replicates.aggregate(runs):
             raw, ema = r[f"raw/{m}"], r[f"ema/{m}"]
             if np.isfinite(raw) and np.isfinite(ema) and raw != 0:
                 points.setdefault((r["paradigm"], r["size"]), []).append(

@@ -25,7 +25,7 @@ from scipy import optimize
 
 from imgsynth.scaling import bootstrap as boot
 from imgsynth.scaling import estimators as est
-from imgsynth.scaling import isoflop
+from imgsynth.scaling import isoflop, replicates
 from imgsynth import io
 from imgsynth.scaling.table import PROMPT_CATEGORIES, WEIGHTS
 
@@ -410,20 +410,32 @@ def headline_metrics(runs, metrics, weights: str) -> list[Metric]:
 
 
 def _findings(runs, compute_fits, metrics, budgets) -> list[dict]:
-    """Per headline metric of the primary weights and per budget: who is ahead, observed (best run
-    of each paradigm at that budget) or extrapolated (fitted prediction, 'clear' when the two
-    leading intervals do not overlap)."""
+    """Per headline metric of the primary weights and per budget: who is ahead, observed (best
+    configuration of each paradigm at that budget, seed replicates averaged) or extrapolated
+    (fitted prediction). A lead is 'clear' only when the leader's 95% interval and the runner-up's
+    do not overlap (evaluation intervals, across seeds where replicated; bootstrap over runs for
+    predictions); unknown when either has none."""
     rows = []
+    configs = replicates.aggregate(runs)
     for m in headline_metrics(runs, metrics, PRIMARY_WEIGHTS):
         pick = max if m.higher_is_better else min
-        for b, group in budget_groups([r for r in runs if np.isfinite(r[m.column])]):
-            values: dict[str, float] = {}
+        for b, group in budget_groups([r for r in configs if np.isfinite(r[m.column])]):
+            best: dict[str, dict] = {}
             for r in group:
-                values[r["paradigm"]] = pick(values.get(r["paradigm"], r[m.column]), r[m.column])
-            if len(values) >= 2:
-                rows.append({"metric": m.column, "label": m.label, "budget": b,
-                             "kind": "observed", "winner": pick(values, key=values.get),
-                             "values": values, "clear": None})
+                p = r["paradigm"]
+                best[p] = r if p not in best else pick(best[p], r, key=lambda x: x[m.column])
+            if len(best) < 2:
+                continue
+            values = {p: r[m.column] for p, r in best.items()}
+            ci = {p: [r.get(f"{m.column}_lo", math.nan), r.get(f"{m.column}_hi", math.nan)]
+                  for p, r in best.items()}
+            ci = {p: v if all(math.isfinite(x) for x in v) else None for p, v in ci.items()}
+            ranked = sorted(values, key=values.get, reverse=m.higher_is_better)
+            rows.append({"metric": m.column, "label": m.label, "budget": b, "kind": "observed",
+                         "winner": ranked[0], "values": values, "ci95": ci,
+                         "runs": {p: r["run"] for p, r in best.items()},
+                         "seeds": {p: r["n_seeds"] for p, r in best.items()},
+                         "clear": replicates.separated(ci[ranked[0]], ci[ranked[1]])})
         fits = {p: f[m.column] for p, f in compute_fits.items() if "params" in f.get(m.column, {})}
         if len(fits) < 2:
             continue
@@ -431,8 +443,7 @@ def _findings(runs, compute_fits, metrics, budgets) -> list[dict]:
             preds = {p: f["predictions"][i] for p, f in fits.items()}
             values = {p: x["value"] for p, x in preds.items()}
             ranked = sorted(values, key=values.get, reverse=m.higher_is_better)
-            cis = [preds[p]["ci95"] for p in ranked[:2]]
-            clear = None if None in cis else bool(cis[0][0] > cis[1][1] or cis[0][1] < cis[1][0])
+            clear = replicates.separated(preds[ranked[0]]["ci95"], preds[ranked[1]]["ci95"])
             rows.append({"metric": m.column, "label": m.label, "budget": float(b),
                          "kind": "extrapolated", "winner": ranked[0], "values": values,
                          "ci95": {p: x["ci95"] for p, x in preds.items()}, "clear": clear})

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from imgsynth.scaling import figures, fits as fitting, table
+from imgsynth.scaling import figures, fits as fitting, replicates, table
 from imgsynth.scaling.estimators import LOSS_HUBER_DELTA, FitError
 from imgsynth import io
 
@@ -104,10 +104,13 @@ def _finding_rows(f: dict, win, esc=str) -> list[list[str]]:
         cells = []
         for p in f["meta"]["paradigms"]:
             text = _num(x["values"].get(p))
-            if x["kind"] == "extrapolated" and x.get("ci95", {}).get(p):
+            if (x.get("ci95") or {}).get(p):
                 text += f" {_ci(x['ci95'][p])}"
+            if (x.get("seeds") or {}).get(p, 1) > 1:
+                text += f" ({x['seeds'][p]} seeds)"
             cells.append(win(text) if p == x["winner"] else text)
-        clear = {None: "–", True: "yes", False: "no (intervals overlap)"}[x["clear"]]
+        clear = {None: "– (no intervals)", True: "yes",
+                 False: "no (intervals overlap)"}[x["clear"]]
         rows.append([esc(x["label"]), _num(x["budget"], 2), x["kind"], win(esc(x["winner"])),
                      *cells, clear])
     return rows
@@ -172,9 +175,11 @@ def _summary_html(f: dict) -> str:
         if observed:
             last = observed[-1]
             text += (f"at the largest trained budget ({_num(last['budget'], 2)} FLOPs) "
-                     f"<b>{_esc(last['winner'])}</b> is ahead")
+                     f"<b>{_esc(last['winner'])}</b> is ahead"
+                     + {True: "", False: " (intervals overlap: no clear lead)",
+                        None: " (no intervals)"}[last["clear"]])
         extra = [f"{_esc(x['winner'])} at {_num(x['budget'], 2)}"
-                 + ("" if x["clear"] else " (intervals overlap)")
+                 + ("" if x["clear"] else " (no clear lead)")
                  for x in rows if x["kind"] == "extrapolated"]
         if extra:
             text += "; fitted curves put " + ", ".join(extra)
@@ -289,8 +294,9 @@ def _samples_html(rows, workdir: str) -> str:
 
 
 def _ablation_html(rows) -> str:
-    done = [r for r in rows if r["status"] == "done"]
-    base = {(r["paradigm"], r["size"], r["budget"]): r for r in fitting.main_runs(rows)}
+    done = replicates.aggregate([r for r in rows if r["status"] == "done"])
+    base = {(r["paradigm"], r["size"], r["budget"]): r
+            for r in replicates.aggregate(fitting.main_runs(rows))}
     abl = [r for r in done if r["ablation"]]
     if not abl:
         return "<p class='note'>No ablation runs (no run has <code>grid.ablation</code>).</p>"
@@ -308,6 +314,35 @@ def _ablation_html(rows) -> str:
                     _num(r["budget"], 2), *cells])
     return _table(["run", "ablation", "paradigm", "size", "budget",
                    *[f"{label}: ablation vs main run" for _, label in metrics]], out, left=4)
+
+
+REPLICATE_METRICS = (("prompt_following/overall", "prompt following"), ("fd_judge", "FD"),
+                     ("alignment_score", "alignment"), ("final/eval_loss", "eval loss"))
+
+
+def _replicates_html(rows, primary: str) -> str:
+    """Configurations trained with several seeds: mean, spread across seeds and the interval used
+    for leads, so a reader sees whether seeds or evaluation noise dominate."""
+    groups = [g for g in replicates.aggregate(fitting.main_runs(rows)) if g["n_seeds"] > 1]
+    if not groups:
+        return ("<p class='note'>No configuration was trained with several seeds "
+                "(<code>add(..., seeds=(0, 1, 2))</code> in a grid).</p>")
+    out = []
+    for g in groups:
+        cells = []
+        for m, _ in REPLICATE_METRICS:
+            column = m if m.startswith("final/") else f"{primary}/{m}"
+            text = f"{_num(g.get(column))} ± {_num(g.get(f'{column}_sd'), 2)}"
+            if f"{column}_lo" in g:
+                text += f" {_ci([g[f'{column}_lo'], g[f'{column}_hi']])}"
+            cells.append(text)
+        out.append([_esc(g["paradigm"]), _esc(g["size"]), _num(g["budget"], 2),
+                    _esc(g["seeds"]), *cells])
+    return ("<p class='note'>Mean ± standard deviation across seeds, and the 95% interval the "
+            "findings use (the wider of the t-interval over seeds and the combined evaluation "
+            f"intervals; {primary.upper()} weights).</p>"
+            + _table(["paradigm", "size", "budget", "seeds",
+                      *[label for _, label in REPLICATE_METRICS]], out, left=2))
 
 
 def _ceilings_html(rows) -> str:
@@ -378,7 +413,11 @@ k·N·D with k the median C/(N·D) of the runs. Intervals are 95% percentile int
 over runs, each resample refitted with the estimator of the point estimate; resamples the estimator
 refuses are dropped and counted. Every table names the estimator behind its numbers. The held-out
 check refits without the largest budget and predicts it. Losses are compared within a paradigm
-only. Details: <code>docs/scaling.md</code>.</p>"""
+only. Each run's metric carries a 95% interval over its evaluated images (a bootstrap of per-image
+scores; half-samples of the generated images for FD and KID); seed replicates are averaged, with
+the wider of the t-interval over seeds and the combined evaluation intervals. A lead is called
+clear only when the leader's interval and the runner-up's do not overlap. Details:
+<code>docs/scaling.md</code>, <code>docs/metrics.md</code>.</p>"""
 
 
 def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) -> str:
@@ -391,13 +430,17 @@ def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) ->
     sections = [
         ("findings", "Findings", (
             f"<p>Who is ahead on each shared metric ({primary.upper()} weights), at every budget "
-            "trained (best run of each paradigm at that budget) and at the extrapolation budgets "
-            "(fitted prediction with its 95% interval). Bold: ahead.</p>" + _summary_html(f)
+            "trained (best configuration of each paradigm at that budget, seed replicates "
+            "averaged, with its 95% interval over the evaluated images and seeds) and at the "
+            "extrapolation budgets (fitted prediction with its 95% bootstrap interval). Bold: "
+            "ahead; a lead is clear only when the two leading intervals do not overlap.</p>"
+            + _summary_html(f)
             + _findings_html(f))),
         ("prompt", "Prompt following", fig(
             figures.metric_vs_flops(rows, f, "prompt_following/overall"), "prompt_following",
             "Share of prompts whose generated image the judge reads back as satisfying the prompt, "
-            f"against training FLOPs (log scale). Markers: runs (colour = paradigm, shape = size); "
+            "against training FLOPs (log scale). Markers: runs (colour = paradigm, shape = size; "
+            "seed replicates averaged), error bars their 95% intervals; "
             f"lines: fitted e(C) with e = 1 − y, solid over the data, dashed beyond; {band}; "
             "dotted verticals: extrapolation budgets; dashed horizontals: instrument ceilings.")
             + fig(figures.categories_figure(rows, f), "prompt_following_categories",
@@ -449,6 +492,7 @@ def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) ->
             "percentage points of prompt following, FD reduction in % of the raw FD, and "
             "alignment-score points. Table: each ablation run against the main run of the same "
             "paradigm, size and budget.") + _ablation_html(rows)),
+        ("replicates", "Seed replicates", _replicates_html(rows, primary)),
         ("ceilings", "Instrument ceilings", "<p class='note'>What the instruments can resolve: "
          "the judge's accuracy on real images bounds prompt following; the autoencoder's "
          "reconstructions bound both prompt following and FD.</p>" + _ceilings_html(rows)),

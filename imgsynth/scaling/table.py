@@ -1,10 +1,12 @@
 """Collects every run of a study workdir into one tidy table.
 
-`results.csv` has one row per run (configuration, size, compute, every evaluation metric for raw
-and EMA weights, inference cost, status); `curves.csv` has one row per evaluation during
-training (the intermediate-budget losses). Missing values become NaN with a warning that names
-the run and the key, so a half-finished study still tabulates; a workdir with nothing usable is
-refused. Only the standard library and numpy are used: the table is a list of dicts.
+`results.csv` has one row per run (configuration, size, seed, compute, every evaluation metric
+for raw and EMA weights with its 95% interval as `<metric>_lo`/`<metric>_hi`, inference cost,
+status); `curves.csv` has one row per evaluation during training (the intermediate-budget
+losses). Seed replicates stay one row each here (`replicates.py` averages them for the report).
+Missing values become NaN with a warning that names the run and the key, so a half-finished
+study still tabulates; a workdir with nothing usable is refused. Only the standard library and
+numpy are used: the table is a list of dicts.
 """
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ EVAL_METRICS = tuple(f"prompt_following/{c}" for c in PROMPT_CATEGORIES) + (
 # Added with `unavailable`: an eval.json from before it lacks them without being incomplete.
 NEWER_METRICS = ("fd_align", "label_following", "inception_fid", "clip_score",
                  "fd_align_real_floor", "kid_real_floor", "label_classifier_accuracy")
+# Metrics eval.json gives a 95% interval (imgsynth.metrics.intervals); not the eval loss (from
+# training, on fixed examples) nor KID's spread over subsets.
+INTERVAL_METRICS = tuple(m for m in EVAL_METRICS if m not in ("kid/std", "eval_loss"))
+INTERVAL_SUFFIXES = ("_lo", "_hi")
 WEIGHTS = ("raw", "ema")
 CEILINGS = ("judge_prompt_following", "autoencoder_prompt_following",
             "alignment_retrieval_accuracy", "autoencoder_fd_judge",
@@ -40,7 +46,9 @@ RUN_COLUMNS = ("run", "paradigm", "size", "seed", "grid", "ablation", "status", 
                "global_batch_size", "total_steps", "steps", "examples_seen", "train_flops",
                "params_all", "params_embedding", "params_non_embedding", "flops_per_example",
                "final/eval_loss", "final/eval_loss_ema")
-RESULT_COLUMNS = (RUN_COLUMNS + tuple(f"{w}/{m}" for w in WEIGHTS for m in EVAL_METRICS)
+RESULT_COLUMNS = (RUN_COLUMNS + tuple(f"{w}/{m}{x}" for w in WEIGHTS for m in EVAL_METRICS
+                                      for x in ("", *(INTERVAL_SUFFIXES if m in INTERVAL_METRICS
+                                                      else ())))
                   + tuple(f"ceilings/{c}" for c in CEILINGS)
                   + tuple(f"inference/{k}" for k in INFERENCE)
                   + tuple(f"settings/{k}" for k in SETTINGS)
@@ -243,9 +251,15 @@ def _add_evaluation(row, evaluation, name, run_dir, workdir, warn) -> None:
     row["unavailable"] = "; ".join(f"{k}: {v}" for k, v in sorted(unavailable.items()))
     missing = [c for c in RESULT_COLUMNS if c not in values and "/" in c and c.split("/")[0] in (
         *WEIGHTS, "ceilings", "inference", "settings") and not _unavailable(c, unavailable)]
+    if not any(k.endswith(INTERVAL_SUFFIXES) for k in values):
+        warn(f"{name}: eval.json has no intervals (evaluated before they were recorded); its "
+             "_lo/_hi columns are NaN")
+        missing = [c for c in missing if not c.endswith(INTERVAL_SUFFIXES)]
+    # A missing metric's interval columns go unnamed: they are missing with it.
+    shown = [c for c in missing if not (c.endswith(INTERVAL_SUFFIXES) and c[:-3] in missing)]
     if missing:
         warn(f"{name}: eval.json lacks {len(missing)} key(s), NaN in the table: "
-             + ", ".join(missing[:8]) + (" …" if len(missing) > 8 else ""))
+             + ", ".join(shown[:8]) + (" …" if len(shown) > 8 else ""))
     for key, value in values.items():
         if key in STRING_COLUMNS:
             row[key] = str(value)
@@ -264,7 +278,7 @@ def _add_evaluation(row, evaluation, name, run_dir, workdir, warn) -> None:
 def _unavailable(column: str, unavailable: dict) -> bool:
     """Whether a result column belongs to a metric eval.json marks unavailable (its ceilings
     included: prompt following's come from the judge)."""
-    metric = column.split("/")[1]
+    metric = column.split("/")[1].removesuffix("_lo").removesuffix("_hi")
     judge = "prompt_following" in unavailable and any(
         k in metric for k in ("judge", "prompt_following"))
     labels = "label_following" in unavailable and "label" in metric
