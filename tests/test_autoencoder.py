@@ -247,6 +247,7 @@ def test_fsq_quantisation_uses_every_level_and_is_idempotent():
     assert bool(jnp.all(grad > 0))
 
 
+@pytest.mark.slow
 def test_fsq_model_encodes_indices_and_decodes_codes():
     model = tiny("fsq", fsq_levels=LEVELS)
     assert model.codebook_size == 64000 and model.latent_shape(16) == (4, 4, 6)

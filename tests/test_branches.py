@@ -76,6 +76,7 @@ def test_expansion_trunk_then_branches():
     assert "computed (cooldown branches share their trunks)" in grid_lib.plan_table(g.runs)
 
 
+@pytest.mark.slow
 def test_branch_forks_bit_exactly_and_equals_a_standalone_wsd_run(tmp_path):
     trunk, branch = family(steps=(10,)).runs
     work = tmp_path / "runs"
@@ -134,6 +135,7 @@ def test_bad_grids(kw, message):
         family(**kw)
 
 
+@pytest.mark.slow
 def test_bad_forks_fail_before_training(tmp_path):
     trunk, branch = family(steps=(10,)).runs
     work = tmp_path / "runs"

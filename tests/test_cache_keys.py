@@ -17,6 +17,7 @@ def small(cache):
     return c
 
 
+@pytest.mark.slow
 def test_a_copied_cache_is_reused_without_rebuilding(tmp_path, monkeypatch):
     c = small(str(tmp_path / "a"))
     ae = stages.autoencoder(c)                  # builds the dataset, trains the autoencoder

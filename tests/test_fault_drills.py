@@ -28,6 +28,7 @@ def drill_config():
     return c
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_is_bit_exact_and_a_second_trainer_is_refused(tmp_path):
     reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
     proc = drills.start(drills.train_argv(killed, STEPS), str(tmp_path / "log"))

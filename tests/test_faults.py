@@ -14,6 +14,7 @@ def _steps(workdir):
     return [r["step"] for r in rows(workdir)]
 
 
+@pytest.mark.slow
 def test_broken_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     c = tiny("flow", steps=6, checkpoint_every_steps=2, keep_checkpoints=3)
     straight = train.train(c, str(tmp_path / "a"))
@@ -29,6 +30,7 @@ def test_broken_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     assert _steps(str(b)) == _steps(str(tmp_path / "a"))
 
 
+@pytest.mark.slow
 def test_half_written_metrics_line_and_restart_before_a_checkpoint(tmp_path):
     c = tiny("flow", steps=4)
     train.train(c, str(tmp_path))

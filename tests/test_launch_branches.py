@@ -15,9 +15,18 @@ from test_launch_local import DRIVER, FAKE, fake, launcher  # noqa: F401 (fixtur
 
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 
-# The fake trainer, slow when told, and logging the end of every training it completes.
+# The fake trainer, slow when told (it ends only once another run's training has started, or
+# after 60 s: a fixed sleep is too short on a loaded machine), and logging the end of every
+# training it completes.
 END = 'with open(os.path.join(args["--workdir"], "metrics.jsonl"), "a") as f:'
-FAKE_BRANCHES = FAKE.replace(END, 'if todo == "slow":\n    time.sleep(0.4)\n' + END) + (
+SLOW = '''if todo == "slow":
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(
+            c["kind"] == "train" and c["run"] != run
+            for c in map(json.loads, open(os.environ["FAKE_CALLS"]))):
+        time.sleep(0.05)
+'''
+FAKE_BRANCHES = FAKE.replace(END, SLOW + END) + (
     'with open(os.environ["FAKE_CALLS"], "a") as f:\n'
     '    f.write(json.dumps({"kind": "end", "run": run}) + "\\n")\n')
 

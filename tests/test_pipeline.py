@@ -37,6 +37,7 @@ def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.mark.slow
 def test_runlocal_flow_trains_checkpoints_and_evaluates(cache, tmp_path):
     c = tiny("flow", cache)
     row = train.train(c, str(tmp_path))                 # builds data, autoencoder, latents
@@ -69,6 +70,7 @@ def test_runlocal_flow_trains_checkpoints_and_evaluates(cache, tmp_path):
     assert json.load(open(tmp_path / "eval.json")) == json.loads(json.dumps(report))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("paradigm", ["maskgit", "ar"])
 def test_token_paradigms_end_to_end(cache, tmp_path, paradigm):
     c = tiny(paradigm, cache, steps=4)
@@ -131,6 +133,7 @@ def test_evaluate_refuses_unfinished_runs(tmp_path):
         evaluate.load_run(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_autoencoder_resumes_after_a_crash(cache, tmp_path, monkeypatch):
     c = stages.autoencoder_config(tiny("flow", cache))
     c.total_steps, c.checkpoint_every_steps, c.eval_examples = 4, 2, 16

@@ -60,6 +60,7 @@ def test_golden_one_step(paradigm, tmp_path):
     assert first["n_params/all"] == first["n_params/embedding"] + first["n_params/non_embedding"]
 
 
+@pytest.mark.slow
 def test_crash_and_resume_matches_uninterrupted(tmp_path, monkeypatch):
     c = tiny("flow", steps=6, checkpoint_every_steps=3)
     straight = train.train(c, str(tmp_path / "a"))
