@@ -62,6 +62,10 @@ def test_report_files_and_self_containment(built):
     assert page.count("data:image/png;base64,") >= len(FIGURES) + 12  # figures + sample grids
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
     assert "FID" not in text  # the judge's Fréchet distance is never called FID
+    first = text[:text.index("<h2")]   # the ceilings in one sentence, before any section
+    assert re.search(r"Instrument ceilings</b>: the judge reads real test images at 0\.99.*"
+                     r"continuous autoencoder's \(flow\) at 0\.97.*tokenizer's .* at 0\.97.*"
+                     r"retrieves .* at 0\.9", first), first[-800:]
     for needle in ("Findings", "Extrapolated crossovers", "Samples at matched compute", "Ablations",
                    "Instrument ceilings", "autoencoder=small", "ema=false", "RESOURCE_EXHAUSTED",
                    "on log residuals, L-BFGS-B from a grid of starts",

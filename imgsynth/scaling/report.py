@@ -367,6 +367,35 @@ def _ceilings_html(rows) -> str:
                    "label classifier accuracy (real images)"], out)
 
 
+def _ceilings_sentence(rows) -> str:
+    """The instrument ceilings in one sentence at the top, so a reader knows what the numbers
+    can mean before reading them (medians over evaluated runs; the full table is further down)."""
+    done = [r for r in rows if r["status"] == "done"]
+
+    def med(column, paradigms=None):
+        v = [r[f"ceilings/{column}"] for r in done if np.isfinite(r[f"ceilings/{column}"])
+             and (paradigms is None or r["paradigm"] in paradigms)]
+        return float(np.median(v)) if v else None
+
+    parts = []
+    if (judge := med("judge_prompt_following")) is not None:
+        parts.append(f"the judge reads real test images at {_num(judge, 2)} (the best prompt "
+                     "following any run can show)")
+    recon = [(label, med("autoencoder_prompt_following", ps)) for label, ps in
+             (("the continuous autoencoder's (flow)", ("flow",)),
+              ("the tokenizer's (MaskGIT, next-token)", ("maskgit", "ar")))]
+    recon = [f"{label} at {_num(v, 2)}" for label, v in recon if v is not None]
+    if recon:
+        parts.append("autoencoder reconstructions: " + ", ".join(recon))
+    if (retrieval := med("alignment_retrieval_accuracy")) is not None:
+        parts.append(f"the alignment model retrieves an image's caption among 100 at "
+                     f"{_num(retrieval, 2)} (chance about 0.01)")
+    if not parts:
+        return ""
+    return ("<p><b>Instrument ceilings</b>: " + "; ".join(parts) + ". No run can score above "
+            "its latent space's ceiling.</p>")
+
+
 def _dataset_html(rows) -> str:
     """The dataset(s) the runs were evaluated on, and the metrics each could not support."""
     done = [r for r in rows if r["status"] == "done" and r["dataset"]]
@@ -510,7 +539,7 @@ def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) ->
         f"{_num(min(r['train_flops'] for r in fitting.main_runs(rows)), 2)} – "
         f"{_num(meta['max_observed_flops'], 2)} FLOPs; extrapolated to {budgets} FLOPs. "
         f"Bootstrap: {meta['n_bootstrap']} resamples over runs, seed {meta['seed']}.</p>"
-        f"{_dataset_html(rows)}<p class='note'>Workdir <code>{_esc(os.path.abspath(workdir))}</code>, generated "
+        f"{_ceilings_sentence(rows)}{_dataset_html(rows)}<p class='note'>Workdir <code>{_esc(os.path.abspath(workdir))}</code>, generated "
         f"{stamp}.</p><ol>{toc}</ol>{body}</body></html>")
 
 
