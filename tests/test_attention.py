@@ -5,6 +5,7 @@ import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -145,8 +146,8 @@ def test_caption_masks_are_prefixes():
     r = np.random.default_rng(0)
     dropped = base.drop_captions(jnp.asarray(ids), jnp.asarray(mask), 0.5, jax.random.key(0))[1]
     for m in (mask, np.asarray(dropped), np.asarray(base.null_captions(ids, mask)[1]),
-              base.example_captions(types.SimpleNamespace(text=types.SimpleNamespace(
-                  max_len=10, vocab_size=50)), 4, r)["text_mask"]):
+              base.example_captions(ml_collections.ConfigDict(
+                  {"text": {"max_len": 10, "vocab_size": 50}}), 4, r)["text_mask"]):
         m = np.asarray(m)
         np.testing.assert_array_equal(m, np.arange(m.shape[1])[None] < m.sum(1, keepdims=True))
 
