@@ -377,23 +377,18 @@ def _ceilings_sentence(rows) -> str:
              and (paradigms is None or r["paradigm"] in paradigms)]
         return float(np.median(v)) if v else None
 
-    parts = []
-    if (judge := med("judge_prompt_following")) is not None:
-        parts.append(f"the judge reads real test images at {_num(judge, 2)} (the best prompt "
-                     "following any run can show)")
-    recon = [(label, med("autoencoder_prompt_following", ps)) for label, ps in
-             (("the continuous autoencoder's (flow)", ("flow",)),
-              ("the tokenizer's (MaskGIT, next-token)", ("maskgit", "ar")))]
-    recon = [f"{label} at {_num(v, 2)}" for label, v in recon if v is not None]
-    if recon:
-        parts.append("autoencoder reconstructions: " + ", ".join(recon))
-    if (retrieval := med("alignment_retrieval_accuracy")) is not None:
-        parts.append(f"the alignment model retrieves an image's caption among 100 at "
-                     f"{_num(retrieval, 2)} (chance about 0.01)")
-    if not parts:
-        return ""
+    recon = [f"{label} at {_num(v, 2)}" for label, v in (
+        ("the continuous autoencoder's (flow)", med("autoencoder_prompt_following", ("flow",))),
+        ("the tokenizer's (MaskGIT, next-token)",
+         med("autoencoder_prompt_following", ("maskgit", "ar")))) if v is not None]
+    parts = [text.format(_num(v, 2)) for text, v in (
+        ("the judge reads real test images at {} (the best prompt following any run can show)",
+         med("judge_prompt_following")),
+        ("autoencoder reconstructions: " + ", ".join(recon), 0 if recon else None),
+        ("the alignment model retrieves an image's caption among 100 at {} (chance about 0.01)",
+         med("alignment_retrieval_accuracy"))) if v is not None]
     return ("<p><b>Instrument ceilings</b>: " + "; ".join(parts) + ". No run can score above "
-            "its latent space's ceiling.</p>")
+            "its latent space's ceiling.</p>") if parts else ""
 
 
 def _dataset_html(rows) -> str:
