@@ -211,8 +211,10 @@ def _metrics(instruments, images, captions, categories, labels, reference, seed)
            "kid": {"mean": kid.mean, "std": kid.std}}
     if instruments.judge is not None:
         judge = instruments.judge
-        result = pf.prompt_following(judge.read_scenes(images), captions, categories)
+        scenes, unreadable = judge.read(images)
+        result = pf.prompt_following(scenes, captions, categories)
         out["prompt_following"] = {"overall": result["accuracy"], **result["per_category"]}
+        out["judge_unreadable"] = float(unreadable.mean())
         out["fd_judge"] = frechet.fd(judge.features(images), reference["judge"])
     if instruments.labels is not None:
         out["label_following"] = instruments.labels.following(images, labels)

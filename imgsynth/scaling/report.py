@@ -329,7 +329,10 @@ def _ceilings_html(rows) -> str:
     return _table(["autoencoder", "runs", "judge prompt following (real images)",
                    "prompt following of AE reconstructions", "alignment retrieval accuracy",
                    "FD of AE reconstructions", "fd_align real vs real", "KID real vs real",
-                   "label classifier accuracy (real images)"], out)
+                   "label classifier accuracy (real images)",
+                   "judge prompt following on destroyed images (worst)",
+                   "alignment retrieval on destroyed images (worst)",
+                   "alignment retrieval by chance"], out)
 
 
 def _dataset_html(rows) -> str:
@@ -451,7 +454,10 @@ def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) ->
             "paradigm, size and budget.") + _ablation_html(rows)),
         ("ceilings", "Instrument ceilings", "<p class='note'>What the instruments can resolve: "
          "the judge's accuracy on real images bounds prompt following; the autoencoder's "
-         "reconstructions bound both prompt following and FD.</p>" + _ceilings_html(rows)),
+         "reconstructions bound both prompt following and FD; what the judge and the alignment "
+         "model credit in destroyed images (blank, noise, blur, shuffled patches, blobs, the "
+         "autoencoder's decodes of random latents), which carry no scene, is the floor garbage "
+         "reaches.</p>" + _ceilings_html(rows)),
         ("runs", "Runs", _runs_html(results, f)),
         ("method", "Method", METHOD),
     ]
