@@ -1,7 +1,8 @@
 """Instrument false positives: what the cached judge and alignment model of a shapes dataset credit
 in real test images destroyed until they carry no scene (`imgsynth.metrics.corruptions`), and,
 given an autoencoder, in its decodes of random latents or tokens — the numbers every `eval.json`
-stores as ceilings, here on as many test images as asked.
+stores as ceilings, here on as many test images as asked — and, as the control that must stay
+readable, the judge on the real images and on the autoencoder's reconstructions of them.
 
     python benchmarks/instrument_false_positives.py [--data_dir=~/.cache/imgsynth/data]
         [--builder_config=r32] [--num=5000] [--autoencoder_dir=DIR]
@@ -18,6 +19,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from imgsynth.data import images as images_lib  # noqa: E402
 from imgsynth.metrics import _data, alignment, corruptions, judge  # noqa: E402
 from imgsynth.metrics import prompt_following  # noqa: E402
 from imgsynth.models import autoencoder_files  # noqa: E402
@@ -38,25 +43,32 @@ def main() -> None:
     a = alignment.load_alignment(data_dir, args.builder_config)
     real = _data.read_split(data_dir, args.builder_config, "test", limit=args.num)
     destroyed = corruptions.destroyed(real.images, args.seed)
+    readable = {"real": real.images}
     if args.autoencoder_dir:
         model, _ = autoencoder_files.load(os.path.expanduser(args.autoencoder_dir))
         destroyed["autoencoder_random_decodes"] = corruptions.random_decodes(
             model, len(real.images), real.images.shape[1], args.seed)
-    scenes, unreadable = j.read(real.images)
-    out = {"judge_prompt_following": prompt_following.prompt_following(
-               scenes, real.captions, real.categories)["accuracy"],
-           "judge_unreadable_real": float(unreadable.mean()),
-           **{f"judge_{k}": v for k, v in prompt_following.false_positive_rates(
-               j, real, destroyed).items()},
-           **alignment.false_positive_rates(a, real.images, real.captions, destroyed),
-           "alignment_retrieval_accuracy_real": alignment.retrieval_accuracy(
-               a, real.images, real.captions, min(alignment.RETRIEVAL_GROUP, len(real.captions))),
-           "num": len(real.captions), "judge_format": j.info.get("format", 1),
-           "seconds": round(time.perf_counter() - start, 1)}
+        roundtrip = jax.jit(lambda x: model.decode_latents(model.encode_latents(x)))
+        readable["autoencoder_reconstructions"] = np.concatenate([
+            images_lib.to_uint8(roundtrip(images_lib.to_float(real.images[i:i + 250])))
+            for i in range(0, len(real.images), 250)])
+    out = {}
+    for name, images in readable.items():   # what must stay readable
+        scenes, unreadable = j.read(images)
+        out[f"judge_prompt_following_{name}"] = prompt_following.prompt_following(
+            scenes, real.captions, real.categories)["accuracy"]
+        out[f"judge_unreadable_{name}"] = float(unreadable.mean())
+    out |= {f"judge_{k}": v for k, v in
+            prompt_following.false_positive_rates(j, real, destroyed).items()}
+    out |= alignment.false_positive_rates(a, real.images, real.captions, destroyed)
+    out["alignment_retrieval_accuracy_real"] = alignment.retrieval_accuracy(
+        a, real.images, real.captions, min(alignment.RETRIEVAL_GROUP, len(real.captions)))
+    out |= {"num": len(real.captions), "seconds": round(time.perf_counter() - start, 1)}
 
     print(f"\n{'images':<28}{'judge credits':>14}{'unreadable':>12}{'retrieval':>11}{'score':>8}")
-    print(f"{'real':<28}{out['judge_prompt_following']:>14.4f}"
-          f"{out['judge_unreadable_real']:>12.4f}{out['alignment_retrieval_accuracy_real']:>11.4f}")
+    for name in readable:
+        print(f"{name:<28}{out[f'judge_prompt_following_{name}']:>14.4f}"
+              f"{out[f'judge_unreadable_{name}']:>12.4f}")
     for name in destroyed:
         print(f"{name:<28}{out['judge_false_positive_per_corruption'][name]:>14.4f}"
               f"{out['judge_unreadable_per_corruption'][name]:>12.4f}"

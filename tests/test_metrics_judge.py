@@ -181,3 +181,22 @@ def test_a_judge_of_an_older_format_is_never_loaded(data_dir, tmp_path):
     json.dump(info, open(os.path.join(old, J.INFO_FILE), "w"))
     with pytest.raises(ValueError, match="format 1.*--force"):
         J.load_judge_from(old)
+
+
+@pytest.mark.slow
+def test_a_briefly_trained_judge_rejects_blank_and_noise(tmp_path):
+    data_dir = str(tmp_path)
+    build.build_shapes(data_dir, "r32_tiny", log=lambda m: None)
+    cfg = J.JudgeConfig(resolution=32, widths=(16, 32), hidden=16)
+    judge = TJ.train_judge(data_dir, "r32_tiny", config=cfg, log=lambda m: None,
+                           settings=TJ.TrainSettings(steps=200, per_step_examples=64,
+                                                     warmup_steps=10, learning_rate=3e-3,
+                                                     negatives_per_step=16))
+    seen = _data.read_split(data_dir, "r32_tiny", "train", limit=64)   # what it was taught
+    assert judge.read(seen.images)[1].mean() <= 0.5
+    for name in ("blank", "noise"):
+        images = corruptions.CORRUPTIONS[name](seen.images, np.random.default_rng(0))
+        scenes, unreadable = judge.read(images)
+        if name == "noise":
+            assert unreadable.mean() >= 0.9
+        assert PF.prompt_following(scenes, seen.captions, seen.categories)["accuracy"] <= 0.02

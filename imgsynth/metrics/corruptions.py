@@ -77,14 +77,20 @@ CORRUPTIONS = {"blank": blank, "noise": noise, "blur": blur, "shuffled_patches":
                "smooth_noise": smooth_noise}
 
 
+# Blank is not taught as unreadable: a uniform image is an empty scene, every cell of it like a
+# real empty cell, and an empty scene satisfies no prompt anyway.
+TRAINING_CORRUPTIONS = ("noise", "blur", "shuffled_patches", "smooth_noise")
+
+
 def training_negatives(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Each image destroyed by a corruption drawn at random, at a strength drawn from the range
-    in which no shape stays readable (blur σ 1/10–1/4 of the width, patches of 1/8 or 1/16 of
-    it, blobs of 1/32–1/8): the images the judge learns to call unreadable."""
+    """Each image destroyed by one of `TRAINING_CORRUPTIONS` drawn at random, at a strength
+    drawn from the range in which no shape stays readable (blur σ 1/10–1/4 of the width,
+    patches of 1/8 or 1/16 of it, blobs of 1/32–1/8): the images the judge learns to call
+    unreadable."""
     out = np.empty_like(images)
     for i, image in enumerate(images):
-        x, kind = image[None], rng.integers(len(CORRUPTIONS))
-        name = tuple(CORRUPTIONS)[kind]
+        x = image[None]
+        name = TRAINING_CORRUPTIONS[rng.integers(len(TRAINING_CORRUPTIONS))]
         if name == "blur":
             out[i] = blur(x, sigma_fraction=rng.uniform(1 / 10, 1 / 4))[0]
         elif name == "shuffled_patches":

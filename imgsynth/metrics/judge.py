@@ -1,10 +1,11 @@
 """The judge: a small CNN that reads a shapes image back into its `Scene`.
 
 The dataset puts at most one object in each cell of a GRID×GRID grid, so the judge has one slot
-per cell and predicts, for each, empty, a shape or unreadable, colour and size. "Unreadable" is
-learnt from real images destroyed beyond reading (`corruptions.training_negatives`): a judge
-that must name a shape in every blob credits garbage with prompts nobody drew, so an image with
-any unreadable cell reads as no scene at all and satisfies no prompt. Count, positions and attributes
+per cell and predicts, for each, empty, a shape or unreadable, colour and size. A judge that must
+name a shape in every blob credits garbage with prompts nobody drew; so the cells' unreadable
+probabilities combine (`log_readable`: cells independent, the image is readable when none is
+unreadable) into an image verdict, learnt from real images destroyed beyond reading
+(`corruptions.training_negatives`), and an image judged unreadable reads as no scene at all. Count, positions and attributes
 then decode exactly (`decode`), and `scene.satisfies` turns a read-back scene into the
 prompt-following verdict. Convolutional features are average-pooled over each cell's exact area
 (cells need not align with pixels: 32 px / 3) and max-pooled over the feature pixels whose centre
@@ -131,11 +132,21 @@ def decode(cls: np.ndarray, color: np.ndarray, size: np.ndarray) -> list[Scene]:
     return scenes
 
 
+def log_readable(cls_logits_BNK):
+    """[B] log P(no cell is unreadable) = Σ_cells log(1 − p_cell(unreadable)).
+
+    Destroyed images are labelled only as a whole: in a blurred or shuffled image some cells
+    look exactly like a real empty cell, so the verdict needs one unreadable cell, not nine."""
+    return (jax.nn.logsumexp(cls_logits_BNK[..., :UNREADABLE], -1)
+            - jax.nn.logsumexp(cls_logits_BNK, -1)).sum(-1)
+
+
 @nnx.jit
 def _forward(model: JudgeNet, images):
     logits, feats = model(images)
     cls, color, size = split_logits(logits)
-    return jnp.argmax(cls, -1), jnp.argmax(color, -1), jnp.argmax(size, -1), feats
+    return (jnp.argmax(cls[..., :UNREADABLE], -1), jnp.argmax(color, -1), jnp.argmax(size, -1),
+            feats, log_readable(cls) < jnp.log(0.5))
 
 
 class Judge:
@@ -175,10 +186,10 @@ class Judge:
     def read(self, images) -> tuple[list[Scene], np.ndarray]:
         """uint8 [N, H, W, 3] images → (the scene the judge sees in each, [N] bool: unreadable).
 
-        An image with any cell read as unreadable reads as the empty scene, which satisfies no
-        prompt: a garbled cell could hide or fake the object a count or a relation depends on."""
-        cls, color, size, _ = self._run(images)
-        unreadable = (cls == UNREADABLE).any(axis=1)
+        An image more likely than not to hold an unreadable cell reads as the empty scene, which
+        satisfies no prompt: a garbled cell could hide or fake the object a count or a relation
+        depends on. Readable images read as the most likely readable class of each cell."""
+        cls, color, size, _, unreadable = self._run(images)
         return decode(np.where(unreadable[:, None], 0, cls), color, size), unreadable
 
     def read_scenes(self, images) -> list[Scene]:

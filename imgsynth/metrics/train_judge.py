@@ -27,8 +27,8 @@ from flax import nnx
 from imgsynth.data import shapes
 from imgsynth.metrics import _data, corruptions, frechet, instrument_training
 from imgsynth.metrics.judge import (CELLS, INFO_FILE, UNREADABLE, Judge, JudgeConfig, JudgeNet,
-                                    encode_scenes, judge_dir, load_judge_from, scene_accuracy,
-                                    split_logits)
+                                    encode_scenes, judge_dir, load_judge_from, log_readable,
+                                    scene_accuracy, split_logits)
 from imgsynth.metrics.prompt_following import false_positive_rates, prompt_following
 
 MIN_CEILING = 0.99
@@ -42,25 +42,32 @@ class TrainSettings(instrument_training.Settings):
     steps: int = 1500
     per_step_examples: int = 128
     learning_rate: float = 2e-3
-    negatives_per_step: int = 32   # destroyed images added to each step, unreadable in every cell
+    negatives_per_step: int = 32   # destroyed images added to each step (`with_negatives`)
 
 
 def _loss(model: JudgeNet, batch):
+    """Per-cell cross-entropy on real images; on destroyed ones (every cell labelled
+    UNREADABLE), −log P(some cell is unreadable), so no cell of them is forced either way."""
     logits, _ = model(batch["images"])
     cls, color, size = batch["cls"], batch["color"], batch["size"]
     l_cls, l_color, l_size = split_logits(logits)
+    destroyed = (cls == UNREADABLE).all(-1).astype(jnp.float32)
+    real = 1.0 - destroyed
     occupied = ((cls > 0) & (cls < UNREADABLE)).astype(jnp.float32)
     n_occupied = jnp.maximum(occupied.sum(), 1.0)
     ce = optax.softmax_cross_entropy_with_integer_labels
-    loss_cls = ce(l_cls, cls).mean()
+    loss_cls = (ce(l_cls, cls).mean(-1) * real).sum() / jnp.maximum(real.sum(), 1.0)
+    log_unreadable = jnp.log(-jnp.expm1(jnp.minimum(log_readable(l_cls), -1e-7)))
+    loss_destroyed = -(log_unreadable * destroyed).sum() / jnp.maximum(destroyed.sum(), 1.0)
     loss_color = (ce(l_color, jnp.maximum(color, 0)) * occupied).sum() / n_occupied
     loss_size = (ce(l_size, jnp.maximum(size, 0)) * occupied).sum() / n_occupied
-    return loss_cls + loss_color + loss_size
+    return loss_cls + loss_destroyed + loss_color + loss_size
 
 
 def with_negatives(batch: dict, negatives: int, seed) -> dict:
     """`batch` with its first `negatives` images destroyed (`corruptions.training_negatives`,
-    drawn from `seed`) appended, every cell of them labelled unreadable."""
+    drawn from `seed`) appended, every cell of them labelled UNREADABLE (the image as a whole:
+    `_loss`)."""
     if not negatives:
         return batch
     images = corruptions.training_negatives(batch["images"][:negatives],
