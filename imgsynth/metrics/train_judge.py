@@ -7,8 +7,8 @@ records whose read-back scene satisfies the record's own caption, overall and pe
 is the most any generator can score, and is stored in judge.json and always reported with the
 metric. Next to it: the false-positive rate, the same accuracy on the test images destroyed
 (`corruptions.CORRUPTIONS`), which no generator should be credited for. Every step trains on
-real images and on destroyed ones labelled unreadable in every cell. The run fails (exit 1) when
-the ceiling falls below --min_ceiling or the false-positive rate rises above
+real images and on destroyed ones, which must read as unreadable (`_loss`). The run fails
+(exit 1) when the ceiling falls below --min_ceiling or the false-positive rate rises above
 --max_false_positive, after saving, so a weak instrument is never used unnoticed.
 """
 from __future__ import annotations
@@ -38,11 +38,11 @@ FD_FLOOR_SAMPLES = 1000
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings(instrument_training.Settings):
-    """Defaults reach a ceiling >= 0.99 on r32 within ~10 minutes on 2 CPU cores."""
-    steps: int = 1500
+    """Defaults reach a ceiling >= 0.99 and false positives <= 0.02 on r32 in ~16 CPU-minutes."""
+    steps: int = 2000
     per_step_examples: int = 128
     learning_rate: float = 2e-3
-    negatives_per_step: int = 32   # destroyed images added to each step (`with_negatives`)
+    negatives_per_step: int = 16   # destroyed images added to each step (`with_negatives`)
 
 
 def _loss(model: JudgeNet, batch):
