@@ -223,7 +223,7 @@ def _metrics(instruments, images, captions, categories, labels, reference, seed)
     out["kid"] = kid_out
     if instruments.judge is not None:
         judge = instruments.judge
-        scenes = judge.read_scenes(images)
+        scenes, unreadable = judge.read(images)
         result = pf.prompt_following(scenes, captions, categories)
         # Each image scored alone by the same function: the scores the interval resamples.
         ok = np.array([pf.prompt_following([s], [c], [k])["accuracy"]
@@ -236,6 +236,7 @@ def _metrics(instruments, images, captions, categories, labels, reference, seed)
             intervals.add(following, category, value, intervals.mean_interval(
                 ok[names == category], seed=seed, name=f"prompt_following/{category}"))
         out["prompt_following"] = following
+        out["judge_unreadable"] = float(unreadable.mean())
         _distance(out, "fd_judge", judge.features(images), reference["judge"], seed)
     if instruments.labels is not None:
         _mean(out, "label_following", instruments.labels.correct(images, labels), seed)

@@ -86,6 +86,7 @@ def test_folder_study_end_to_end(tmp_path, monkeypatch):
         assert "label_following" not in report["unavailable"]
         c = report["ceilings"]
         assert 0 <= c["label_classifier_accuracy"] <= 1 and c["fd_align_real_floor"] >= 0
+        assert 0 <= c["alignment_false_positive"] <= 1 and "judge_false_positive" not in c
         assert os.path.isfile(os.path.join(run_dir, "samples_ema.png"))
         assert os.path.isfile(os.path.join(run_dir, "samples_raw.png"))
     html = open(os.path.join(workdir, "report", "report.html")).read()

@@ -1,13 +1,14 @@
-"""Stage caches are keyed by what they hold (the dataset's fingerprint), not where they lie: a
-copied cache is reused as it is."""
+"""Stage caches are keyed by what they hold (the dataset's fingerprint, the judge's format, the
+instruments behind a cached ceiling), not where they lie: a copied cache is reused as it is."""
 import os
 import shutil
+from types import SimpleNamespace
 
 import pytest
 
 from imgsynth import stages, train_autoencoder
 from imgsynth.data import build
-from imgsynth.metrics import train_judge
+from imgsynth.metrics import instruments as instruments_lib, judge as judge_lib, train_judge
 from test_pipeline import tiny
 
 
@@ -48,3 +49,22 @@ def test_the_fingerprint_follows_the_records_not_the_path(tmp_path):
     assert build.fingerprint(path) != first
     with pytest.raises(FileNotFoundError):
         build.fingerprint(str(tmp_path / "nothing"))
+
+
+def test_a_judge_trained_to_older_rules_is_not_reused(tmp_path):
+    c = small(str(tmp_path / "a"))
+    path = stages.judge(c)
+    assert os.path.basename(path).endswith(f"-v{judge_lib.FORMAT}")
+    old = path[:-len(f"-v{judge_lib.FORMAT}")]              # where a judge before the format lay
+    shutil.move(path, old)
+    assert stages.judge(c) == path and os.path.isdir(old)  # trained anew, the old one untouched
+
+
+def test_cached_ceilings_follow_the_instruments():
+    def identity(judge_info, alignment_info={"retrieval_accuracy": 0.5}):
+        return instruments_lib.Instruments(
+            None, {}, "", None, SimpleNamespace(info=alignment_info),
+            judge=None if judge_info is None else SimpleNamespace(info=judge_info))._identity()
+    assert identity({"ceiling": 0.99}) == identity({"ceiling": 0.99})
+    assert len({identity({"ceiling": 0.99}), identity({"ceiling": 0.99, "format": 2}),
+                identity(None), identity(None, {"retrieval_accuracy": 0.6})}) == 4

@@ -1,14 +1,19 @@
 """Judge: target encoding round-trips the dataset's scenes; a briefly trained judge saves, loads and
-reads; prompt following on ground truth is exact."""
+reads; prompt following on ground truth is exact; an unreadable cell makes the image read as no
+scene; destroyed images train as unreadable; a judge trained to older rules is never loaded."""
 import json
 import os
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from imgsynth.data import build
 from imgsynth.data import scene as S
-from imgsynth.metrics import _data, frechet, judge as J, prompt_following as PF, train_judge as TJ
+from flax import nnx
+
+from imgsynth.metrics import _data, corruptions, frechet, judge as J, prompt_following as PF
+from imgsynth.metrics import train_judge as TJ
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +110,9 @@ def test_brief_judge_trains_saves_loads_and_reads(data_dir, test_split, capsys):
                              settings=TJ.TrainSettings(steps=40, per_step_examples=32, warmup_steps=5))
     info = json.load(open(os.path.join(J.judge_dir(data_dir, "r32_tiny"), J.INFO_FILE)))
     assert info["version"] == "1.0.0" and info["builder_config"] == "r32_tiny"
+    assert info["format"] == J.FORMAT and 0 <= info["unreadable_real"] <= 1
+    assert set(info["false_positive_per_corruption"]) == set(corruptions.CORRUPTIONS)
+    assert info["false_positive"] == max(info["false_positive_per_corruption"].values())
     assert info["fd_real_floor"]["num"] == 64 and info["fd_real_floor"]["value"] > 0
     assert 0.0 <= info["ceiling"] <= 1.0 and set(info["ceiling_per_category"]) <= set(S.SCENE_CATEGORIES)
     judge = J.load_judge(data_dir, "r32_tiny")
@@ -122,3 +130,73 @@ def test_brief_judge_trains_saves_loads_and_reads(data_dir, test_split, capsys):
         judge.features(images[:, :16])
     TJ.main(["--data_dir", data_dir, "--builder_config", "r32_tiny", "--min_ceiling", "0"])
     assert "already trained" in capsys.readouterr().out
+
+
+def test_an_unreadable_cell_reads_as_no_scene(test_split):
+    cfg = J.JudgeConfig(resolution=32, widths=(8, 16), hidden=8)
+    model = J.JudgeNet(cfg, rngs=nnx.Rngs(0))
+    model.cell_out.kernel.value = jnp.zeros_like(model.cell_out.kernel.value)
+    bias = np.zeros(model.cell_out.bias.value.shape, np.float32)
+    bias[1] = 10.0                                   # every cell: a circle (red, small)
+    model.cell_out.bias.value = jnp.asarray(bias)
+    judge = J.Judge(model)
+    images = test_split.images[:4]
+    scenes, unreadable = judge.read(images)
+    assert not unreadable.any() and all(len(s.objects) == 9 for s in scenes)
+    bias[J.UNREADABLE] = 20.0                        # now every cell is unreadable
+    model.cell_out.bias.value = jnp.asarray(bias)
+    scenes, unreadable = judge.read(images)
+    assert unreadable.all() and all(s.objects == () for s in scenes)
+    assert judge.read_scenes(images) == scenes
+    result = PF.false_positive_rates(judge, _data.Split(images, test_split.captions[:4],
+                                                        test_split.categories[:4],
+                                                        test_split.scenes[:4]),
+                                     corruptions.destroyed(images))
+    assert result["false_positive"] == 0.0
+    assert set(result["unreadable_per_corruption"].values()) == {1.0}
+
+
+def test_destroyed_images_train_as_unreadable_in_every_cell(test_split):
+    batch = {"images": test_split.images[:6], **{k: v[:6] for k, v in
+                                                 J.encode_scenes(test_split.scenes).items()}}
+    out = TJ.with_negatives(batch, 4, seed=[0, 1])
+    assert out["images"].shape == (10, 32, 32, 3)
+    np.testing.assert_array_equal(out["images"][:6], batch["images"])
+    assert (out["cls"][6:] == J.UNREADABLE).all() and (out["color"][6:] == -1).all()
+    assert (out["size"][6:] == -1).all() and (out["cls"][:6] == batch["cls"]).all()
+    np.testing.assert_array_equal(out["images"], TJ.with_negatives(batch, 4, seed=[0, 1])["images"])
+    assert TJ.with_negatives(batch, 0, seed=0) is batch
+
+
+def test_a_judge_of_an_older_format_is_never_loaded(data_dir, tmp_path):
+    assert J.judge_dir(data_dir, "r32_tiny") == (_data.cache_dir(data_dir, "judges", "r32_tiny")
+                                                 + f"-v{J.FORMAT}")
+    cfg = J.JudgeConfig(resolution=32, widths=(8, 16), hidden=8)
+    old = str(tmp_path / "old")
+    J.Judge(J.JudgeNet(cfg, rngs=nnx.Rngs(0)), {"ceiling": 0.99}).save(old)
+    info = json.load(open(os.path.join(old, J.INFO_FILE)))
+    assert info["format"] == J.FORMAT
+    J.load_judge_from(old)
+    del info["format"]                               # as judges before the unreadable class
+    json.dump(info, open(os.path.join(old, J.INFO_FILE), "w"))
+    with pytest.raises(ValueError, match="format 1.*--force"):
+        J.load_judge_from(old)
+
+
+@pytest.mark.slow
+def test_a_briefly_trained_judge_rejects_blank_and_noise(tmp_path):
+    data_dir = str(tmp_path)
+    build.build_shapes(data_dir, "r32_tiny", log=lambda m: None)
+    cfg = J.JudgeConfig(resolution=32, widths=(16, 32), hidden=16)
+    judge = TJ.train_judge(data_dir, "r32_tiny", config=cfg, log=lambda m: None,
+                           settings=TJ.TrainSettings(steps=200, per_step_examples=64,
+                                                     warmup_steps=10, learning_rate=3e-3,
+                                                     negatives_per_step=16))
+    seen = _data.read_split(data_dir, "r32_tiny", "train", limit=64)   # what it was taught
+    assert judge.read(seen.images)[1].mean() <= 0.5
+    for name in ("blank", "noise"):
+        images = corruptions.CORRUPTIONS[name](seen.images, np.random.default_rng(0))
+        scenes, unreadable = judge.read(images)
+        if name == "noise":
+            assert unreadable.mean() >= 0.9
+        assert PF.prompt_following(scenes, seen.captions, seen.categories)["accuracy"] <= 0.02

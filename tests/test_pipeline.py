@@ -12,6 +12,7 @@ from fixtures.crash import killed_after_checkpoint
 from imgsynth import config as config_lib, evaluate, io, stages, train, train_autoencoder
 from imgsynth.models import autoencoder_files
 from imgsynth.data import encode, pipeline
+from imgsynth.metrics import corruptions
 
 EVAL_SCHEMA = {"dataset", "settings", "weights", "ceilings", "unavailable", "inference", "timing",
                "samples_png", "samples_raw_png"}
@@ -67,6 +68,13 @@ def test_runlocal_flow_trains_checkpoints_and_evaluates(cache, tmp_path):
     assert os.path.isfile(tmp_path / report["samples_png"])
     assert report["dataset"] == "shapes r32_tiny" and "prompt_following" not in report["unavailable"]
     assert report["ceilings"]["fd_align_real_floor"] >= 0
+    c = report["ceilings"]                              # what garbage is credited with
+    destroyed = set(corruptions.CORRUPTIONS) | {"autoencoder_random_decodes"}
+    for key in ("judge_false_positive", "alignment_false_positive"):
+        assert set(c[f"{key}_per_corruption"]) == destroyed
+        assert c[key] == max(c[f"{key}_per_corruption"].values()) and 0 <= c[key] <= 1
+    assert 0 < c["alignment_retrieval_chance"] <= 1
+    assert 0 <= report["weights"]["ema"]["judge_unreadable"] <= 1
     assert json.load(open(tmp_path / "eval.json")) == json.loads(json.dumps(report))
 
 

@@ -35,18 +35,20 @@ def resolution_of(builder_config: str) -> int:
     return int(builder_config[1:].split("_")[0])
 
 
-def cache_dir(data_dir: str, kind: str, builder_config: str) -> str:
-    """`<data_dir>/<kind>/<builder_config>-<version>-<fingerprint>/`, e.g. judges/r32-1.0.0-3f9a…:
-    keyed by the dataset's content, so a metric model follows its data to a moved or copied
-    data_dir and a rebuilt dataset never meets a model calibrated on the old one."""
+def cache_dir(data_dir: str, kind: str, builder_config: str, revision: str = "") -> str:
+    """`<data_dir>/<kind>/<builder_config>-<version>-<fingerprint>[-<revision>]/`, e.g.
+    judges/r32-1.0.0-3f9a…-v2: keyed by the dataset's content, so a metric model follows its data
+    to a moved or copied data_dir and a rebuilt dataset never meets a model calibrated on the old
+    one; and by the model's own `revision`, so a model trained to older rules is never reused."""
     digest = build.fingerprint(dataset_path(data_dir, builder_config))[:10]
-    return os.path.join(data_dir, kind, f"{builder_config}-{shapes.VERSION}-{digest}")
+    name = f"{builder_config}-{shapes.VERSION}-{digest}" + (f"-{revision}" if revision else "")
+    return os.path.join(data_dir, kind, name)
 
 
 def trained_dir(data_dir: str, kind: str, builder_config: str, *, info_file: str, what: str,
-                trainer: str) -> str:
+                trainer: str, revision: str = "") -> str:
     """The cache directory of a trained metric model; says how to train it when there is none."""
-    directory = cache_dir(data_dir, kind, builder_config)
+    directory = cache_dir(data_dir, kind, builder_config, revision)
     if not os.path.isfile(os.path.join(directory, info_file)):
         raise FileNotFoundError(
             f"no {what} trained for shapes {builder_config!r} at {directory}; train it once with "

@@ -230,6 +230,40 @@ def retrieval_accuracy(model: Alignment, images, captions, group: int = RETRIEVA
     return float(np.mean(hits))
 
 
+def retrieval_chance(captions, group: int = RETRIEVAL_GROUP) -> float:
+    """Expected `retrieval_accuracy` of a model that ranks captions at random: per image, the
+    share of its group's captions whose text equals its own."""
+    n = len(captions) // group * group
+    if n == 0:
+        raise ValueError(f"retrieval needs at least {group} pairs, got {len(captions)}")
+    same = []
+    for start in range(0, n, group):
+        ids = np.unique(np.asarray(captions[start:start + group]), return_inverse=True)[1]
+        same += list(np.bincount(ids)[ids] / group)
+    return float(np.mean(same))
+
+
+def false_positive_rates(model: Alignment, images, captions,
+                         destroyed: dict[str, np.ndarray]) -> dict:
+    """The alignment model on destroyed copies (`corruptions`) of real `images`, each against the
+    caption of the image it was made from. No scene is left in them: retrieval above
+    `alignment_retrieval_chance`, or a score above real images' with mismatched captions
+    (`alignment_score_mismatched`), credits garbage. `alignment_false_positive` is the worst
+    corruption's retrieval accuracy."""
+    captions = list(captions)
+    group = min(RETRIEVAL_GROUP, len(captions))
+    retrieval, score = {}, {}
+    for name, x in destroyed.items():
+        retrieval[name] = retrieval_accuracy(model, x, captions, group)
+        score[name] = alignment_score(model, x, captions)
+    return {"alignment_false_positive": max(retrieval.values()),
+            "alignment_retrieval_chance": retrieval_chance(captions, group),
+            "alignment_false_positive_per_corruption": retrieval,
+            "alignment_score_per_corruption": score,
+            "alignment_score_mismatched": alignment_score(model, images,
+                                                          captions[-1:] + captions[:-1])}
+
+
 def alignment_dir(data_dir: str, builder_config: str = "r32") -> str:
     return _data.cache_dir(data_dir, "alignment", builder_config)
 

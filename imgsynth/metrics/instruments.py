@@ -1,10 +1,12 @@
 """What evaluating a run needs, loaded together: the run's decoder, the dataset's metric models
 (alignment model always; judge for datasets with scenes; label classifier for labelled data;
-Inception and CLIP when their weights are given), real images, the ceilings each instrument sets,
-and, for every metric the dataset cannot support, the reason."""
+Inception and CLIP when their weights are given), real images, the ceilings each instrument sets
+(and the false positives it gives images that carry no scene), and, for every metric the
+dataset cannot support, the reason."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 
 import jax
@@ -12,7 +14,8 @@ import numpy as np
 
 from imgsynth import io
 from imgsynth.data import images as images_lib
-from imgsynth.metrics import _data, alignment as alignment_lib, clip_score, frechet, inception
+from imgsynth.metrics import _data, alignment as alignment_lib, clip_score, corruptions, frechet
+from imgsynth.metrics import inception
 from imgsynth.metrics import judge as judge_lib, labels as labels_lib, prompt_following
 from imgsynth.metrics.clip_tokenizer import ClipTokenizer
 from imgsynth.models import autoencoder_files
@@ -60,15 +63,31 @@ class Instruments:
     def real(self, n: int) -> _data.Split:
         return evaluation_records(self.dataset, n)
 
-    def autoencoder_ceilings(self, n: int) -> dict:
-        """The metrics on autoencoder reconstructions of real test images (with the judge's
-        per-attribute accuracy where the data stores scenes): the best a generator in this latent
-        space can score. Computed once per (autoencoder, dataset) and cached."""
-        path = os.path.join(self.autoencoder_dir, f"ceilings-v2-{self.dataset.key}-{n}.json")
+    def _identity(self) -> str:
+        """A short hash of what the metric models were measured to be: a cached ceiling computed
+        with other instruments (a retrained judge) is never read back."""
+        infos = [m.info if m is not None else None for m in (self.alignment, self.judge,
+                                                               self.labels)]
+        return hashlib.sha256(io.json_text(infos).encode()).hexdigest()[:10]
+
+    def costly_ceilings(self, n: int) -> dict:
+        """`autoencoder_ceilings` and `false_positive_ceilings` of the first `n` evaluation
+        records, computed once per (autoencoder, dataset, instruments) and cached beside the
+        autoencoder."""
+        path = os.path.join(self.autoencoder_dir,
+                            f"ceilings-v3-{self.dataset.key}-{n}-{self._identity()}.json")
         cached = io.read_json(path)
-        if cached is not None and "autoencoder_alignment_score" in cached:
+        if cached is not None:
             return cached
         real = self.real(n)
+        out = {**self.autoencoder_ceilings(real), **self.false_positive_ceilings(real)}
+        io.write_json(path, out)
+        return out
+
+    def autoencoder_ceilings(self, real: _data.Split) -> dict:
+        """The metrics on autoencoder reconstructions of real test images (with the judge's
+        per-attribute accuracy where the data stores scenes): the best a generator in this latent
+        space can score."""
         roundtrip = jax.jit(lambda x: self.decode(self.autoencoder.encode_latents(x)))
         recon = np.concatenate([
             images_lib.to_uint8(roundtrip(images_lib.to_float(real.images[i:i + 256])))
@@ -79,7 +98,20 @@ class Instruments:
             out |= prompt_following.reconstruction_ceilings(self.judge, real, recon)
         if self.labels is not None:
             out["autoencoder_label_following"] = self.labels.following(recon, real.labels)
-        io.write_json(path, out)
+        return out
+
+    def false_positive_ceilings(self, real: _data.Split, seed: int = 0) -> dict:
+        """What the judge and the alignment model credit in images that carry no scene: the
+        real images destroyed (`corruptions.destroyed`) and as many images this autoencoder
+        decodes from random latents or tokens, each read against the real image's caption."""
+        destroyed = corruptions.destroyed(real.images, seed)
+        destroyed["autoencoder_random_decodes"] = corruptions.random_decodes(
+            self.autoencoder, len(real.images), self.dataset.resolution, seed)
+        out = alignment_lib.false_positive_rates(self.alignment, real.images, real.captions,
+                                                 destroyed)
+        if self.judge is not None:
+            rates = prompt_following.false_positive_rates(self.judge, real, destroyed)
+            out |= {f"judge_{k}": v for k, v in rates.items()}
         return out
 
     def real_floors(self, real_images: np.ndarray, seed: int = 0) -> dict:
@@ -92,7 +124,7 @@ class Instruments:
 
     def ceilings(self, real_images: np.ndarray) -> dict:
         n = len(real_images)
-        out = {**self.autoencoder_ceilings(n), **self.real_floors(real_images),
+        out = {**self.costly_ceilings(n), **self.real_floors(real_images),
                "alignment_retrieval_accuracy": self.alignment.retrieval_accuracy,
                "autoencoder_psnr": self.autoencoder_info["validation"].get("psnr")}
         if self.judge is not None:

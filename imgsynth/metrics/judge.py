@@ -1,7 +1,11 @@
 """The judge: a small CNN that reads a shapes image back into its `Scene`.
 
 The dataset puts at most one object in each cell of a GRID×GRID grid, so the judge has one slot
-per cell and predicts, for each, empty-or-shape, colour and size. Count, positions and attributes
+per cell and predicts, for each, empty, a shape or unreadable, colour and size. A judge that must
+name a shape in every blob credits garbage with prompts nobody drew; so the cells' unreadable
+probabilities combine (`log_readable`: cells independent, the image is readable when none is
+unreadable) into an image verdict, learnt from real images destroyed beyond reading
+(`corruptions.training_negatives`), and an image judged unreadable reads as no scene at all. Count, positions and attributes
 then decode exactly (`decode`), and `scene.satisfies` turns a read-back scene into the
 prompt-following verdict. Convolutional features are average-pooled over each cell's exact area
 (cells need not align with pixels: 32 px / 3) and max-pooled over the feature pixels whose centre
@@ -9,26 +13,32 @@ lies in the cell; one small head shared by all cells reads each pooled vector, s
 image teaches the head nine times.
 
 The judge is trained once per dataset version by `python -m imgsynth.metrics.train_judge` and
-cached at `<data_dir>/judges/<builder_config>-<version>/` (`weights.npz`, `judge.json` with the
-measured ceiling). `features` (the per-cell hidden vectors, concatenated) feed `frechet.fd`.
+cached at `<data_dir>/judges/<builder_config>-<version>-<fingerprint>-v<FORMAT>/` (`weights.npz`,
+`judge.json` with the measured ceiling and false-positive rates). `features` (the per-cell hidden vectors, concatenated) feed `frechet.fd`.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from imgsynth import io
 from imgsynth.data.images import to_float
 from imgsynth.data.scene import COLOR_NAMES, GRID, SHAPES, SIZES, Scene, SceneObject
 from imgsynth.metrics import _data, _weights
 from imgsynth.models.layers import space_to_depth
 
 CELLS = GRID * GRID
-NUM_CLASSES = 1 + len(SHAPES)  # class 0 = empty cell
+UNREADABLE = 1 + len(SHAPES)  # cell classes: 0 empty, 1 + shape id, then unreadable
+NUM_CLASSES = UNREADABLE + 1
 INFO_FILE = "judge.json"
+# What a cached judge means; part of its cache key, so a judge trained to other rules is never
+# loaded in its place. 2: the unreadable class.
+FORMAT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +80,7 @@ class JudgeNet(nnx.Module):
         self.cell_out = nnx.Linear(cfg.hidden, NUM_CLASSES + len(COLOR_NAMES) + len(SIZES), rngs=rngs)
 
     def __call__(self, images_BHWC):
-        """uint8 or [0, 255] float images → (logits [B, CELLS, 15], features [B, CELLS * hidden])."""
+        """uint8 or [0, 255] float images → (logits [B, CELLS, 16], features [B, CELLS * hidden])."""
         x = space_to_depth(to_float(images_BHWC), self.cfg.stem)
         for conv in self.convs:
             x = jax.nn.relu(conv(x))
@@ -122,11 +132,21 @@ def decode(cls: np.ndarray, color: np.ndarray, size: np.ndarray) -> list[Scene]:
     return scenes
 
 
+def log_readable(cls_logits_BNK):
+    """[B] log P(no cell is unreadable) = Σ_cells log(1 − p_cell(unreadable)).
+
+    Destroyed images are labelled only as a whole: in a blurred or shuffled image some cells
+    look exactly like a real empty cell, so the verdict needs one unreadable cell, not nine."""
+    return (jax.nn.logsumexp(cls_logits_BNK[..., :UNREADABLE], -1)
+            - jax.nn.logsumexp(cls_logits_BNK, -1)).sum(-1)
+
+
 @nnx.jit
 def _forward(model: JudgeNet, images):
     logits, feats = model(images)
     cls, color, size = split_logits(logits)
-    return jnp.argmax(cls, -1), jnp.argmax(color, -1), jnp.argmax(size, -1), feats
+    return (jnp.argmax(cls[..., :UNREADABLE], -1), jnp.argmax(color, -1), jnp.argmax(size, -1),
+            feats, log_readable(cls) < jnp.log(0.5))
 
 
 class Judge:
@@ -163,10 +183,18 @@ class Judge:
             outs.append([np.asarray(o)[: self.batch_size - pad] for o in out])
         return [np.concatenate(parts) for parts in zip(*outs)]
 
+    def read(self, images) -> tuple[list[Scene], np.ndarray]:
+        """uint8 [N, H, W, 3] images → (the scene the judge sees in each, [N] bool: unreadable).
+
+        An image more likely than not to hold an unreadable cell reads as the empty scene, which
+        satisfies no prompt: a garbled cell could hide or fake the object a count or a relation
+        depends on. Readable images read as the most likely readable class of each cell."""
+        cls, color, size, _, unreadable = self._run(images)
+        return decode(np.where(unreadable[:, None], 0, cls), color, size), unreadable
+
     def read_scenes(self, images) -> list[Scene]:
-        """uint8 [N, H, W, 3] images → the scene the judge sees in each."""
-        cls, color, size, _ = self._run(images)
-        return decode(cls, color, size)
+        """uint8 [N, H, W, 3] images → the scene the judge sees in each (`read`)."""
+        return self.read(images)[0]
 
     def features(self, images) -> np.ndarray:
         """[N, CELLS * hidden] penultimate activations (float64): evaluation's `fd_judge` is
@@ -174,15 +202,21 @@ class Judge:
         return self._run(images)[3].astype(np.float64)
 
     def save(self, directory: str) -> None:
-        """weights.npz + judge.json, written to a temporary directory and renamed into place."""
-        _weights.save_model(directory, self.model, INFO_FILE, self.info)
+        """weights.npz + judge.json (with the `FORMAT` it was trained to), written to a temporary
+        directory and renamed into place."""
+        _weights.save_model(directory, self.model, INFO_FILE, {**self.info, "format": FORMAT})
 
 
 def judge_dir(data_dir: str, builder_config: str = "r32") -> str:
-    return _data.cache_dir(data_dir, "judges", builder_config)
+    return _data.cache_dir(data_dir, "judges", builder_config, revision=f"v{FORMAT}")
 
 
 def load_judge_from(directory: str) -> Judge:
+    info = io.read_json(os.path.join(directory, INFO_FILE), {})
+    if info and info.get("format") != FORMAT:
+        raise ValueError(f"the judge at {directory} was trained to format {info.get('format', 1)}, "
+                         f"this version reads format {FORMAT} (with an unreadable class); retrain "
+                         "it with `python -m imgsynth.metrics.train_judge --force`")
     return Judge(*_weights.load_model(directory, INFO_FILE, JudgeConfig, JudgeNet, what="judge"))
 
 
@@ -190,7 +224,7 @@ def load_judge(data_dir: str, builder_config: str = "r32") -> Judge:
     """The cached judge of a shapes dataset; says how to train it when there is none."""
     return load_judge_from(_data.trained_dir(data_dir, "judges", builder_config,
                                              info_file=INFO_FILE, what="judge",
-                                             trainer="train_judge"))
+                                             trainer="train_judge", revision=f"v{FORMAT}"))
 
 
 def scene_accuracy(scenes: list[Scene], truth: list[Scene]) -> float:

@@ -1,7 +1,8 @@
 """Prompt-following accuracy: the share of generated images whose read-back scene satisfies the
-prompt, overall and per GenEval category, and the fixed set of prompts it is measured on; and,
-for images that reconstruct known scenes (autoencoder round trips), which attribute the judge
-reads wrongly (`attribute_accuracy`, `reconstruction_ceilings`).
+prompt, overall and per GenEval category, and the fixed set of prompts it is measured on; for
+images that reconstruct known scenes (autoencoder round trips), which attribute the judge reads
+wrongly (`attribute_accuracy`, `reconstruction_ceilings`); and for images that carry no scene,
+how often the judge still credits the prompt (`false_positive_rates`).
 
 A prompt is scored by `scene.satisfies` on the scene the judge reads from the image, so this
 module is exact given the scenes; how far the judge itself is from exact is its ceiling
@@ -149,3 +150,20 @@ def reconstruction_ceilings(judge, real: _data.Split, recon: np.ndarray) -> dict
             "autoencoder_prompt_following_per_category": pf["per_category"],
             "autoencoder_fd_judge": frechet.fd(judge.features(recon), judge.features(real.images)),
             "autoencoder_attributes": attribute_accuracy(read, real.scenes)}
+
+
+def false_positive_rates(judge, real: _data.Split, destroyed: dict[str, np.ndarray]) -> dict:
+    """The judge on destroyed copies of the images of `real` (`corruptions`), each read against
+    the caption of the image it was made from. No scene is left in them, so every satisfied
+    prompt is a false positive; `false_positive` is the worst corruption's rate, the
+    share a generator that draws such garbage would be credited with."""
+    per, unreadable = {}, {}
+    for name, images in destroyed.items():
+        if images.shape[0] != len(real.captions):
+            raise ValueError(f"{name}: {images.shape[0]} destroyed images for "
+                             f"{len(real.captions)} captions")
+        scenes, flags = judge.read(images)
+        per[name] = prompt_following(scenes, real.captions, real.categories)["accuracy"]
+        unreadable[name] = float(flags.mean())
+    return {"false_positive": max(per.values()), "false_positive_per_corruption": per,
+            "unreadable_per_corruption": unreadable}

@@ -364,7 +364,10 @@ def _ceilings_html(rows) -> str:
     return _table(["autoencoder", "runs", "judge prompt following (real images)",
                    "prompt following of AE reconstructions", "alignment retrieval accuracy",
                    "FD of AE reconstructions", "fd_align real vs real", "KID real vs real",
-                   "label classifier accuracy (real images)"], out)
+                   "label classifier accuracy (real images)",
+                   "judge prompt following on destroyed images (worst)",
+                   "alignment retrieval on destroyed images (worst)",
+                   "alignment retrieval by chance"], out)
 
 
 def _ceilings_sentence(rows) -> str:
@@ -386,7 +389,9 @@ def _ceilings_sentence(rows) -> str:
          med("judge_prompt_following")),
         ("autoencoder reconstructions: " + ", ".join(recon), 0 if recon else None),
         ("the alignment model retrieves an image's caption among 100 at {} (chance about 0.01)",
-         med("alignment_retrieval_accuracy"))) if v is not None]
+         med("alignment_retrieval_accuracy")),
+        ("the judge credits destroyed images (no scene) with at most {}",
+         med("judge_false_positive"))) if v is not None]
     return ("<p><b>Instrument ceilings</b>: " + "; ".join(parts) + ". No run can score above "
             "its latent space's ceiling.</p>") if parts else ""
 
@@ -517,9 +522,10 @@ def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) ->
             "alignment-score points. Table: each ablation run against the main run of the same "
             "paradigm, size and budget.") + _ablation_html(rows)),
         ("replicates", "Seed replicates", _replicates_html(rows, primary)),
-        ("ceilings", "Instrument ceilings", "<p class='note'>What the instruments can resolve: "
-         "the judge's accuracy on real images bounds prompt following; the autoencoder's "
-         "reconstructions bound both prompt following and FD.</p>" + _ceilings_html(rows)),
+        ("ceilings", "Instrument ceilings", "<p class='note'>The judge on real images and the "
+         "autoencoder's reconstructions bound prompt following (and FD); what the instruments "
+         "credit in destroyed images (blank, noise, blur, shuffled patches, blobs, decodes of "
+         "random latents) is the floor garbage reaches.</p>" + _ceilings_html(rows)),
         ("runs", "Runs", _runs_html(results, f)),
         ("method", "Method", METHOD),
     ]

@@ -29,9 +29,11 @@ EVAL_METRICS = tuple(f"prompt_following/{c}" for c in PROMPT_CATEGORIES) + (
     "fd_judge", "kid/mean", "kid/std", "alignment_score", "eval_loss",
     # Any captioned dataset (imgsynth.evaluate; eval.json `unavailable` says which a run lacks):
     "fd_align", "label_following", "inception_fid", "clip_score")
-# Added with `unavailable`: an eval.json from before it lacks them without being incomplete.
+# Added with `unavailable` or later: an eval.json from before it lacks them without being
+# incomplete.
 NEWER_METRICS = ("fd_align", "label_following", "inception_fid", "clip_score",
-                 "fd_align_real_floor", "kid_real_floor", "label_classifier_accuracy")
+                 "fd_align_real_floor", "kid_real_floor", "label_classifier_accuracy",
+                 "judge_false_positive", "alignment_false_positive", "alignment_retrieval_chance")
 # Metrics eval.json gives a 95% interval (imgsynth.metrics.intervals); not the eval loss (from
 # training, on fixed examples) nor KID's spread over subsets.
 INTERVAL_METRICS = tuple(m for m in EVAL_METRICS if m not in ("kid/std", "eval_loss"))
@@ -39,7 +41,8 @@ INTERVAL_SUFFIXES = ("_lo", "_hi")
 WEIGHTS = ("raw", "ema")
 CEILINGS = ("judge_prompt_following", "autoencoder_prompt_following",
             "alignment_retrieval_accuracy", "autoencoder_fd_judge",
-            "fd_align_real_floor", "kid_real_floor", "label_classifier_accuracy")
+            "fd_align_real_floor", "kid_real_floor", "label_classifier_accuracy",
+            "judge_false_positive", "alignment_false_positive", "alignment_retrieval_chance")
 INFERENCE = ("flops_per_image", "images_per_s", "latency_s", "batch_size")
 SETTINGS = ("num_samples", "guidance", "sampler_steps", "seed", "checkpoint_step")
 RUN_COLUMNS = ("run", "paradigm", "size", "seed", "grid", "ablation", "status", "reason", "budget",
