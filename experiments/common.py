@@ -61,7 +61,7 @@ def generator(paradigm: str, args: ml_collections.ConfigDict) -> ml_collections.
     c.autoencoder = ml_collections.ConfigDict(dict(
         workdir="",          # a trained autoencoder; "" trains one into cache_dir when missing
         kind="kl", downsample=4, latent_channels=4, lfq_bits=10,
-        fsq_levels=(8, 5, 5, 5),   # kind="fsq": levels per code channel
+        fsq_levels=(8, 8, 8, 5, 5, 5),   # kind="fsq": levels per code channel
         factors=1,           # token paradigms: factors a token splits into (embeddings, heads)
         train_steps=0))      # > 0 overrides experiments/autoencoder.py's training length
     c.instruments = ml_collections.ConfigDict(dict(judge_steps=0, alignment_steps=0,
@@ -95,8 +95,9 @@ def generator(paradigm: str, args: ml_collections.ConfigDict) -> ml_collections.
 
 
 # The discrete tokenizer of both token paradigms: the kind that comes closest to the KL
-# autoencoder's ceilings as the judge reads them (docs/autoencoders.md, the lever table).
-TOKENIZER = dict(kind="lfq", lfq_bits=10, factors=1)
+# autoencoder's ceilings as the judge reads them (docs/autoencoders.md, the lever table): FSQ,
+# 64,000 codes, predicted as two factors of 512 and 125 codes.
+TOKENIZER = dict(kind="fsq", fsq_levels=(8, 8, 8, 5, 5, 5), factors=2)
 
 
 def tokens(c: ml_collections.ConfigDict) -> None:

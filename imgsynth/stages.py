@@ -122,10 +122,16 @@ def _judge_dir(data: _data.Dataset) -> str:
 
 
 def judge(config) -> str:
-    """The dataset's judge (shapes only), trained once and cached next to the dataset."""
-    return _instrument(config, "judge", _judge_dir, judge_lib.INFO_FILE,
-                       lambda d, **kw: train_judge.train_judge(d.spec.data_dir,
-                                                               d.spec.shapes_config, **kw),
+    """The dataset's judge (shapes only), trained once and cached next to the dataset; unless
+    `instruments.judge_steps` asks for a training, the shipped one where it serves the data."""
+    def train(d, **kw):
+        shipped = (None if config.instruments.get("judge_steps", 0)
+                   else judge_lib.shipped_judge(d.spec.shapes_config))
+        if shipped is None:
+            return train_judge.train_judge(d.spec.data_dir, d.spec.shapes_config, **kw)
+        kw["log"](f"judge: the shipped one ({shipped}) → {_judge_dir(d)}")
+        judge_lib.install_shipped(shipped, _judge_dir(d))
+    return _instrument(config, "judge", _judge_dir, judge_lib.INFO_FILE, train,
                        train_judge.TrainSettings)
 
 

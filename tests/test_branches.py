@@ -12,7 +12,7 @@ from imgsynth import config as config_lib, optim, registry, train
 from launch import grid as grid_lib
 
 TINY = {"data.name": "synthetic", "data.synthetic_examples": 64, "global_batch_size": 8,
-        "autoencoder.lfq_bits": 6, "eval_examples": 16, "log_every_steps": 1,
+        "autoencoder.fsq_levels": (4, 4, 4, 4), "eval_examples": 16, "log_every_steps": 1,
         "eval_every_steps": 1000, "checkpoint_every_steps": 1000, "peak_flops_per_s": 1e11,
         "optimizer.warmup_steps": 2}
 

@@ -80,7 +80,7 @@ def test_shipped_grids():
             assert label in r.config.grid.ablation and f"-{label}=" in r.name
             assert (r.paradigm, r.size, r.budget) in main     # compared with a main-grid run
     weak = grid_lib.load("ablation_autoencoder").runs[0].config.autoencoder
-    assert weak.latent_channels < 4 and weak.lfq_bits < 10
+    assert weak.latent_channels < 4 and math.prod(weak.fsq_levels) < 64_000
     table = grid_lib.plan_table(quick.runs)
     assert "flow-T-3e+11" in table and "12 runs" in table
 

@@ -3,6 +3,7 @@ reads; prompt following on ground truth is exact; an unreadable cell makes the i
 scene; destroyed images train as unreadable; a judge trained to older rules is never loaded."""
 import json
 import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -200,3 +201,20 @@ def test_a_briefly_trained_judge_rejects_blank_and_noise(tmp_path):
         if name == "noise":
             assert unreadable.mean() >= 0.9
         assert PF.prompt_following(scenes, seen.captions, seen.categories)["accuracy"] <= 0.02
+
+
+def test_the_shipped_judge_reads_every_32px_shapes_dataset(data_dir, test_split, tmp_path):
+    """The judge trained on r32 ships with the package; a generator config that asks for no judge
+    training gets it copied into its dataset's cache, and it reads r32_tiny's test images."""
+    from imgsynth import config as config_lib, stages
+    assert J.shipped_judge("r32_tiny") and J.shipped_judge("r64_small") is None
+    own = str(tmp_path / "data")      # a copy: the module's data_dir keeps no judge
+    rel = os.path.relpath(_data.dataset_path(data_dir, "r32_tiny"), data_dir)
+    shutil.copytree(os.path.join(data_dir, rel), os.path.join(own, rel))
+    c = config_lib.default_config("flow", "runlocal")
+    c.data.data_dir, c.data.builder_config = own, "r32_tiny"
+    path = stages.judge(c)
+    assert path == J.judge_dir(own, "r32_tiny")
+    info = json.load(open(os.path.join(path, J.INFO_FILE)))
+    assert info["builder_config"] == "r32" and info["shipped"].startswith("trained on r32")
+    assert TJ.evaluate(J.load_judge_from(path), test_split)["ceiling"] >= 0.95

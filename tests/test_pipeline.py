@@ -23,7 +23,7 @@ def tiny(paradigm, cache, steps=12):
     c = config_lib.default_config(paradigm, f"runlocal,steps={steps},global_batch_size=16")
     c.cache_dir = cache
     c.data.builder_config = "r32_tiny"
-    c.autoencoder.lfq_bits = 6
+    c.autoencoder.fsq_levels = (4, 4, 4, 4)   # 256 codes, two factors of 16
     c.autoencoder.train_steps = 20
     c.instruments.judge_steps = c.instruments.alignment_steps = 20
     c.eval_examples, c.eval_every_steps, c.checkpoint_every_steps = 32, 6, 6
@@ -91,7 +91,7 @@ def test_token_paradigms_end_to_end(cache, tmp_path, paradigm):
 def test_precompute_reads_back_as_direct_encoding(cache):
     c = tiny("maskgit", cache)
     path = stages.encoded(c)
-    model, info = autoencoder_files.load(stages.autoencoder_dir(c), kind="lfq")
+    model, info = autoencoder_files.load(stages.autoencoder_dir(c), kind="fsq")
     source = encode.load_encoded(path, "validation", autoencoder_hash=info["hash"])
     data = stages.data_config(c)
     raw = pipeline.load_split(data, "validation")
@@ -103,7 +103,7 @@ def test_precompute_reads_back_as_direct_encoding(cache):
         np.testing.assert_array_equal(source[i]["text_ids"], direct["text_ids"])
     with pytest.raises(ValueError, match="encoded by autoencoder"):
         encode.load_encoded(path, "train", autoencoder_hash="0" * 16)
-    with pytest.raises(ValueError, match="holds a 'lfq' autoencoder"):
+    with pytest.raises(ValueError, match="holds a 'fsq' autoencoder"):
         autoencoder_files.load(stages.autoencoder_dir(c), kind="kl")
 
 

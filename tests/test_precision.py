@@ -14,7 +14,7 @@ from test_attention import fake_device
 
 def tiny(paradigm, dtype):
     c = config_lib.default_config(paradigm, "size=T")
-    c.autoencoder.lfq_bits = 6
+    c.autoencoder.fsq_levels = (4, 4, 4, 4)
     c.model.dtype = dtype
     return c
 

@@ -2,8 +2,8 @@
 
     python -m launch --grid=experiments/grids/ablation_autoencoder.py --workdir=./cpu_study
 
-The KL autoencoder keeps 2 latent channels instead of 4 and the LFQ autoencoder 6 bits (64
-codes) instead of 10, at the same downsampling, so every paradigm sees as many image tokens as in
+The KL autoencoder keeps 2 latent channels instead of 4 and the FSQ tokenizer levels [4, 4, 4, 4]
+(256 codes) instead of [8, 8, 8, 5, 5, 5] (64,000), at the same downsampling, so every paradigm sees as many image tokens as in
 the main grid. Its own autoencoders are trained and its data encoded once (a separate stage key).
 Run in the workdir of `cpu_study`; the report compares with the main runs and groups the
 instrument ceilings by autoencoder.
@@ -12,7 +12,7 @@ from experiments.grids import cpu_study
 
 SIZES = ("T", "XS")
 BUDGETS = (1e12, 5e12)
-WEAK_AUTOENCODER = {"autoencoder.latent_channels": 2, "autoencoder.lfq_bits": 6}
+WEAK_AUTOENCODER = {"autoencoder.latent_channels": 2, "autoencoder.fsq_levels": (4, 4, 4, 4)}
 
 
 def sweep(add):

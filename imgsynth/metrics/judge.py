@@ -14,12 +14,15 @@ image teaches the head nine times.
 
 The judge is trained once per dataset version by `python -m imgsynth.metrics.train_judge` and
 cached at `<data_dir>/judges/<builder_config>-<version>-<fingerprint>-v<FORMAT>/` (`weights.npz`,
-`judge.json` with the measured ceiling and false-positive rates). `features` (the per-cell hidden vectors, concatenated) feed `frechet.fd`.
+`judge.json` with the measured ceiling and false-positive rates); the one trained on r32 with the
+default settings ships in `shipped/` and serves every 32 px shapes dataset (`shipped_judge`).
+`features` (the per-cell hidden vectors, concatenated) feed `frechet.fd`.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from imgsynth import io
+from imgsynth.data import shapes
 from imgsynth.data.images import to_float
 from imgsynth.data.scene import COLOR_NAMES, GRID, SHAPES, SIZES, Scene, SceneObject
 from imgsynth.metrics import _data, _weights
@@ -36,6 +40,8 @@ CELLS = GRID * GRID
 UNREADABLE = 1 + len(SHAPES)  # cell classes: 0 empty, 1 + shape id, then unreadable
 NUM_CLASSES = UNREADABLE + 1
 INFO_FILE = "judge.json"
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shipped",
+                           "judge-shapes-32px")
 # What a cached judge means; part of its cache key, so a judge trained to other rules is never
 # loaded in its place. 2: the unreadable class.
 FORMAT = 2
@@ -209,6 +215,28 @@ class Judge:
 
 def judge_dir(data_dir: str, builder_config: str = "r32") -> str:
     return _data.cache_dir(data_dir, "judges", builder_config, revision=f"v{FORMAT}")
+
+
+def shipped_judge(builder_config: str) -> str | None:
+    """The judge that ships with the package for the embedded shapes data at this resolution, if
+    any. Every builder config of one resolution draws its scenes from the same generator and
+    differs only in split sizes, so the judge trained once on all of r32 (the default settings,
+    16 CPU-minutes) reads r32_small and r32_tiny as well: a quickstart need not train one."""
+    info = io.read_json(os.path.join(SHIPPED_DIR, INFO_FILE), {})
+    fits = (info.get("format") == FORMAT and info.get("version") == shapes.VERSION
+            and info.get("config", {}).get("resolution") == _data.resolution_of(builder_config))
+    return SHIPPED_DIR if fits else None
+
+
+def install_shipped(shipped: str, directory: str) -> None:
+    """Copies a shipped judge into a dataset's cache `directory` (atomically), its judge.json
+    saying where it came from."""
+    info = io.read_json(os.path.join(shipped, INFO_FILE), {})
+    with io.staged_dir(directory) as tmp:
+        shutil.copy(os.path.join(shipped, "weights.npz"), tmp)
+        io.write_json(os.path.join(tmp, INFO_FILE),
+                      {**info, "shipped": f"trained on {info['builder_config']}, shipped with "
+                                          "the package"})
 
 
 def load_judge_from(directory: str) -> Judge:
