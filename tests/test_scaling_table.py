@@ -68,6 +68,7 @@ def test_extra_eval_keys_become_columns_and_bad_lines_warn(tmp_path):
         ev = json.load(f)
     ev["weights"]["raw"]["precision"] = 0.7
     ev["settings"]["sampler"] = {"method": "heun", "steps": 8}
+    ev["settings"]["eval_split"] = "test"
     del ev["weights"]["raw"]["alignment_score"]
     with open(os.path.join(run, "eval.json"), "w") as f:
         json.dump(ev, f)
@@ -77,6 +78,7 @@ def test_extra_eval_keys_become_columns_and_bad_lines_warn(tmp_path):
     assert results.rows[0]["raw/precision"] == 0.7 and "raw/precision" in results.columns
     assert results.rows[0]["settings/sampler/method"] == "heun"   # a setting, not a metric
     assert results.rows[0]["settings/sampler/steps"] == 8
+    assert results.rows[0]["settings/eval_split"] == "test"
     assert not any("not a number" in w for w in results.warnings)
     assert math.isnan(results.rows[0]["raw/alignment_score"])
     assert any("raw/alignment_score" in w for w in results.warnings)

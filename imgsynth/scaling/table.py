@@ -60,7 +60,9 @@ CURVE_COLUMNS = ("run", "paradigm", "size", "budget", "ablation", "params_non_em
                  "examples_seen", "train_flops", "eval/loss", "eval/loss_ema")
 STRING_COLUMNS = frozenset(
     {"run", "paradigm", "size", "grid", "ablation", "status", "reason", "samples_png",
-     "settings/sampler/method", "dataset", "unavailable"})   # flow's ODE solver (euler | heun); the token samplers have none
+     "settings/sampler/method",   # flow's ODE solver (euler | heun); the token samplers have none
+     "settings/eval_split",       # the split the prompts and reference images come from
+     "dataset", "unavailable"})
 STATUSES = ("pending", "running", "done", "failed")
 
 log = logging.getLogger(__name__)
