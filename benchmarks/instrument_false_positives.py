@@ -19,11 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from imgsynth.data import images as images_lib  # noqa: E402
-from imgsynth.metrics import _data, alignment, corruptions, judge  # noqa: E402
+from imgsynth.metrics import _data, alignment, corruptions, instruments, judge  # noqa: E402
 from imgsynth.metrics import prompt_following  # noqa: E402
 from imgsynth.models import autoencoder_files  # noqa: E402
 
@@ -48,10 +44,7 @@ def main() -> None:
         model, _ = autoencoder_files.load(os.path.expanduser(args.autoencoder_dir))
         destroyed["autoencoder_random_decodes"] = corruptions.random_decodes(
             model, len(real.images), real.images.shape[1], args.seed)
-        roundtrip = jax.jit(lambda x: model.decode_latents(model.encode_latents(x)))
-        readable["autoencoder_reconstructions"] = np.concatenate([
-            images_lib.to_uint8(roundtrip(images_lib.to_float(real.images[i:i + 250])))
-            for i in range(0, len(real.images), 250)])
+        readable["autoencoder_reconstructions"] = instruments.reconstructions(model, real.images)
     out = {}
     for name, images in readable.items():   # what must stay readable
         scenes, unreadable = j.read(images)

@@ -130,7 +130,7 @@ def judge(config) -> str:
         if shipped is None:
             return train_judge.train_judge(d.spec.data_dir, d.spec.shapes_config, **kw)
         kw["log"](f"judge: the shipped one ({shipped}) → {_judge_dir(d)}")
-        judge_lib.install_shipped(shipped, _judge_dir(d))
+        judge_lib.install_shipped(_judge_dir(d))
     return _instrument(config, "judge", _judge_dir, judge_lib.INFO_FILE, train,
                        train_judge.TrainSettings)
 

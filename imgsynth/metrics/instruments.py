@@ -57,9 +57,6 @@ class Instruments:
     clip: tuple[clip_score.CLIP, ClipTokenizer] | None = None
     unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
 
-    def decode(self, latents):
-        return self.autoencoder.decode_latents(latents)
-
     def real(self, n: int) -> _data.Split:
         return evaluation_records(self.dataset, n)
 
@@ -88,10 +85,7 @@ class Instruments:
         """The metrics on autoencoder reconstructions of real test images (with the judge's
         per-attribute accuracy where the data stores scenes): the best a generator in this latent
         space can score."""
-        roundtrip = jax.jit(lambda x: self.decode(self.autoencoder.encode_latents(x)))
-        recon = np.concatenate([
-            images_lib.to_uint8(roundtrip(images_lib.to_float(real.images[i:i + 256])))
-            for i in range(0, len(real.images), 256)])
+        recon = reconstructions(self.autoencoder, real.images)
         out = {"autoencoder_alignment_score": alignment_lib.alignment_score(
             self.alignment, recon, real.captions)}
         if self.judge is not None:
@@ -185,3 +179,11 @@ def load(autoencoder_dir: str, kind: str, dataset: _data.Dataset,
     else:
         out.unavailable["label_following"] = NO_LABELS
     return out
+
+
+def reconstructions(autoencoder, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """uint8 images → uint8 round trips through `autoencoder` (encode, decode), in batches."""
+    roundtrip = jax.jit(lambda x: autoencoder.decode_latents(autoencoder.encode_latents(x)))
+    return np.concatenate([
+        images_lib.to_uint8(roundtrip(images_lib.to_float(images[i:i + batch_size])))
+        for i in range(0, len(images), batch_size)])

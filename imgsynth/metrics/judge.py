@@ -5,8 +5,8 @@ per cell and predicts, for each, empty, a shape or unreadable, colour and size. 
 name a shape in every blob credits garbage with prompts nobody drew; so the cells' unreadable
 probabilities combine (`log_readable`: cells independent, the image is readable when none is
 unreadable) into an image verdict, learnt from real images destroyed beyond reading
-(`corruptions.training_negatives`), and an image judged unreadable reads as no scene at all. Count, positions and attributes
-then decode exactly (`decode`), and `scene.satisfies` turns a read-back scene into the
+(`corruptions.training_negatives`), and an image judged unreadable reads as no scene at all.
+Count, positions and attributes then decode exactly (`decode`), and `scene.satisfies` turns a read-back scene into the
 prompt-following verdict. Convolutional features are average-pooled over each cell's exact area
 (cells need not align with pixels: 32 px / 3) and max-pooled over the feature pixels whose centre
 lies in the cell; one small head shared by all cells reads each pooled vector, so every training
@@ -228,12 +228,12 @@ def shipped_judge(builder_config: str) -> str | None:
     return SHIPPED_DIR if fits else None
 
 
-def install_shipped(shipped: str, directory: str) -> None:
-    """Copies a shipped judge into a dataset's cache `directory` (atomically), its judge.json
+def install_shipped(directory: str) -> None:
+    """Copies the shipped judge into a dataset's cache `directory` (atomically), its judge.json
     saying where it came from."""
-    info = io.read_json(os.path.join(shipped, INFO_FILE), {})
+    info = io.read_json(os.path.join(SHIPPED_DIR, INFO_FILE), {})
     with io.staged_dir(directory) as tmp:
-        shutil.copy(os.path.join(shipped, "weights.npz"), tmp)
+        shutil.copy(os.path.join(SHIPPED_DIR, "weights.npz"), tmp)
         io.write_json(os.path.join(tmp, INFO_FILE),
                       {**info, "shipped": f"trained on {info['builder_config']}, shipped with "
                                           "the package"})

@@ -364,9 +364,8 @@ def _ceilings_html(rows) -> str:
     return _table(["autoencoder", "runs", "judge prompt following (real images)",
                    "prompt following of AE reconstructions", "alignment retrieval accuracy",
                    "FD of AE reconstructions", "fd_align real vs real", "KID real vs real",
-                   "label classifier accuracy (real images)",
-                   "judge prompt following on destroyed images (worst)",
-                   "alignment retrieval on destroyed images (worst)",
+                   "label classifier accuracy (real images)", "judge prompt following on "
+                   "destroyed images (worst)", "alignment retrieval on destroyed images (worst)",
                    "alignment retrieval by chance"], out)
 
 
