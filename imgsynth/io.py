@@ -97,6 +97,16 @@ def write_dir(directory: str, files: Mapping[str, bytes]) -> None:
                 f.write(data)
 
 
+def install_shipped(source: str, directory: str, info_file: str, info: dict) -> None:
+    """Copies a model shipped with the package (`source`: weights beside `info_file`) into a cache
+    `directory`, atomically, its info file `info` (saying where it came from)."""
+    with staged_dir(directory) as tmp:
+        for name in os.listdir(source):
+            if name != info_file:
+                shutil.copy(os.path.join(source, name), tmp)
+        write_json(os.path.join(tmp, info_file), info)
+
+
 def _jsonable(x):
     if hasattr(x, "tolist"):
         return x.tolist()

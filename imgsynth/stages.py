@@ -43,18 +43,29 @@ def autoencoder_config(config) -> ml_collections.ConfigDict:
     """The autoencoder a generator run needs: experiments/autoencoder.py at the run's geometry.
 
     The generator config is the source of truth for what its FLOPs depend on (kind, downsample,
-    latent channels, LFQ bits); `autoencoder.train_steps` (if > 0) sets the training length.
+    latent channels, LFQ bits, FSQ levels); `autoencoder.train_steps` (if > 0) asks for a training
+    of that length. Otherwise the default settings, where an autoencoder trained with them ships
+    with the package for the run's data (`runlocal` too: it then trains nothing), else `runlocal`'s
+    small one.
     """
     a = config.autoencoder
-    arg = f"kind={a.kind},downsample={a.downsample},resolution={config.data.resolution}"
-    ae = autoencoder_experiment.get_config(arg + (",runlocal" if config.get("runlocal") else ""))
-    ae.autoencoder.latent_channels, ae.autoencoder.lfq_bits = a.latent_channels, a.lfq_bits
-    ae.autoencoder.fsq_levels = tuple(a.get("fsq_levels", ae.autoencoder.fsq_levels))
-    ae.data = data_config(config)
-    ae.cache_dir = config.cache_dir
+
+    def settings(runlocal: bool) -> ml_collections.ConfigDict:
+        arg = f"kind={a.kind},downsample={a.downsample},resolution={config.data.resolution}"
+        ae = autoencoder_experiment.get_config(arg + (",runlocal" if runlocal else ""))
+        ae.autoencoder.latent_channels, ae.autoencoder.lfq_bits = a.latent_channels, a.lfq_bits
+        ae.autoencoder.fsq_levels = tuple(a.get("fsq_levels", ae.autoencoder.fsq_levels))
+        ae.data = data_config(config)
+        ae.cache_dir = config.cache_dir
+        return ae
+
+    runlocal = bool(config.get("runlocal"))
     if a.get("train_steps", 0):
+        ae = settings(runlocal)
         ae.total_steps = a.train_steps
-    return ae
+        return ae
+    default = settings(False)
+    return default if autoencoder_files.shipped(default) or not runlocal else settings(True)
 
 
 def autoencoder_dir(config) -> str:
@@ -88,7 +99,7 @@ def dataset(config) -> str:
 
 
 def autoencoder(config) -> str:
-    """Trains the run's autoencoder if it is not trained yet; returns its workdir."""
+    """The run's autoencoder, trained (or copied from the package) if missing; its workdir."""
     path = autoencoder_dir(config)
     info_file = os.path.join(path, autoencoder_files.INFO_FILE)
     if not os.path.isfile(info_file):
@@ -97,7 +108,14 @@ def autoencoder(config) -> str:
         dataset(config)
         with io.FileLock(path):
             if not os.path.isfile(info_file):
-                train_autoencoder.train(autoencoder_config(config), path)
+                ae = autoencoder_config(config)
+                shipped = not config.autoencoder.get("train_steps", 0) and \
+                    autoencoder_files.shipped(ae)
+                if shipped:
+                    logging.info("autoencoder: the shipped one (%s) → %s", shipped, path)
+                    autoencoder_files.install_shipped(shipped, path)
+                else:
+                    train_autoencoder.train(ae, path)
     autoencoder_files.load(path, kind=config.autoencoder.kind)   # the right kind, readable
     return path
 

@@ -218,3 +218,29 @@ def test_the_shipped_judge_reads_every_32px_shapes_dataset(data_dir, test_split,
     info = json.load(open(os.path.join(path, J.INFO_FILE)))
     assert info["builder_config"] == "r32" and info["shipped"].startswith("trained on r32")
     assert TJ.evaluate(J.load_judge_from(path), test_split)["ceiling"] >= 0.95
+
+
+@pytest.mark.parametrize("paradigm", ["flow", "maskgit"])
+def test_the_shipped_autoencoders_serve_runlocal_and_the_judge_reads_them(paradigm, data_dir,
+                                                                          test_split, tmp_path):
+    """A runlocal config that asks for no autoencoder training gets the default autoencoder of its
+    kind copied from the package (no training), and the shipped judge reads its reconstructions of
+    r32_tiny's test images about as well as the images themselves."""
+    from imgsynth import config as config_lib, stages
+    from imgsynth.metrics import instruments
+    from imgsynth.models import autoencoder_files
+    own = str(tmp_path / "data")
+    rel = os.path.relpath(_data.dataset_path(data_dir, "r32_tiny"), data_dir)
+    shutil.copytree(os.path.join(data_dir, rel), os.path.join(own, rel))
+    c = config_lib.default_config(paradigm, "runlocal")
+    c.cache_dir, c.data.data_dir, c.data.builder_config = str(tmp_path), own, "r32_tiny"
+    path = stages.autoencoder(c)
+    model, info = autoencoder_files.load(path, kind=c.autoencoder.kind)
+    assert info["shipped"].startswith("trained on r32") and info["steps"] == 3000
+    judge = J.load_judge_from(stages.judge(c))
+    recon = instruments.reconstructions(model, test_split.images)
+    assert PF.reconstruction_ceilings(judge, test_split, recon)[
+        "autoencoder_prompt_following"] >= 0.9
+    c.autoencoder.train_steps = 2                      # asks for a training: no shipped match
+    assert autoencoder_files.shipped(stages.autoencoder_config(c)) is None
+    assert stages.autoencoder_config(c).autoencoder.channels == 8

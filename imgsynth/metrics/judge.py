@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -229,14 +228,11 @@ def shipped_judge(builder_config: str) -> str | None:
 
 
 def install_shipped(directory: str) -> None:
-    """Copies the shipped judge into a dataset's cache `directory` (atomically), its judge.json
-    saying where it came from."""
+    """Copies the shipped judge into a dataset's cache `directory`, its judge.json saying where
+    it came from."""
     info = io.read_json(os.path.join(SHIPPED_DIR, INFO_FILE), {})
-    with io.staged_dir(directory) as tmp:
-        shutil.copy(os.path.join(SHIPPED_DIR, "weights.npz"), tmp)
-        io.write_json(os.path.join(tmp, INFO_FILE),
-                      {**info, "shipped": f"trained on {info['builder_config']}, shipped with "
-                                          "the package"})
+    io.install_shipped(SHIPPED_DIR, directory, INFO_FILE, {
+        **info, "shipped": f"trained on {info['builder_config']}, shipped with the package"})
 
 
 def load_judge_from(directory: str) -> Judge:

@@ -7,16 +7,25 @@ so latents are never decoded by another autoencoder than the one that made them.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import numpy as np
 from flax import nnx
 
 from imgsynth import io
+from imgsynth.data import shapes
 from imgsynth.metrics import _weights
 from imgsynth.models import autoencoder as ae_lib
 
 WEIGHTS_FILE, INFO_FILE = "weights.npz", "autoencoder.json"
+# Autoencoders trained on the embedded shapes data with the default settings of
+# experiments/autoencoder.py (`python -m imgsynth.train_autoencoder`, 3,000 steps, ~20 CPU-minutes
+# each), so a quickstart or a `runlocal` run decodes readable images without training one.
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shipped")
+# Settings that do not change the trained weights (of the data: only its name and resolution
+# matter, the shipped file's dataset version says the rest).
+_NOT_WEIGHTS = ("cache_dir", "runlocal", "log_every_steps", "eval_examples")
 
 
 def flat_weights(model: ae_lib.Autoencoder) -> dict[str, np.ndarray]:
@@ -42,6 +51,36 @@ def save(model: ae_lib.Autoencoder, workdir: str, **info) -> dict:
         _weights.write_npz(os.path.join(workdir, WEIGHTS_FILE), flat)
         io.write_json(os.path.join(workdir, INFO_FILE), info)
     return info
+
+
+def _weights_settings(config: dict) -> dict:
+    config = json.loads(io.json_text(config))   # tuples as lists, as in a JSON file
+    data = {k: config.get("data", {}).get(k) for k in ("name", "resolution")}
+    return {**{k: v for k, v in config.items() if k not in _NOT_WEIGHTS}, "data": data}
+
+
+def shipped(config) -> str | None:
+    """The shipped autoencoder trained with exactly the settings of `config` (an autoencoder
+    config) on data of its kind, if any. Every shapes builder config of one resolution draws its
+    scenes from the same generator and differs only in split sizes, so the one trained on r32
+    serves r32_small and r32_tiny too."""
+    want = _weights_settings(config.to_dict())
+    if want["data"].get("name") != "shapes" or not os.path.isdir(SHIPPED_DIR):
+        return None
+    for name in sorted(os.listdir(SHIPPED_DIR)):
+        info = io.read_json(os.path.join(SHIPPED_DIR, name, INFO_FILE), {})
+        if (info.get("dataset_version") == shapes.VERSION
+                and _weights_settings(info.get("config", {})) == want):
+            return os.path.join(SHIPPED_DIR, name)
+    return None
+
+
+def install_shipped(source: str, workdir: str) -> None:
+    """Copies the shipped autoencoder `source` into `workdir`, its info saying where it came from."""
+    info = load_info(source)
+    io.install_shipped(source, workdir, INFO_FILE, {
+        **info, "shipped": f"trained on {info['config']['data']['builder_config']}, shipped with "
+                           "the package"})
 
 
 def load_info(workdir: str, kind: str | None = None) -> dict:
