@@ -3,7 +3,8 @@
     python -m imgsynth.evaluate --workdir=RUN [--num_samples=N --guidance=w --sampler_steps=K]
         [--inception_weights=inception_fid.npz] [--clip_weights=clip.npz --clip_vocab=VOCAB.gz]
 
-Samples from the final checkpoint with both the raw and the EMA weights, decodes with the run's
+Samples from the final checkpoint with the EMA weights and, unless `config.eval.weights` is
+`("ema",)`, the raw ones (twice the sampling, for the EMA comparison), decodes with the run's
 autoencoder and writes the sample grids (`samples_ema.png`, `samples_raw.png`) before any metric.
 Then scores the images: alignment score, fd_align and KID (the dataset's own contrastive model)
 always; prompt following and fd_judge where the data stores scenes (shapes); label following
@@ -35,6 +36,7 @@ from imgsynth.metrics import instruments as instruments_lib, intervals, prompt_f
 from imgsynth.models import autoencoder_files
 
 MAX_SAMPLE_BATCH = 64
+WEIGHT_SETS = {"raw": "params", "ema": "ema"}   # eval.json's name → the train state's
 
 
 def sample_batch(n: int) -> int:
@@ -124,6 +126,10 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
         config.sampler.guidance = guidance
     if sampler_steps is not None:
         config.sampler.steps = sampler_steps
+    asked = tuple(settings.get("weights") or WEIGHT_SETS)
+    if "ema" not in asked or not set(asked) <= set(WEIGHT_SETS):
+        raise ValueError(f"eval.weights={asked}: choose ('raw', 'ema') or ('ema',)")
+    chosen = [key for key in WEIGHT_SETS if key in asked]   # EMA last: its pass is timed
     # Everything that can refuse the evaluation does so before sampling.
     dataset = _data.Dataset.of(stages.data_config(config))
     real = instruments_lib.evaluation_records(dataset, num_samples)
@@ -143,26 +149,28 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
     text_ids, text_mask = stages.caption_inputs(config, captions)   # a frozen encoder's on the fly
 
     sampler = make_sampler(config, module, graphdef, decode)
+    batch = sample_batch(len(text_ids))
+    # Compiled ahead for the batch shape, so every timed pass measures sampling alone.
+    compiled = sampler.lower(weights["ema"], text_ids[:batch], text_mask[:batch],
+                             jax.random.key(seed)).compile()
     images = {}
-    for which in ("params", "ema"):   # the raw pass compiles the sampler; the EMA pass is timed
-        images[which], seconds = generate(sampler, weights[which], text_ids, text_mask, seed)
+    for key in chosen:
+        images[key], seconds = generate(compiled, weights[WEIGHT_SETS[key]], text_ids, text_mask,
+                                        seed)
     png = _sample_grid(workdir, images["ema"], captions, "samples_ema.png")
-    raw_png = _sample_grid(workdir, images["params"], captions, "samples_raw.png")
+    raw_png = "raw" in images and _sample_grid(workdir, images["raw"], captions, "samples_raw.png")
 
     instruments = stages.instruments(config, external)   # never trains: missing ones say how
     reference = _reference_features(instruments, real.images)
-    results = {}
-    for which, key in (("params", "raw"), ("ema", "ema")):
-        results[key] = _metrics(instruments, images[which], captions, categories, labels,
-                                reference, seed)
+    results = {key: _metrics(instruments, images[key], captions, categories, labels, reference,
+                             seed) for key in chosen}
 
     rows = loop.MetricsLog(workdir).rows()
     last = next((r for r in reversed(rows) if "eval/loss" in r), {})
-    results["raw"]["eval_loss"] = last.get("eval/loss")
-    results["ema"]["eval_loss"] = last.get("eval/loss_ema")
+    for key in chosen:
+        results[key]["eval_loss"] = last.get("eval/loss" + ("_ema" if key == "ema" else ""))
 
-    # Throughput from the EMA pass's batches (compiled by the raw pass; padded rows are work too).
-    batch = sample_batch(len(text_ids))
+    # Throughput from the EMA pass's batches (padded rows are work too).
     speed = {"images_per_s": batch * len(seconds) / sum(seconds),
              "latency_s": latency(sampler, weights["ema"], text_ids, text_mask),
              "batch_size": batch}
@@ -183,7 +191,7 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
         "inference": {"flops_per_image": module.inference_flops(config),
                       "decoder_flops_per_image": decoder_flops, **speed},
         "samples_png": os.path.basename(png),
-        "samples_raw_png": os.path.basename(raw_png),
+        **({"samples_raw_png": os.path.basename(raw_png)} if raw_png else {}),
         # What this evaluation cost (benchmarks/study_efficiency.py): `start` is the process's
         # start (the launcher's evaluations are processes of their own), `called` this call's.
         "timing": {"start": perf.process_start(), "called": called, "end": time.time(),

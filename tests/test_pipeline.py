@@ -82,10 +82,18 @@ def test_runlocal_flow_trains_checkpoints_and_evaluates(cache, tmp_path):
 @pytest.mark.parametrize("paradigm", ["maskgit", "ar"])
 def test_token_paradigms_end_to_end(cache, tmp_path, paradigm):
     c = tiny(paradigm, cache, steps=4)
+    c.eval.weights = ("ema",) if paradigm == "ar" else ("raw", "ema")
     train.train(c, str(tmp_path))
     stages.prepare(c)
     report = evaluate.evaluate(str(tmp_path), num_samples=8)
     assert METRICS <= set(report["weights"]["ema"])
+    assert set(report["weights"]) == set(c.eval.weights)
+    assert ("samples_raw_png" in report) == ("raw" in c.eval.weights)
+    config = json.load(open(tmp_path / "config.json"))
+    config["eval"]["weights"] = ["raw"]                 # EMA is what the study reads: refused
+    io.write_json(tmp_path / "config.json", config)
+    with pytest.raises(ValueError, match=r"eval.weights=\('raw',\)"):
+        evaluate.evaluate(str(tmp_path), num_samples=8)
 
 
 def test_precompute_reads_back_as_direct_encoding(cache):

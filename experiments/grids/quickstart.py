@@ -18,6 +18,7 @@ OVERRIDES = {
     # (trained on all of r32; the judge reads r32_small at 0.99, the autoencoders'
     # reconstructions at 0.99 for KL and 0.97 for FSQ), the alignment model trains briefly.
     "instruments.alignment_steps": 300,
+    "eval.weights": ("ema",),   # half the sampling; the EMA-vs-raw comparison is cpu_study's
 }
 
 
