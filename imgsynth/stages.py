@@ -140,24 +140,22 @@ def _judge_dir(data: _data.Dataset) -> str:
 
 
 def judge(config) -> str:
-    """The dataset's judge (shapes only), trained once and cached next to the dataset; unless
-    `instruments.judge_steps` asks for a training, the shipped one where it serves the data."""
-    def train(d, **kw):
-        shipped = (None if config.instruments.get("judge_steps", 0)
-                   else judge_lib.shipped_judge(d.spec.shapes_config))
-        if shipped is None:
-            return train_judge.train_judge(d.spec.data_dir, d.spec.shapes_config, **kw)
-        kw["log"](f"judge: the shipped one ({shipped}) → {_judge_dir(d)}")
-        judge_lib.install_shipped(_judge_dir(d))
-    return _instrument(config, "judge", _judge_dir, judge_lib.INFO_FILE, train,
-                       train_judge.TrainSettings)
+    """The dataset's judge (shapes only), trained once and cached next to the dataset (or copied
+    from the package, `_instrument`)."""
+    return _instrument(config, "judge", _judge_dir, judge_lib.INFO_FILE,
+                       lambda d, **kw: train_judge.train_judge(d.spec.data_dir,
+                                                               d.spec.shapes_config, **kw),
+                       train_judge.TrainSettings,
+                       shipped=lambda d: judge_lib.shipped_judge(d.spec.shapes_config),
+                       install=judge_lib.install_shipped)
 
 
 def alignment(config) -> str:
     """The dataset's contrastive image-caption model, trained once and cached like the judge."""
     return _instrument(config, "alignment", lambda d: d.instrument_dir("alignment"),
                        alignment_lib.INFO_FILE, train_alignment.train_alignment,
-                       train_alignment.TrainSettings)
+                       train_alignment.TrainSettings, shipped=alignment_lib.shipped_alignment,
+                       install=alignment_lib.install_shipped)
 
 
 def labels(config) -> str:
@@ -167,13 +165,23 @@ def labels(config) -> str:
                        train_alignment.TrainSettings)
 
 
-def _instrument(config, what, directory, info_file, train_fn, settings_cls) -> str:
+def _instrument(config, what, directory, info_file, train_fn, settings_cls, *, shipped=None,
+                install=None) -> str:
+    """Trains the instrument `what` once per dataset, or, unless `instruments.<what>_steps` asks
+    for a training, copies the one that ships with the package where `shipped(dataset)` finds
+    one that serves the data."""
     dataset(config)
     data = _data.Dataset.of(data_config(config))
     path = directory(data)
     with io.FileLock(path):
         if not os.path.isfile(os.path.join(path, info_file)):
-            train_fn(data, settings=settings_cls(**_quick(config, what)), log=logging.info)
+            source = (shipped(data) if shipped and not config.instruments.get(f"{what}_steps", 0)
+                      else None)
+            if source:
+                logging.info("%s: the shipped one (%s) → %s", what, source, path)
+                install(path)
+            else:
+                train_fn(data, settings=settings_cls(**_quick(config, what)), log=logging.info)
     return path
 
 

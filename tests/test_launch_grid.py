@@ -51,10 +51,12 @@ def test_expansion_steps_names_keep_flops_overrides(tmp_path):
 def test_shipped_grids():
     quick = grid_lib.load("quickstart")
     assert {r.paradigm for r in quick.runs} == {"flow", "maskgit", "ar"}
-    assert len({r.size for r in quick.runs}) >= 2 and len({r.budget for r in quick.runs}) >= 2
+    assert len({r.budget for r in quick.runs}) >= 2 and max(r.budget for r in quick.runs) >= \
+        5 * min(r.budget for r in quick.runs)
     assert all(r.size in registry.CPU_SIZES for r in quick.runs)
+    assert all(r.config.eval.weights == ("ema",) for r in quick.runs)
     eta = sum(grid_lib.estimate_seconds(r) for r in quick.runs)
-    assert eta < 17 * 60, eta          # leaves time for data, autoencoders, judge, report
+    assert eta < 15 * 60, eta          # two at a time: within the 10 minutes with the stages
 
     cpu = grid_lib.load("cpu_study")
     assert len({r.size for r in cpu.runs}) >= 3 and len({r.budget for r in cpu.runs}) >= 4

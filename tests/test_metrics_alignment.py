@@ -58,3 +58,28 @@ def test_saved_model_reloads_with_its_measured_quality(trained):
         A.alignment_score(loaded, images, captions[:2])
     with pytest.raises(ValueError, match="uint8"):
         A.alignment_score(loaded, images.astype(np.float32), captions)
+
+
+def test_the_shipped_alignment_model_serves_32px_shapes(trained, tmp_path):
+    """The model trained on r32 ships with the package; a run's stages copy it into a 32 px
+    shapes dataset's cache unless `instruments.alignment_steps` asks for a training, and it
+    retrieves r32_tiny's test captions far above chance (it reads them with its own vocabulary,
+    ordered differently from this dataset's)."""
+    import os
+    import shutil
+
+    from imgsynth import config as config_lib, stages
+    d, _ = trained
+    own = str(tmp_path / "data")
+    rel = os.path.relpath(_data.dataset_path(d, "r32_tiny"), d)
+    shutil.copytree(os.path.join(d, rel), os.path.join(own, rel))
+    c = config_lib.default_config("flow", "runlocal")
+    c.data.data_dir, c.data.builder_config = own, "r32_tiny"
+    dataset = _data.Dataset.of(stages.data_config(c))
+    assert A.shipped_alignment(dataset) == A.SHIPPED_DIR
+    path = stages.alignment(c)
+    model = A.load_alignment_from(path)
+    assert model.info["shipped"].startswith("trained on r32")
+    test = _data.read_split(own, "r32_tiny", "test")
+    acc = A.retrieval_accuracy(model, test.images, test.captions, group=64)
+    assert acc > 10 * _chance(test.captions, 64), acc

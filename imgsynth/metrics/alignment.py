@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from imgsynth import io
+from imgsynth.data import shapes
 from imgsynth.data.images import to_float
 from imgsynth.data.scene import GRID
 from imgsynth.data.tokenizer import WordTokenizer
@@ -30,6 +32,10 @@ from imgsynth.metrics.judge import _cell_pool_matrix
 from imgsynth.models.layers import space_to_depth
 
 INFO_FILE, VOCAB_FILE = "alignment.json", "vocab.json"
+# The alignment model trained on all of r32 with the default settings (1,000 steps, retrieval
+# 0.674 against ~1% chance), for every 32 px shapes dataset whose words it knows.
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shipped",
+                           "alignment-shapes-32px")
 RETRIEVAL_GROUP = 100
 
 
@@ -272,6 +278,29 @@ def load_alignment_from(directory: str) -> Alignment:
     model, info = _weights.load_model(directory, INFO_FILE, AlignmentConfig, AlignmentNet,
                                       what="alignment model")
     return Alignment(model, WordTokenizer.load(os.path.join(directory, VOCAB_FILE)), info)
+
+
+def shipped_alignment(dataset: _data.Dataset) -> str | None:
+    """The alignment model that ships with the package, if it serves `dataset`: shapes of the same
+    version and resolution (every builder config draws from one scene generator), captions of
+    the same length and no word it has not seen (it reads captions with its own vocabulary)."""
+    info = io.read_json(os.path.join(SHIPPED_DIR, INFO_FILE), {})
+    vocab = io.read_json(os.path.join(SHIPPED_DIR, VOCAB_FILE), {})
+    if dataset.spec.name != "shapes" or not info:
+        return None
+    words = dataset.tokenizer().vocab
+    fits = (info.get("dataset_version") == shapes.VERSION
+            and info["config"]["resolution"] == dataset.resolution
+            and vocab.get("max_len") == dataset.tokenizer().max_len
+            and set(words) <= set(vocab.get("vocab", ())))
+    return SHIPPED_DIR if fits else None
+
+
+def install_shipped(directory: str) -> None:
+    """Copies the shipped alignment model into a dataset's cache `directory`."""
+    info = io.read_json(os.path.join(SHIPPED_DIR, INFO_FILE))
+    io.install_shipped(SHIPPED_DIR, directory, INFO_FILE, {
+        **info, "shipped": f"trained on {info['builder_config']}, shipped with the package"})
 
 
 def load_alignment(data, builder_config: str = "r32") -> Alignment:
