@@ -16,6 +16,10 @@ CHANNEL_MULT = {2: (1,), 4: (1, 2), 8: (1, 2, 2), 16: (1, 2, 2, 4)}
 # FSQ's reconstructions at 0.82 with 2e-3 and 0.94 with 1.6e-2 (3.2e-2 no better), KL's at 0.91
 # with 2e-3 and 0.97 with 8e-3.
 LR = {"kl": 8e-3, "lfq": 2e-3, "fsq": 1.6e-2}
+# Batch per kind: FSQ gains from twice the updates of half the batch at the same images per
+# CPU-second (judge on reconstructions 0.958 at batch 16 against 0.922 at 32 in 10 CPU-minutes);
+# its stage length keeps the images seen (6,000 × 16 = 3,000 × 32).
+BATCH = {"kl": 32, "lfq": 32, "fsq": 16}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -50,8 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         builder_config=f"r{arg.resolution}", text_max_len=16, tokenizer="word"))
     c.cache_dir = "~/.cache/imgsynth"
 
-    c.global_batch_size = arg.global_batch_size or 32
-    c.total_steps = arg.steps or 3_000
+    c.global_batch_size = arg.global_batch_size or BATCH[arg.kind]
+    c.total_steps = arg.steps or 3_000 * 32 // c.global_batch_size
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=LR[arg.kind], b1=0.9, b2=0.99, weight_decay=0.0, clip_norm=1.0, schedule="cosine",
         warmup_steps=100, min_lr_ratio=0.0, decay_fraction=0.2))

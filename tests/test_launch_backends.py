@@ -71,7 +71,7 @@ def test_tpu_run_sequence_with_mocked_gcloud(tmp_path):
     def runner(argv, log_path):
         calls.append(argv)
         command = argv[-1]
-        return 1 if "imgsynth.train" in command and "flow-T-1e+12" in command else 0
+        return 1 if "imgsynth.train" in command and "flow-T-2e+12" in command else 0
 
     def query(argv):
         calls.append(argv)
@@ -91,10 +91,10 @@ def test_tpu_run_sequence_with_mocked_gcloud(tmp_path):
                          else ("train " if "imgsynth.train" in cmd else "eval ")
                          + cmd.split("runs/")[1].split()[0])
     assert kinds == ["describe", "create", "describe", "describe", "setup", "prepare",
-                     "train flow-T-3e+11", "eval flow-T-3e+11", "train flow-T-1e+12"]
+                     "train flow-T-3e+11", "eval flow-T-3e+11", "train flow-T-2e+12"]
     state = json.load(open(tmp_path / runs_lib.STATE_FILE))["runs"]
     assert state["flow-T-3e+11"]["train"] == state["flow-T-3e+11"]["eval"] == "done"
-    assert state["flow-T-1e+12"]["train"] == "failed"
+    assert state["flow-T-2e+12"]["train"] == "failed"
     # Launched again: the finished run is skipped, the failed one only with --retry_failed.
     calls.clear()
     tpu.TpuLauncher(grid, tpu.TpuTarget(name="pod", zone="z"), "/mnt/s", runs=runs,

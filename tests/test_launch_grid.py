@@ -84,7 +84,7 @@ def test_shipped_grids():
     weak = grid_lib.load("ablation_autoencoder").runs[0].config.autoencoder
     assert weak.latent_channels < 4 and math.prod(weak.fsq_levels) < 64_000
     table = grid_lib.plan_table(quick.runs)
-    assert "flow-T-3e+11" in table and "12 runs" in table
+    assert "flow-T-3e+11" in table and "6 runs" in table
 
 
 def test_seeds_expand_to_distinct_runs(tmp_path):
