@@ -20,8 +20,9 @@ from imgsynth.models import autoencoder as ae_lib
 
 WEIGHTS_FILE, INFO_FILE = "weights.npz", "autoencoder.json"
 # Autoencoders trained on the embedded shapes data with the default settings of
-# experiments/autoencoder.py (`python -m imgsynth.train_autoencoder`, 3,000 steps, ~20 CPU-minutes
-# each), so a quickstart or a `runlocal` run decodes readable images without training one.
+# experiments/autoencoder.py (`python -m imgsynth.train_autoencoder`, 6,000 steps of 16 images,
+# ~20 CPU-minutes each), so a quickstart or a `runlocal` run decodes readable images without
+# training one.
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shipped")
 # Settings that do not change the trained weights (of the data: only its name and resolution
 # matter, the shipped file's dataset version says the rest).
