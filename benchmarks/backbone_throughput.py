@@ -47,7 +47,7 @@ def measure(config, steps: int, peak: float | None = None) -> dict:
     module = registry.paradigm_module(config)
     cost = module.model_cost(config)
     graphdef, params = nnx.split(module.build(config, nnx.Rngs(0)))
-    tx, _ = optim.make(config.optimizer, 1000)
+    tx = optax.chain(optim.make(config.optimizer), optax.scale_by_learning_rate(config.optimizer.lr))
     opt = tx.init(params)
     batch = _batch(config, config.global_batch_size)
 

@@ -12,8 +12,8 @@ import ml_collections
 
 from imgsynth import config as config_lib, registry
 
-# Learning rates per (paradigm, size) measured by the lr_sweep grid (`python -m launch.tune`);
-# a run without an entry keeps the default below.
+# Learning rates per (paradigm, size) measured by the lr_sweep grid (`python -m launch.tune`),
+# read by the study grids (`tuned_lr`), not by every config: runlocal and tests keep theirs.
 TUNED_LR_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned_lr.json")
 
 # Keys of the text after `:` (`experiments/flow.py:size=S,budget=1e15`).
@@ -135,7 +135,6 @@ def finish(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict,
         c.eval_every_steps = 100
         c.eval_examples = 64
         c.checkpoint_every_steps = 100
-    c.optimizer.lr = tuned_lr(c.paradigm, c.size, c.optimizer.lr)
     return c
 
 

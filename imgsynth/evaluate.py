@@ -67,7 +67,7 @@ def load_run(workdir: str):
     plan = registry.plan(config)
     module = plan.module
     graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: module.build(config, nnx.Rngs(0))))
-    init_state, _ = optim.make_update(config, None, graphdef, plan.total_steps)
+    init_state, _, _ = optim.make_update(config, None, graphdef, plan.total_steps)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                             jax.eval_shape(init_state, abstract_params))

@@ -188,13 +188,13 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
         # ---- Model, optimizer, sharded state, update step ------------------------------------
         model = sharding.create_sharded(task.build, mesh)
         graphdef, params = nnx.split(model)
-        init_state, train_step = optim.make_update(config, task.loss, graphdef, task.total_steps,
-                                                   optimizer=task.optimizer)
+        init_state, train_step, schedule = optim.make_update(
+            config, task.loss, graphdef, task.total_steps, optimizer=task.optimizer)
         with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
             state = jax.jit(init_state)(params)
             state_shardings = jax.tree.map(lambda x: x.sharding, state)
             step_fn = jax.jit(train_step, donate_argnums=(0,),
-                              in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                              in_shardings=(state_shardings, sharding.batch_sharding(mesh), None),
                               out_shardings=(state_shardings, None))
 
         # ---- Checkpoint ----------------------------------------------------------------------
@@ -249,12 +249,12 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
         with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
             if start < task.total_steps:
                 first = sharding.to_global(next(train_iter), mesh)
-                compiled = step_fn.lower(state, first).compile()
+                compiled = step_fn.lower(state, first, schedule).compile()
                 logging.info("compiled the update step; memory: %s", compiled.memory_analysis())
             window.restart(start)
             for step in range(start + 1, task.total_steps + 1):
                 batch = first if step == start + 1 else sharding.to_global(next(train_iter), mesh)
-                state, metrics = compiled(state, batch)
+                state, metrics = compiled(state, batch, schedule)
                 if step == start + 1:   # one wait, for the start-up time in the run's record
                     jax.block_until_ready(metrics)
                     timing["first_step"] = time.time()

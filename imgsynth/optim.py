@@ -8,8 +8,11 @@ so one such trunk serves many budgets (`cooldown_start`, imgsynth/registry.py).
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -37,36 +40,55 @@ def cooldown_start(opt, total_steps: int) -> int:
     return total_steps - cooldown_steps(opt, total_steps)
 
 
-def _cooldown(peak: float, floor: float, steps: int, shape: str) -> optax.Schedule:
-    """From exactly `peak` at 0 (a trunk's rate, bit for bit) to exactly `floor` at `steps`."""
-    if shape not in SHAPES:
-        raise ValueError(f"optimizer.decay_shape={shape!r}; choose one of {SHAPES}")
+NEVER = float(2 ** 30)   # a constant-rate run's cooldown start: never reached
 
-    def lr(t):
-        frac = jnp.clip(t / steps, 0.0, 1.0)
-        left = 1.0 - (frac if shape == "linear" else jnp.sqrt(frac))
-        return jnp.where(t <= 0, peak, jnp.where(t >= steps, floor, floor + (peak - floor) * left))
-    return lr
+
+def schedule_inputs(opt, total_steps: int) -> dict[str, np.float32]:
+    """The numbers of `opt`'s schedule for a run of `total_steps`. The update step reads them as
+    inputs, not constants, so every budget and cooldown branch of one model runs the same compiled
+    step (one compilation, then the persistent cache)."""
+    warmup = warmup_steps(opt, total_steps)
+    if opt.schedule == "cosine":
+        start, length = warmup, max(total_steps - warmup, 1)
+    elif opt.schedule == "constant":
+        start, length = NEVER, 1
+    elif opt.schedule == "wsd":   # stable, then the cooldown ends at the floor at the last update
+        length = cooldown_steps(opt, total_steps)
+        start = total_steps - length
+    else:
+        raise ValueError(f"optimizer.schedule={opt.schedule!r}; choose cosine, constant or wsd")
+    values = {"warmup": warmup, "peak": opt.lr, "floor": opt.lr * opt.min_lr_ratio,
+              "decay_start": start, "decay_steps": length}
+    return {k: np.float32(v) for k, v in values.items()}
+
+
+def decay_shape(opt) -> str:
+    """The compiled part of a schedule: the decay's curve (a constant-rate trunk shares its
+    branches' shape, so it shares their compilation too)."""
+    shape = "cosine" if opt.schedule == "cosine" else opt.get("decay_shape", "linear")
+    if shape not in ("cosine", *SHAPES):
+        raise ValueError(f"optimizer.decay_shape={shape!r}; choose one of {SHAPES}")
+    return shape
+
+
+def learning_rate(shape: str, p: dict, step):
+    """The rate of update `step` (0-based): linear warm-up from 0 (the first update already moves,
+    at peak / warmup), the peak, then the decay from exactly the peak (a trunk's rate, bit for bit)
+    to exactly the floor over `decay_steps` from `decay_start`."""
+    t = jnp.asarray(step, jnp.float32) + 1.0
+    frac = jnp.clip((t - p["decay_start"]) / p["decay_steps"], 0.0, 1.0)
+    left = {"cosine": lambda f: 0.5 * (1.0 + jnp.cos(jnp.pi * f)), "linear": lambda f: 1.0 - f,
+            "1-sqrt": lambda f: 1.0 - jnp.sqrt(f)}[shape](frac)
+    decayed = jnp.where(frac <= 0.0, p["peak"], jnp.where(
+        frac >= 1.0, p["floor"], p["floor"] + (p["peak"] - p["floor"]) * left))
+    return jnp.where(t < p["warmup"], p["peak"] * t / jnp.maximum(p["warmup"], 1.0), decayed)
 
 
 def schedule(opt, total_steps: int) -> optax.Schedule:
-    warmup = warmup_steps(opt, total_steps)
-    peak, floor = opt.lr, opt.lr * opt.min_lr_ratio
-    rest = max(total_steps - warmup, 1)
-    if opt.schedule == "cosine":
-        main = optax.cosine_decay_schedule(peak, rest, alpha=opt.min_lr_ratio)
-    elif opt.schedule == "constant":
-        main = optax.constant_schedule(peak)
-    elif opt.schedule == "wsd":   # stable, then the cooldown ends at the floor at the last update
-        decay = cooldown_steps(opt, total_steps)
-        main = optax.join_schedules(
-            [optax.constant_schedule(peak),
-             _cooldown(peak, floor, decay, opt.get("decay_shape", "linear"))],
-            [total_steps - decay - warmup])
-    else:
-        raise ValueError(f"optimizer.schedule={opt.schedule!r}; choose cosine, constant or wsd")
-    joined = optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
-    return lambda step: joined(step + 1)   # the first update already moves (lr = peak / warmup)
+    """`opt`'s rate as a function of the step, for checks and plots (the update step computes the
+    same from `schedule_inputs`)."""
+    shape, inputs = decay_shape(opt), schedule_inputs(opt, total_steps)
+    return lambda step: learning_rate(shape, inputs, step)
 
 
 def _decay_mask(params):
@@ -80,29 +102,36 @@ def _decay_mask(params):
         lambda path, _: name(path[-1]) in ("kernel", "embedding"), params)
 
 
-def make(opt, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    lr = schedule(opt, total_steps)
-    tx = optax.chain(
+def make(opt) -> optax.GradientTransformation:
+    """Clipping and AdamW without its learning rate, which the update step applies
+    (`learning_rate`)."""
+    return optax.chain(
         optax.clip_by_global_norm(opt.clip_norm) if opt.clip_norm else optax.identity(),
-        optax.adamw(lr, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=_decay_mask))
-    return tx, lr
+        optax.scale_by_adam(b1=opt.b1, b2=opt.b2),
+        optax.add_decayed_weights(opt.weight_decay, mask=_decay_mask))
 
 
 def make_update(config, loss, graphdef, total_steps: int, *, optimizer=None):
-    """The state initialiser and the update step (optimizer, EMA) as pure functions.
+    """The state initialiser, the update step (optimizer, EMA) as pure functions, and the step's
+    schedule inputs: `train_step(state, batch, schedule_inputs)`.
 
     `loss(model, batch, rng) -> (value, metrics)`. The state is a plain dict: params, their EMA
     (decay `config.ema_decay`), optimizer state and step. `optimizer` = (tx, schedule) replaces
-    the AdamW of `config.optimizer`.
+    the AdamW of `config.optimizer` (its schedule inside tx; there are no schedule inputs).
     """
-    tx, lr_schedule = optimizer or make(config.optimizer, total_steps)
+    if optimizer:
+        tx, fixed = optimizer
+        inputs, rate = {}, lambda _, step: fixed(step)
+    else:
+        tx, inputs = make(config.optimizer), schedule_inputs(config.optimizer, total_steps)
+        rate = functools.partial(learning_rate, decay_shape(config.optimizer))
     base_key = jax.random.key(config.seed)
 
     def init_state(params):
         return {"params": params, "ema": jax.tree.map(jnp.copy, params), "opt": tx.init(params),
                 "step": jnp.zeros((), jnp.int32)}
 
-    def train_step(state, batch):
+    def train_step(state, batch, schedule):
         rng = jax.random.fold_in(base_key, state["step"])   # resume-safe: a function of the step
 
         def loss_fn(params):
@@ -110,11 +139,14 @@ def make_update(config, loss, graphdef, total_steps: int, *, optimizer=None):
 
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt = tx.update(grads, state["opt"], state["params"])
+        lr = rate(schedule, state["step"])
+        if not optimizer:   # what optax.scale_by_learning_rate does, with the rate an input
+            updates = jax.tree.map(lambda u: jnp.asarray(-lr, u.dtype) * u, updates)
         params = optax.apply_updates(state["params"], updates)
         ema = optax.incremental_update(params, state["ema"], 1.0 - config.ema_decay)
         metrics = {f"train/{k}": v for k, v in aux.items()}
         metrics["train/grad_norm"] = optax.global_norm(grads)
-        metrics["train/lr"] = lr_schedule(state["step"])
+        metrics["train/lr"] = lr
         return {"params": params, "ema": ema, "opt": opt, "step": state["step"] + 1}, metrics
 
-    return init_state, train_step
+    return init_state, train_step, inputs

@@ -51,15 +51,17 @@ RESERVED_KEYS = ("paradigm", "size", "runlocal", "grid", "keep_flops", "total_st
                  "total_examples", "total_flops", "fork_budgets", "fork_from", "seed")
 BRANCHES = "wsd_branches"   # add(schedule=...): one trunk, a cooldown branch per budget
 
-# Achieved training FLOP/s of a whole 2-core CPU machine, by size, for ETAs (train.py on
-# synthetic data, global_batch_size 32; measured at load ~7 as T 10, XS 14-25 GFLOP/s and scaled
-# to an idle machine). Small widths use the cores poorly. `--flops_per_s` replaces these.
-CPU_FLOPS_PER_S = {"T": 25e9, "XS": 40e9, "S": 60e9, "M": 70e9}
+# Achieved training FLOP/s of a whole 2-core CPU machine, by size, for ETAs: twice the update-step
+# rate of one process on one core while another runs on the other (--parallel=2), at global
+# batch 32 (benchmarks/backbone_throughput.py, flow and next-token: T 14.6, XS 23.5-25.8, S 32.9
+# GFLOP/s a core; MFU 0.2, 0.31-0.36, 0.40-0.43). Small widths use the cores poorly.
+# `--flops_per_s` replaces these.
+CPU_FLOPS_PER_S = {"T": 29e9, "XS": 47e9, "S": 66e9, "M": 70e9}
 # Per-run seconds besides the update steps on a CPU: imports, compiles, evals, checkpoints
 # (~20-30 s idle).
 CPU_TRAIN_OVERHEAD_S = 30.0
 # A run's evaluation on a CPU: start-up, restoring, compiling and the metrics, then sampling
-# 2 x EVAL_SAMPLES images (raw and EMA weights) at an inference rate of the whole machine
+# eval.num_samples images per evaluated weights (raw, EMA) at an inference rate of the whole machine
 # (measured with imgsynth.evaluate, one run per core; docs/benchmarks.md).
 CPU_EVAL_OVERHEAD_S = 25.0
 CPU_SAMPLE_FLOPS_PER_S = 150e9
@@ -429,10 +431,10 @@ def estimate_seconds(run: Run, flops_per_s: float | None = None) -> float | None
 def eval_seconds(run: Run) -> float:
     """Seconds of the run's evaluation on a CPU, from its analytic inference FLOPs per image:
     sampling dominates (flow matching at size S: ~20x the start-up)."""
-    from imgsynth import config as config_lib, registry   # paradigm modules: jax
+    from imgsynth import registry   # paradigm modules: jax
     per_image = registry.paradigm_module(run.config).inference_flops(run.config)
-    return (CPU_EVAL_OVERHEAD_S
-            + 2 * config_lib.EVAL_SAMPLES * per_image / CPU_SAMPLE_FLOPS_PER_S)
+    images = len(run.config.eval.weights) * run.config.eval.num_samples
+    return CPU_EVAL_OVERHEAD_S + images * per_image / CPU_SAMPLE_FLOPS_PER_S
 
 
 def format_duration(seconds: float | None) -> str:

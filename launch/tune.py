@@ -3,8 +3,8 @@
 Reads a finished learning-rate sweep (a grid whose runs differ in `optimizer.lr`, like
 experiments/grids/lr_sweep.py) and writes, per (paradigm, size), the rate whose run ended with the
 lowest eval loss (EMA weights; the mean over seed replicates), with where it was measured and
-every rate's loss. Generator configs read that file (experiments/common.py), so every study after
-it uses the tuned rates. A (paradigm, size) with an unfinished run is left out and named, never
+every rate's loss. The study grids read that file (`common.tuned_lr` in
+experiments/grids/cpu_study.py), so every study after it uses the tuned rates. A (paradigm, size) with an unfinished run is left out and named, never
 guessed.
 """
 from __future__ import annotations

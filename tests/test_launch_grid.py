@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from imgsynth import registry
+from imgsynth import optim, registry
 from launch import grid as grid_lib, grid_config
 
 
@@ -59,12 +59,20 @@ def test_shipped_grids():
     assert eta < 15 * 60, eta          # two at a time: within the 10 minutes with the stages
 
     cpu = grid_lib.load("cpu_study")
-    assert len({r.size for r in cpu.runs}) >= 3 and len({r.budget for r in cpu.runs}) >= 4
-    assert len(cpu.runs) == len({r.size for r in cpu.runs}) * len({r.budget for r in cpu.runs}) * 3
+    evaluated = [r for r in cpu.runs if r.evaluate]
+    budgets = sorted({r.budget for r in evaluated})
+    assert max(budgets) >= 5e13 and max(budgets) / min(budgets) >= 10 ** 1.5
+    for paradigm in ("flow", "maskgit", "ar"):
+        mine = [r for r in evaluated if r.paradigm == paradigm]
+        assert len({r.size for r in mine}) >= 3
+        assert sum(r.seed > 0 for r in mine) >= 2                       # seed replicates
+        assert [r.config.optimizer.schedule for r in mine if r.ablation] == ["cosine"]
+        assert {r.role for r in cpu.runs if r.paradigm == paradigm} == {"trunk", "branch", ""}
+    assert all(r.config.eval.weights == ("ema",) for r in evaluated)
     assert sum(grid_lib.estimate_seconds(r) for r in cpu.runs) < 2 * 3600
-    # The largest size at the smallest budget is the isoFLOP's over-sized end: few steps, but at
-    # least its warm-up.
-    assert min(r.steps for r in cpu.runs) >= min(r.config.optimizer.warmup_steps for r in cpu.runs)
+    # Every run warms up for under a tenth of its steps.
+    assert all(optim.warmup_steps(r.config.optimizer, r.steps) <= 0.1 * r.steps for r in evaluated
+               if r.config.optimizer.schedule != "constant")
 
     paper = grid_lib.load("paper")
     assert {r.size for r in paper.runs} == {"L", "XL", "XXL", "3XL"}

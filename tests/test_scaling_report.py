@@ -56,6 +56,9 @@ def test_report_files_and_self_containment(built):
     assert not [f for f in os.listdir(out) if ".tmp" in f]
     with open(path, encoding="utf-8") as f:
         page = f.read()
+    # An ablation (a schedule control among them) is read against its main run, eval loss too.
+    assert "eval loss: ablation vs main run" in page
+    assert re.search(r'<td class="">\d\.\d+ vs \d\.\d+ \(ema\)</td></tr>', page)
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
     for needle in ("<script", "<link", "@import", "url("):
         assert needle not in page, needle

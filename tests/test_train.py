@@ -124,3 +124,23 @@ def test_compilation_cache_goes_in_the_cache_dir(tmp_path):
         assert jax.config.jax_compilation_cache_dir == str(expected)
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_every_budget_and_schedule_end_shares_one_compiled_step(tmp_path):
+    """The learning-rate schedule is an input of the update step, not a constant in it: a run of
+    another length, warm-up, rate or cooldown (a constant-rate trunk and its wsd branches) finds
+    every program it needs already compiled."""
+    from jax import monitoring
+    settings = {"optimizer.schedule": "wsd", "optimizer.warmup_steps": 1}
+    train.train(tiny("flow", steps=3, **settings), str(tmp_path / "a"))
+    misses = []
+    listener = lambda event, **kw: misses.append(event) if event.endswith("cache_misses") else None  # noqa: E731
+    monitoring.register_event_listener(listener)
+    try:
+        for i, changes in enumerate([{"optimizer.warmup_steps": 2},
+                                     {"optimizer.schedule": "constant", "optimizer.lr": 1e-3}]):
+            row = train.train(tiny("flow", steps=5, **{**settings, **changes}), str(tmp_path / f"{i}"))
+            assert row["step"] == 5
+    finally:
+        monitoring.unregister_event_listener(listener)
+    assert not misses

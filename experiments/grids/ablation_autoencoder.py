@@ -11,7 +11,7 @@ compares with the main runs and groups the instrument ceilings by autoencoder.
 from experiments.grids import cpu_study
 
 SIZES = ("T", "XS")
-BUDGETS = (1e12, 5e12)
+BUDGETS = (1e12, 3.2e12)
 WEAK_AUTOENCODER = {"autoencoder.latent_channels": 2, "autoencoder.fsq_levels": (4, 4, 4, 4)}
 
 
@@ -20,5 +20,6 @@ def sweep(add):
         for size in SIZES:
             for budget in BUDGETS:
                 add(paradigm=paradigm, size=size, budget=budget,
-                    overrides={**cpu_study.OVERRIDES, **WEAK_AUTOENCODER},
+                    overrides=cpu_study.overrides(paradigm, size, **WEAK_AUTOENCODER,
+                                                  **{"optimizer.schedule": "wsd"}),
                     ablation={"autoencoder": "small"})

@@ -3,13 +3,14 @@
     python -m launch --grid=experiments/grids/ablation_ema.py --workdir=./cpu_study
 
 Run in the workdir of `cpu_study`: the report compares each run here with the main run of the
-same paradigm, size and budget (every run evaluates raw and EMA weights, so the main grid alone
-already shows what averaging adds; this grid shows how much depends on the window).
+same paradigm, size and budget (a cooldown branch; these are standalone WSD runs of that budget).
+Runs here evaluate raw and EMA weights, so they show both what averaging adds and how much depends
+on the window.
 """
 from experiments.grids import cpu_study
 
 SIZES = ("T", "XS")
-BUDGETS = (2e12, 5e12)
+BUDGETS = (1e12, 3.2e12)
 EMA_DECAYS = (0.9, 0.999)
 
 
@@ -19,5 +20,7 @@ def sweep(add):
             for budget in BUDGETS:
                 for decay in EMA_DECAYS:
                     add(paradigm=paradigm, size=size, budget=budget,
-                        overrides={**cpu_study.OVERRIDES, "ema_decay": decay},
+                        overrides=cpu_study.overrides(paradigm, size, **{
+                            "ema_decay": decay, "optimizer.schedule": "wsd",
+                            "eval.weights": ("raw", "ema")}),
                         ablation={"ema_decay": decay})

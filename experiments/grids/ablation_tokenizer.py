@@ -11,17 +11,11 @@ encoded once (its own stage key). Run in the workdir of `cpu_study`: every evalu
 the judge on that tokenizer's reconstructions (overall and per attribute) next to the run's own
 prompt following, and the eval loss in bits per image token compares across codebooks.
 """
-from importlib import util as _util
-import os as _os
-
-_spec = _util.spec_from_file_location(
-    "_cpu_study", _os.path.join(_os.path.dirname(__file__), "cpu_study.py"))
-_cpu = _util.module_from_spec(_spec)
-_spec.loader.exec_module(_cpu)
+from experiments.grids import cpu_study
 
 PARADIGMS = ("maskgit", "ar")
 SIZE = "XS"
-BUDGET = 2e12
+BUDGET = 3.2e12
 TOKENIZERS = {
     "lfq10": {"autoencoder.kind": "lfq", "autoencoder.lfq_bits": 10, "autoencoder.factors": 1},
     "lfq16": {"autoencoder.kind": "lfq", "autoencoder.lfq_bits": 16, "autoencoder.factors": 2},
@@ -36,4 +30,6 @@ def sweep(add):
     for paradigm in PARADIGMS:
         for label, tokenizer in TOKENIZERS.items():
             add(paradigm=paradigm, size=SIZE, budget=BUDGET,
-                overrides={**_cpu.OVERRIDES, **tokenizer}, ablation={"tokenizer": label})
+                overrides=cpu_study.overrides(paradigm, SIZE, **tokenizer,
+                                              **{"optimizer.schedule": "wsd"}),
+                ablation={"tokenizer": label})

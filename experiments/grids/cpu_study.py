@@ -1,33 +1,53 @@
-"""The CPU study: 3 paradigms x 3 sizes x 4 budgets (36 runs) on the full r32 shapes data.
+"""The CPU study: 3 paradigms x 3 sizes, budgets 1e12-5e13 FLOPs by cooldown branches, on the full
+r32 shapes data.
 
     python -m launch --grid=experiments/grids/cpu_study.py --workdir=./cpu_study --parallel=2
 
-A miniature of the paper's grid: budgets span 10x and sizes 24x in FLOPs per example. Measured
-on an idle 2-core CPU (docs/benchmarks.md): the whole study from an empty cache in 1 h 31 min —
-shared stages (full r32 data, two autoencoders, judge, alignment model) 23 min, 36 runs trained
-in 76 and evaluated in 57 core-minutes (an S flow-matching evaluation ~6 minutes of one core).
-The smallest size had the lowest eval loss at every budget, so the isoFLOP view brackets an
-optimum only at 2e12 for flow matching. `--runs` selects a subset (e.g. `--runs='-(T|XS)-'`).
-Run the ablation grids in the same workdir: they are compared against these runs.
+Per (paradigm, size) one trunk trains at constant rate and each budget is a cooldown branch of it
+(the last 20 % of its steps decay to the floor), so the budgets of a size cost little more than
+the largest. The budgets of a size follow where it can learn on two cores in two hours: T (~0.3M
+parameters) up to 1e13, XS to 5e13 (the top: ~3,700 steps), S (72-223 steps) from 3.2e12; 3.2e12
+has all three sizes. Learning rates are the lr_sweep's (experiments/tuned_lr.json, `launch.tune`).
+Seed replicates of XS at 1e12 measure the seed-to-seed spread; one cosine run per paradigm (XS,
+3.2e12, labelled `schedule=cosine`) checks the branches against the usual schedule. Evaluation
+uses the EMA weights only (the EMA-vs-raw comparison is ablation_ema's). `--runs` selects a subset
+(e.g. `--runs='-XS-'`). Run the ablation grids in the same workdir: they compare against these.
 """
+from experiments import common
 
 PARADIGMS = ("flow", "maskgit", "ar")
 SIZES = ("T", "XS", "S")
-BUDGETS = (5e11, 1e12, 2e12, 5e12)   # T: 265-2,650 steps; S: 11-110 steps
+BUDGETS = {"T": (1e12, 3.2e12, 1e13), "XS": (1e12, 3.2e12, 1e13, 5e13), "S": (3.2e12, 1e13)}
+SEEDS = ("XS", 1e12, (1, 2))       # replicates of the XS branch at 1e12 (seed 0)
+COSINE_CONTROL = ("XS", 3.2e12)
+DEFAULT_LR = 3e-3                  # where tuned_lr.json has no entry
 
 OVERRIDES = {
     "global_batch_size": 32,
-    "optimizer.warmup_steps": 10,
-    "ema_decay": 0.99,          # runs are 11-2,650 steps: a ~100-step average
+    "optimizer.warmup_steps": 50,   # capped at 10 % of the shortest run of a trunk
+    "ema_decay": 0.99,              # a ~100-step average; branches are 72-3,700 steps
     "log_every_steps": 25,
-    "eval_every_steps": 250,
+    "eval_every_steps": 500,
     "eval_examples": 512,
     "checkpoint_every_steps": 500,
+    "eval.weights": ("ema",),
 }
+
+
+def overrides(paradigm: str, size: str, **extra) -> dict:
+    """The study's settings with the tuned learning rate of (paradigm, size)."""
+    lr = common.tuned_lr(paradigm, size, DEFAULT_LR)
+    return {**OVERRIDES, "optimizer.lr": lr, **extra}
 
 
 def sweep(add):
     for paradigm in PARADIGMS:
         for size in SIZES:
-            for budget in BUDGETS:
-                add(paradigm=paradigm, size=size, budget=budget, overrides=OVERRIDES)
+            add(paradigm=paradigm, size=size, budgets=BUDGETS[size], schedule="wsd_branches",
+                overrides=overrides(paradigm, size))
+        size, budget, seeds = SEEDS
+        add(paradigm=paradigm, size=size, budget=budget, seeds=seeds,
+            overrides=overrides(paradigm, size, **{"optimizer.schedule": "wsd"}))
+        size, budget = COSINE_CONTROL
+        add(paradigm=paradigm, size=size, budget=budget, ablation={"schedule": "cosine"},
+            overrides=overrides(paradigm, size, **{"optimizer.schedule": "cosine"}))

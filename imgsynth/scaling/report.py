@@ -301,14 +301,19 @@ def _ablation_html(rows) -> str:
     if not abl:
         return "<p class='note'>No ablation runs (no run has <code>grid.ablation</code>).</p>"
     metrics = [("prompt_following/overall", "prompt following"), ("fd_judge", "FD"),
-               ("alignment_score", "alignment")]
+               ("alignment_score", "alignment"), ("eval_loss", "eval loss")]
     out = []
     for r in abl:
         b = base.get((r["paradigm"], r["size"], r["budget"]))
         cells = []
         for m, _ in metrics:
-            w = next((w for w in ("ema", "raw") if np.isfinite(r[f"{w}/{m}"])), "raw")
-            v, v0 = r[f"{w}/{m}"], (b[f"{w}/{m}"] if b else math.nan)
+            if m == "eval_loss":   # the last in-training eval loss (a schedule control's figure)
+                w = "ema" if np.isfinite(r["final/eval_loss_ema"]) else "raw"
+                column = "final/eval_loss" + ("_ema" if w == "ema" else "")
+            else:
+                w = next((w for w in ("ema", "raw") if np.isfinite(r[f"{w}/{m}"])), "raw")
+                column = f"{w}/{m}"
+            v, v0 = r[column], (b[column] if b else math.nan)
             cells.append(f"{_num(v)} vs {_num(v0)} ({w})")
         out.append([_esc(r["run"]), _esc(r["ablation"]), _esc(r["paradigm"]), _esc(r["size"]),
                     _num(r["budget"], 2), *cells])
