@@ -169,6 +169,7 @@ class Grid:
     name: str
     path: str
     runs: tuple[Run, ...]
+    tuned_lr: str | None = None   # the grid file's TUNED_LR_FILE: the learning rates it read
 
     def run(self, name: str) -> Run:
         for r in self.runs:
@@ -223,7 +224,8 @@ def load(grid: str) -> Grid:
     sweep = getattr(module, "sweep", None)
     if not callable(sweep):
         raise GridError(f"{path}: a grid file must define `def sweep(add): ...`")
-    return expand(sweep, name=name, path=path)
+    return dataclasses.replace(expand(sweep, name=name, path=path),
+                               tuned_lr=getattr(module, "TUNED_LR_FILE", None))
 
 
 def expand(sweep, *, name: str, path: str = "<sweep>") -> Grid:

@@ -133,6 +133,7 @@ class LocalLauncher:
         with lock:
             self.state = runs_lib.LaunchState(self.workdir, self.grid)
             self.state.begin_launch()
+            runs_lib.keep_tuned_lr(self.workdir, self.grid)
             old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
             try:
                 return self._run()

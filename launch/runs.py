@@ -112,6 +112,14 @@ def failure_reason(tail: str, returncode: int) -> str:
 
 # The grid's status file -------------------------------------------------------------------------
 
+def keep_tuned_lr(workdir: str, grid: grid_lib.Grid) -> None:
+    """WORKDIR/tuned_lr.json: a copy of the learning rates the grid read (its TUNED_LR_FILE), so
+    the report names them and the sweep they came from even after the file is re-tuned."""
+    if grid.tuned_lr and os.path.exists(grid.tuned_lr):
+        with open(grid.tuned_lr, encoding="utf-8") as f:
+            io.atomic_write(os.path.join(workdir, "tuned_lr.json"), f.read())
+
+
 class LaunchState:
     """WORKDIR/launch_status.json: per run and stage, the launcher's last outcome; per launch its
     start and end (epoch seconds), so a grid's wall time sums its launches, not the gaps between

@@ -1,5 +1,6 @@
 """The local launcher with cooldown branches (fake programs): trunk before its branches, no trunk
 evaluation, branches of a failed trunk blocked with the reason, and both resumed after Ctrl-C."""
+import dataclasses
 import json
 import os
 import signal
@@ -140,6 +141,12 @@ def test_tune_picks_the_lowest_eval_loss_and_the_study_reads_it(tmp_path, monkey
     assert lr[("ar", "S")] == 3e-3                       # the study's default where none is tuned
     from imgsynth import config as config_lib            # a config outside the study: untouched
     assert config_lib.default_config("flow", "size=S").optimizer.lr == 3e-4
+    assert grid_lib.load("cpu_study").tuned_lr == common.TUNED_LR_FILE
+    study = tmp_path / "study"                            # the launcher keeps the rates it read
+    study.mkdir()
+    runs_lib.keep_tuned_lr(str(study), dataclasses.replace(grid_lib.load("cpu_study"),
+                                                           tuned_lr=str(out)))
+    assert json.load(open(study / "tuned_lr.json")) == tuned
     assert tune.main([f"--workdir={tmp_path / 'empty'}", f"--out={out}"]) == 2
 
 

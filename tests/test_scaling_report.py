@@ -22,6 +22,10 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     workdir = make_workdir(str(tmp_path_factory.mktemp("study")))
+    with open(os.path.join(workdir, report.TUNED_LR), "w") as f:   # the rates the grid read
+        json.dump({"lr": {"flow": {"S": 0.003}}, "loss": {"flow": {"S": {"0.001": 0.61,
+                   "0.003": 0.52, "0.006": 0.55}}}, "source": {"grid": "lr_sweep.py",
+                   "metric": "eval/loss_ema", "budget": [2e12], "written": "today"}}, f)
     return workdir, report.build_report(workdir, budgets=[1e17, 1e18], n_bootstrap=50)
 
 
@@ -56,6 +60,7 @@ def test_report_files_and_self_containment(built):
     assert not [f for f in os.listdir(out) if ".tmp" in f]
     with open(path, encoding="utf-8") as f:
         page = f.read()
+    assert "<b>0.003: 0.52</b>" in page and "0.001: 0.61" in page   # the sweep behind a rate
     # An ablation (a schedule control among them) is read against its main run, eval loss too.
     assert "eval loss: ablation vs main run" in page
     assert re.search(r'<td class="">\d\.\d+ vs \d\.\d+ \(ema\)</td></tr>', page)

@@ -21,6 +21,7 @@ BUDGETS = {"T": (1e12, 3.2e12, 1e13), "XS": (1e12, 3.2e12, 1e13, 5e13), "S": (3.
 SEEDS = ("XS", 1e12, (1, 2))       # replicates of the XS branch at 1e12 (seed 0)
 COSINE_CONTROL = ("XS", 3.2e12)
 DEFAULT_LR = 3e-3                  # where tuned_lr.json has no entry
+TUNED_LR_FILE = common.TUNED_LR_FILE   # the launcher keeps a copy in the workdir, for the report
 
 OVERRIDES = {
     "global_batch_size": 32,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
-import html
 import logging
 import math
 import os
@@ -19,6 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from imgsynth.scaling import figures, fits as fitting, replicates, table
+from imgsynth.scaling.markup import (ci as _ci, esc as _esc, num as _num, num0 as _num0,
+                                      table as _table, warn as _warn)
 from imgsynth.scaling.estimators import LOSS_HUBER_DELTA, FitError
 from imgsynth import io
 
@@ -40,43 +41,7 @@ PARADIGM_NAMES = {"flow": "flow matching (diffusion)", "maskgit": "MaskGIT (mask
                   "ar": "autoregressive (next token)"}
 
 log = logging.getLogger(__name__)
-
-
-def _num(v, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    s = f"{v:.{digits}g}"
-    if "e" in s:
-        mant, exp = s.split("e")
-        s = f"{mant}e{int(exp)}"
-    return s
-
-
-def _num0(E: float) -> str:
-    """E of a fit, shown as 0 when it sits at its bound (a pure power law); fitted metrics are
-    all far above 1e-9."""
-    return "0" if abs(E) < 1e-9 else _num(E)
-
-
-def _warn(text) -> str:
-    return f"<span class='warn'>{_esc(text)}</span>"
-
-
-def _ci(ci, digits: int = 3) -> str:
-    return f"[{_num(ci[0], digits)}, {_num(ci[1], digits)}]" if ci else "[–]"
-
-
-def _esc(text) -> str:
-    return html.escape(str(text))
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence], left: int = 1) -> str:
-    """HTML table; cells are pre-escaped HTML; the first `left` columns are left-aligned."""
-    head = "".join(f'<th class="{"l" if i < left else ""}">{_esc(h)}</th>'
-                   for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>'
-                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+TUNED_LR = "tuned_lr.json"   # in the workdir: the rates a grid read (launch/runs.py keeps a copy)
 
 
 class _Figures:
@@ -321,6 +286,35 @@ def _ablation_html(rows) -> str:
                    *[f"{label}: ablation vs main run" for _, label in metrics]], out, left=4)
 
 
+def _learning_rates_html(rows, workdir: str) -> str:
+    """The peak rate each (paradigm, size) trained at and, where the grid read tuned rates
+    (WORKDIR/tuned_lr.json, kept by the launcher), the sweep's final eval loss at every rate."""
+    used: dict[tuple[str, str], set] = {}
+    for r in fitting.main_runs(rows):
+        used.setdefault((r["paradigm"], r["size"]), set()).add(r["lr"])
+    if not used:
+        return "<p class='note'>No finished main-grid run.</p>"
+    tuned = io.read_json(os.path.join(workdir, TUNED_LR)) or {}
+    losses, source = tuned.get("loss", {}), tuned.get("source", {})
+    out = []
+    for (paradigm, size), rates in sorted(used.items()):
+        sweep = losses.get(paradigm, {}).get(size, {})
+        best = min(sweep, key=sweep.get) if sweep else None
+        cells = ", ".join((f"<b>{_num(float(lr))}: {_num(v, 4)}</b>" if lr == best else
+                           f"{_num(float(lr))}: {_num(v, 4)}") for lr, v in sweep.items())
+        out.append([_esc(paradigm), _esc(size), ", ".join(_num(x) for x in sorted(rates)),
+                    cells or "–"])
+    note = ("<p class='note'>The peak learning rate of the main runs; the sweep's column: the "
+            f"final {_esc(source.get('metric', 'eval loss'))} at each rate (bold: the lowest, "
+            f"the rate chosen) at {_esc(', '.join(_num(b, 2) for b in source.get('budget', [])))}"
+            f" FLOPs, from <code>{_esc(source.get('grid', ''))}</code> "
+            f"({_esc(source.get('written', ''))}).</p>" if tuned else
+            "<p class='note'>The peak learning rate of the main runs (the grid read no tuned "
+            "rates).</p>")
+    return note + _table(["paradigm", "size", "peak rate", "sweep: rate: final eval loss"],
+                         out, left=2)
+
+
 REPLICATE_METRICS = (("prompt_following/overall", "prompt following"), ("fd_judge", "FD"),
                      ("alignment_score", "alignment"), ("final/eval_loss", "eval loss"))
 
@@ -526,6 +520,7 @@ def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) ->
             "alignment-score points. Table: each ablation run against the main run of the same "
             "paradigm, size and budget.") + _ablation_html(rows)),
         ("replicates", "Seed replicates", _replicates_html(rows, primary)),
+        ("rates", "Learning rates", _learning_rates_html(rows, workdir)),
         ("ceilings", "Instrument ceilings", "<p class='note'>The judge on real images and the "
          "autoencoder's reconstructions bound prompt following (and FD); what the instruments "
          "credit in destroyed images (blank, noise, blur, shuffled patches, blobs, decodes of "

@@ -46,7 +46,7 @@ CEILINGS = ("judge_prompt_following", "autoencoder_prompt_following",
 INFERENCE = ("flops_per_image", "images_per_s", "latency_s", "batch_size")
 SETTINGS = ("num_samples", "guidance", "sampler_steps", "seed", "checkpoint_step")
 RUN_COLUMNS = ("run", "paradigm", "size", "seed", "grid", "ablation", "status", "reason", "budget",
-               "global_batch_size", "total_steps", "steps", "examples_seen", "train_flops",
+               "global_batch_size", "lr", "schedule", "total_steps", "steps", "examples_seen", "train_flops",
                "params_all", "params_embedding", "params_non_embedding", "flops_per_example",
                "final/eval_loss", "final/eval_loss_ema")
 RESULT_COLUMNS = (RUN_COLUMNS + tuple(f"{w}/{m}{x}" for w in WEIGHTS for m in EVAL_METRICS
@@ -179,6 +179,7 @@ def _run_row(run_dir: str, workdir: str, warn) -> tuple[dict, list[dict], bool]:
     metrics = _read_metrics(os.path.join(run_dir, "metrics.jsonl"), name, warn)
     evaluation = _read_json(os.path.join(run_dir, "eval.json"), f"{name}/eval.json", warn)
     grid = config.get("grid") if isinstance(config.get("grid"), dict) else {}
+    optimizer = config.get("optimizer") if isinstance(config.get("optimizer"), dict) else {}
     row: dict[str, Any] = {
         "run": name, "paradigm": str(config.get("paradigm", "")),
         "size": str(config.get("size", "")),
@@ -186,6 +187,7 @@ def _run_row(run_dir: str, workdir: str, warn) -> tuple[dict, list[dict], bool]:
         "ablation": ablation_label(grid), "status": str(status.get("status", "unknown")),
         "reason": str(status.get("reason") or ""), "budget": _number(grid.get("budget")),
         "global_batch_size": _number(config.get("global_batch_size")),
+        "lr": _number(optimizer.get("lr")), "schedule": str(optimizer.get("schedule", "")),
         "total_steps": _number(config.get("total_steps")),
     }
     for key in ("paradigm", "size"):
