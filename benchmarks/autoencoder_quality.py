@@ -64,11 +64,11 @@ def _loss(model, batch, rng):
 
 
 def _compiled_step(config, graphdef, params, total_steps, example):
-    init_state, train_step, schedule = make_update(config, _loss, graphdef, total_steps)
+    init_state, train_step, inputs = make_update(config, _loss, graphdef, total_steps)
     state = jax.jit(init_state)(params)
     t0 = time.perf_counter()
-    step = jax.jit(train_step, donate_argnums=(0,)).lower(state, example, schedule).compile()
-    return state, lambda s, b: step(s, b, schedule), time.perf_counter() - t0
+    step = jax.jit(train_step, donate_argnums=(0,)).lower(state, example, inputs).compile()
+    return state, lambda s, b: step(s, b, inputs), time.perf_counter() - t0
 
 
 def train(config: ml_collections.ConfigDict, train_images: np.ndarray, minutes: float):

@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from clu import metric_writers, periodic_actions
 from flax import nnx
 
 from imgsynth import checkpoint as ckpt_lib, config as config_lib, io, optim, perf, sharding
@@ -182,13 +181,16 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                          max_to_keep=config.get("keep_checkpoints", 2),
                                          keep_steps=task.keep_steps)
+    # TensorBoard's writer imports TensorFlow (~5 s): only a training process pays for it, not
+    # the evaluations and tools that use this module's files.
+    from clu import metric_writers, periodic_actions
     writer = metric_writers.create_default_writer(workdir, just_logging=not io.is_writer())
     stop = _StopFlag()
     try:
         # ---- Model, optimizer, sharded state, update step ------------------------------------
         model = sharding.create_sharded(task.build, mesh)
         graphdef, params = nnx.split(model)
-        init_state, train_step, schedule = optim.make_update(
+        init_state, train_step, inputs = optim.make_update(
             config, task.loss, graphdef, task.total_steps, optimizer=task.optimizer)
         with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
             state = jax.jit(init_state)(params)
@@ -249,12 +251,12 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
         with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
             if start < task.total_steps:
                 first = sharding.to_global(next(train_iter), mesh)
-                compiled = step_fn.lower(state, first, schedule).compile()
+                compiled = step_fn.lower(state, first, inputs).compile()
                 logging.info("compiled the update step; memory: %s", compiled.memory_analysis())
             window.restart(start)
             for step in range(start + 1, task.total_steps + 1):
                 batch = first if step == start + 1 else sharding.to_global(next(train_iter), mesh)
-                state, metrics = compiled(state, batch, schedule)
+                state, metrics = compiled(state, batch, inputs)
                 if step == start + 1:   # one wait, for the start-up time in the run's record
                     jax.block_until_ready(metrics)
                     timing["first_step"] = time.time()

@@ -112,34 +112,38 @@ def make(opt) -> optax.GradientTransformation:
 
 
 def make_update(config, loss, graphdef, total_steps: int, *, optimizer=None):
-    """The state initialiser, the update step (optimizer, EMA) as pure functions, and the step's
-    schedule inputs: `train_step(state, batch, schedule_inputs)`.
+    """The state initialiser, the update step (optimizer, EMA) as pure functions, and the run's
+    inputs of the step: `train_step(state, batch, inputs)`. The seed and the schedule's numbers
+    are inputs, not constants, so runs of one model that differ only in them (budgets, cooldown
+    branches, seed replicates) share one compiled step.
 
     `loss(model, batch, rng) -> (value, metrics)`. The state is a plain dict: params, their EMA
     (decay `config.ema_decay`), optimizer state and step. `optimizer` = (tx, schedule) replaces
-    the AdamW of `config.optimizer` (its schedule inside tx; there are no schedule inputs).
+    the AdamW of `config.optimizer` (its schedule inside tx).
     """
+    inputs = {"seed": np.uint32(config.seed)}
     if optimizer:
         tx, fixed = optimizer
-        inputs, rate = {}, lambda _, step: fixed(step)
+        rate = lambda _, step: fixed(step)   # noqa: E731
     else:
-        tx, inputs = make(config.optimizer), schedule_inputs(config.optimizer, total_steps)
+        tx = make(config.optimizer)
+        inputs |= schedule_inputs(config.optimizer, total_steps)
         rate = functools.partial(learning_rate, decay_shape(config.optimizer))
-    base_key = jax.random.key(config.seed)
 
     def init_state(params):
         return {"params": params, "ema": jax.tree.map(jnp.copy, params), "opt": tx.init(params),
                 "step": jnp.zeros((), jnp.int32)}
 
-    def train_step(state, batch, schedule):
-        rng = jax.random.fold_in(base_key, state["step"])   # resume-safe: a function of the step
+    def train_step(state, batch, inputs):
+        # Resume-safe: a function of the step.
+        rng = jax.random.fold_in(jax.random.key(inputs["seed"]), state["step"])
 
         def loss_fn(params):
             return loss(nnx.merge(graphdef, params), batch, rng)
 
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt = tx.update(grads, state["opt"], state["params"])
-        lr = rate(schedule, state["step"])
+        lr = rate(inputs, state["step"])
         if not optimizer:   # what optax.scale_by_learning_rate does, with the rate an input
             updates = jax.tree.map(lambda u: jnp.asarray(-lr, u.dtype) * u, updates)
         params = optax.apply_updates(state["params"], updates)

@@ -184,7 +184,7 @@ def compile_only(config: ml_collections.ConfigDict) -> dict:
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
         graphdef, abstract_params = nnx.get_abstract_model(
             lambda: module.build(config, nnx.Rngs(config.seed)), mesh)
-        init_state, train_step, schedule = optim.make_update(
+        init_state, train_step, inputs = optim.make_update(
             config, paradigm_loss(module, config), graphdef, plan.total_steps)
         state_shardings = jax.jit(init_state).lower(abstract_params).compile().output_shardings
         abstract_state = jax.tree.map(
@@ -197,7 +197,7 @@ def compile_only(config: ml_collections.ConfigDict) -> dict:
         t0 = time.perf_counter()
         compiled = jax.jit(train_step, donate_argnums=(0,),
                            out_shardings=(state_shardings, None)).lower(
-            abstract_state, abstract_batch, schedule).compile()
+            abstract_state, abstract_batch, inputs).compile()
         compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     report = {"mesh": dict(mesh.shape), "devices": jax.device_count(), "compile_s": compile_s,

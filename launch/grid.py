@@ -51,20 +51,25 @@ RESERVED_KEYS = ("paradigm", "size", "runlocal", "grid", "keep_flops", "total_st
                  "total_examples", "total_flops", "fork_budgets", "fork_from", "seed")
 BRANCHES = "wsd_branches"   # add(schedule=...): one trunk, a cooldown branch per budget
 
-# Achieved training FLOP/s of a whole 2-core CPU machine, by size, for ETAs: twice the update-step
-# rate of one process on one core while another runs on the other (--parallel=2), at global
-# batch 32 (benchmarks/backbone_throughput.py, flow and next-token: T 14.6, XS 23.5-25.8, S 32.9
-# GFLOP/s a core; MFU 0.2, 0.31-0.36, 0.40-0.43). Small widths use the cores poorly.
-# `--flops_per_s` replaces these.
-CPU_FLOPS_PER_S = {"T": 29e9, "XS": 47e9, "S": 66e9, "M": 70e9}
-# Per-run seconds besides the update steps on a CPU: imports, compiles, evals, checkpoints
-# (~20-30 s idle).
-CPU_TRAIN_OVERHEAD_S = 30.0
+# Achieved training FLOP/s of a whole 2-core CPU machine, by size, for ETAs: twice what one
+# training process on one core reaches while another runs on the other (--parallel=2), global
+# batch 32, logging, checkpoints and in-training evals included (S: 26 GFLOP/s a core measured in
+# cpu_study's trunks; the update step alone reaches T 14.6, XS 23.5-25.8, S 32.9 GFLOP/s a core,
+# benchmarks/backbone_throughput.py). Small widths use the cores poorly. `--flops_per_s`
+# replaces these.
+CPU_FLOPS_PER_S = {"T": 25e9, "XS": 40e9, "S": 52e9, "M": 60e9}
+# Unrolled layers (model.scan_layers=False) on a CPU: update steps 14-19 % shorter at T, XS and S
+# (flow and next-token, batch 32, one core each, both cores busy).
+CPU_UNROLLED_SPEEDUP = 1.15
+# Per-run seconds besides the update steps on a CPU (whole machine): start-up ~17 s of one core
+# with the update step in the compilation cache (~40 s compiling it), the last eval loss and
+# checkpoint.
+CPU_TRAIN_OVERHEAD_S = 25.0
 # A run's evaluation on a CPU: start-up, restoring, compiling and the metrics, then sampling
 # eval.num_samples images per evaluated weights (raw, EMA) at an inference rate of the whole machine
 # (measured with imgsynth.evaluate, one run per core; docs/benchmarks.md).
-CPU_EVAL_OVERHEAD_S = 25.0
-CPU_SAMPLE_FLOPS_PER_S = 150e9
+CPU_EVAL_OVERHEAD_S = 20.0
+CPU_SAMPLE_FLOPS_PER_S = 98e9   # flow matching at S: 1.12 images/s of 43.8 GFLOP on one core
 
 
 OVERRIDES_ENV = "IMGSYNTH_GRID_SET"
@@ -425,6 +430,8 @@ def estimate_seconds(run: Run, flops_per_s: float | None = None) -> float | None
     rate = flops_per_s or CPU_FLOPS_PER_S.get(run.size)
     if rate is None:
         return None
+    if flops_per_s is None and not run.config.model.scan_layers:
+        rate *= CPU_UNROLLED_SPEEDUP
     evaluation = eval_seconds(run) if run.evaluate else 0.0
     overhead = CPU_TRAIN_OVERHEAD_S + evaluation if flops_per_s is None else 0.0
     return overhead + run.own_flops / rate

@@ -144,3 +144,27 @@ def test_every_budget_and_schedule_end_shares_one_compiled_step(tmp_path):
     finally:
         monitoring.unregister_event_listener(listener)
     assert not misses
+
+
+def test_the_seed_is_an_input_of_the_update_step():
+    """Seed replicates share the compiled update step too (the parameters' initialisation, a
+    small program, still compiles per seed)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from imgsynth import optim
+
+    graphdef, params = nnx.split(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+
+    def loss(model, batch, rng):
+        value = jnp.mean((model(batch["x"]) - jax.random.normal(rng, (4, 2))) ** 2)
+        return value, {"loss": value}
+
+    texts = []
+    for seed, steps in ((0, 10), (1, 30)):
+        init_state, train_step, inputs = optim.make_update(
+            tiny("flow", seed=seed), loss, graphdef, steps)
+        state = init_state(params)
+        texts.append(jax.jit(train_step).lower(state, {"x": jnp.ones((4, 3))}, inputs).as_text())
+        assert int(inputs["seed"]) == seed
+    assert texts[0] == texts[1]
