@@ -4,7 +4,7 @@ and the update step every trainer runs (gradient, optimizer, EMA).
 WSD follows Hägele et al. 2024 (arXiv:2405.18392): constant after warm-up, then a cooldown over
 the last `decay_fraction` of the steps, linear or 1 − sqrt, reaching the floor at the last update.
 A run at constant rate with the same warm-up has the same rates up to where the cooldown begins,
-so one such trunk serves many budgets (`cooldown_start`, imgsynth/registry.py).
+so one such trunk serves many budgets (`schedules.cooldown_start`, imgsynth/registry.py).
 """
 from __future__ import annotations
 
@@ -16,28 +16,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from imgsynth.schedules import cooldown_steps, warmup_steps
+
 SHAPES = ("linear", "1-sqrt")
-
-
-def warmup_steps(opt, total_steps: int) -> int:
-    """`warmup_steps`, capped at `warmup_fraction` of the run (when > 0) and below its length, so
-    no short run spends most of its steps warming up."""
-    warmup = min(opt.warmup_steps, max(total_steps - 1, 0))
-    fraction = opt.get("warmup_fraction", 0.0)
-    if fraction:
-        warmup = min(warmup, max(int(fraction * total_steps), 1))
-    return warmup
-
-
-def cooldown_steps(opt, total_steps: int) -> int:
-    """Updates a WSD run of `total_steps` spends decaying (`decay_fraction` of them, at least 1)."""
-    return max(int(opt.decay_fraction * total_steps), 1)
-
-
-def cooldown_start(opt, total_steps: int) -> int:
-    """The step at which a WSD run of `total_steps` leaves the constant rate: its state there is a
-    constant-rate trunk's state at the same step."""
-    return total_steps - cooldown_steps(opt, total_steps)
 
 
 NEVER = float(2 ** 30)   # a constant-rate run's cooldown start: never reached

@@ -13,7 +13,7 @@ from typing import Any
 
 import ml_collections
 
-from imgsynth import config as config_lib, optim
+from imgsynth import config as config_lib, schedules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,13 +104,13 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
 def fork_step(opt, total_steps: int, budget: float | None = None) -> int:
     """Where a WSD run of `total_steps` (budget `budget`) leaves the constant rate: the trunk step
     its cooldown branch starts from. A run too short for warm-up plus cooldown is refused."""
-    start = optim.cooldown_start(opt, total_steps)
-    warmup = optim.warmup_steps(opt, total_steps)
+    start = schedules.cooldown_start(opt, total_steps)
+    warmup = schedules.warmup_steps(opt, total_steps)
     if start < max(warmup, 1):
         what = f"budget {budget:.3g} ({total_steps} steps)" if budget else f"{total_steps} steps"
         raise config_lib.ConfigError(
             f"{what} is less than warm-up ({warmup}) + cooldown "
-            f"({optim.cooldown_steps(opt, total_steps)} steps, decay_fraction="
+            f"({schedules.cooldown_steps(opt, total_steps)} steps, decay_fraction="
             f"{opt.decay_fraction}): raise the budget or shorten them")
     return start
 
@@ -122,10 +122,10 @@ def check_fork(opt, total_steps: int, step: int) -> None:
             f"fork_from is set but optimizer.schedule={opt.schedule!r}: a cooldown branch runs "
             "the wsd schedule")
     start = fork_step(opt, total_steps)
-    if not optim.warmup_steps(opt, total_steps) <= step <= start or step < 1:
+    if not schedules.warmup_steps(opt, total_steps) <= step <= start or step < 1:
         raise config_lib.ConfigError(
             f"fork_from.step={step} is outside this run's constant-rate phase (steps "
-            f"{optim.warmup_steps(opt, total_steps)}..{start} of {total_steps})")
+            f"{schedules.warmup_steps(opt, total_steps)}..{start} of {total_steps})")
 
 
 def steps_for_budget(config: ml_collections.ConfigDict, budget_flops: float) -> int:

@@ -72,6 +72,14 @@ def main(argv=None) -> int:
 def _main(argv) -> int:
     args = cli.one_line(parser()).parse_args(argv)
     cli.check_workdir(args.workdir, args.parallel)
+    if args.status and args.backend != "tpu" and args.workdir:
+        try:   # run names only: no config is built, so no JAX is imported
+            runs = grid_lib.load_names(args.grid).select(args.runs)
+        except grid_lib.GridError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(runs_lib.status_table(runs_lib.status_rows(args.workdir, runs)))
+        return 0
     try:
         grid = grid_lib.load(args.grid)
         runs = grid.select(args.runs)
@@ -101,9 +109,6 @@ def _main(argv) -> int:
             return 0
         print("error: --workdir is required", file=sys.stderr)
         return 2
-    if args.status:
-        print(runs_lib.status_table(runs_lib.status_rows(args.workdir, runs)))
-        return 0
     if args.backend == "slurm":
         return _slurm(args, grid, runs)
     if args.dry_run:

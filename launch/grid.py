@@ -216,8 +216,8 @@ def resolve(grid: str) -> str:
     return path
 
 
-def load(grid: str) -> Grid:
-    """Loads and expands a grid file (name or path); every error names the file and the run."""
+def _module(grid: str):
+    """(name, path, module) of a grid file; its `sweep` checked."""
     path = resolve(grid)
     name = os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(f"imgsynth_grid_{name}", path)
@@ -226,15 +226,44 @@ def load(grid: str) -> Grid:
         spec.loader.exec_module(module)
     except Exception as e:
         raise GridError(f"{path}: cannot load the grid file: {type(e).__name__}: {e}") from e
-    sweep = getattr(module, "sweep", None)
-    if not callable(sweep):
+    if not callable(getattr(module, "sweep", None)):
         raise GridError(f"{path}: a grid file must define `def sweep(add): ...`")
-    return dataclasses.replace(expand(sweep, name=name, path=path),
+    return name, path, module
+
+
+def load(grid: str) -> Grid:
+    """Loads and expands a grid file (name or path); every error names the file and the run."""
+    name, path, module = _module(grid)
+    return dataclasses.replace(expand(module.sweep, name=name, path=path),
                                tuned_lr=getattr(module, "TUNED_LR_FILE", None))
 
 
-def expand(sweep, *, name: str, path: str = "<sweep>") -> Grid:
-    """Calls `sweep(add)` and turns every `add(...)` into a Run."""
+@dataclasses.dataclass(frozen=True)
+class RunRef:
+    """A run known by its name only: steps come from its own files once it has started."""
+    name: str
+    steps: int | None = None
+
+
+def load_names(grid: str) -> Grid:
+    """The grid's run names without building a config: what `--status` needs, in a process that
+    never imports JAX (a login node answers in a second)."""
+    name, path, module = _module(grid)
+    refs = []
+    for s in _specs(module.sweep, path):
+        for seed in s["seeds"]:
+            args = (s["paradigm"], s["size"])
+            if s["schedule"] == BRANCHES:
+                refs.append(RunRef(run_name(*args, "trunk", s["ablation"], seed)))
+                refs += [RunRef(run_name(*args, float(b), s["ablation"], seed))
+                         for b in sorted(s["budgets"])]
+            else:
+                refs.append(RunRef(run_name(*args, float(s["budget"]), s["ablation"], seed)))
+    return Grid(name=name, path=path, runs=tuple(refs))
+
+
+def _specs(sweep, path: str) -> list[dict]:
+    """What `sweep(add)` asked for, each `add(...)` checked."""
     specs: list[dict] = []
 
     def add(paradigm: str, size: str, budget: float | None = None, *,
@@ -261,6 +290,12 @@ def expand(sweep, *, name: str, path: str = "<sweep>") -> Grid:
     for i, s in enumerate(specs):
         _check_spec(s, f"{path}: run #{i + 1} ({s.get('paradigm')}, {s.get('size')}, "
                        f"{s.get('budget') or s.get('budgets')})")
+    return specs
+
+
+def expand(sweep, *, name: str, path: str = "<sweep>") -> Grid:
+    """Calls `sweep(add)` and turns every `add(...)` into a Run."""
+    specs = _specs(sweep, path)
     extra = command_line_overrides()
     for s in specs:
         s["overrides"].update(extra)
@@ -369,11 +404,11 @@ def _make_run(s: dict, grid_name: str, budgets: Sequence[float], where: str) -> 
 def _make_branches(s: dict, grid_name: str, where: str) -> list[Run]:
     """One trunk (constant rate to the last fork step, or `trunk_budget`) and one wsd branch per
     budget, all with the warm-up of the smallest budget so their rates agree up to every fork."""
-    from imgsynth import optim, registry   # jax
+    from imgsynth import registry, schedules   # paradigm modules: jax
     budgets = sorted(float(b) for b in s["budgets"])
     branches = [_make_run({**s, "budget": b}, grid_name, (), where) for b in budgets]
     opt = branches[0].config.optimizer
-    warmup = optim.warmup_steps(opt, branches[0].steps)
+    warmup = schedules.warmup_steps(opt, branches[0].steps)
     trunk_name = run_name(s["paradigm"], s["size"], "trunk", s["ablation"], s.get("seed", 0))
     forks = []
     for run in branches:

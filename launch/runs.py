@@ -160,7 +160,7 @@ class LaunchState:
 
 # The --status table -----------------------------------------------------------------------------
 
-def status_rows(workdir: str, runs: Sequence[grid_lib.Run]) -> list[dict]:
+def status_rows(workdir: str, runs: Sequence[grid_lib.Run | grid_lib.RunRef]) -> list[dict]:
     state = LaunchState(workdir)
     rows = []
     for r in runs:
@@ -175,7 +175,9 @@ def status_rows(workdir: str, runs: Sequence[grid_lib.Run]) -> list[dict]:
         if status["status"] == "done" and launch.get("eval") in ("failed", "unavailable"):
             reason = launch.get("eval_reason", "")
         shown = "stale (process gone)" if io.process_gone(status) else status["status"]
-        rows.append({"run": r.name, "status": shown, "step": step, "total": r.steps,
+        total = r.steps if r.steps is not None else (io.read_json(os.path.join(
+            d, "config.json")) or {}).get("total_steps")
+        rows.append({"run": r.name, "status": shown, "step": step, "total": total,
                      "loss": metrics.get("loss"), "eval": evaluation, "reason": reason})
     return rows
 
@@ -184,7 +186,8 @@ def status_table(rows: Sequence[dict]) -> str:
     header = f"{'run':<34} {'status':<20} {'step/total':>15} {'loss':>8} {'eval':<11} reason"
     lines = [header, "-" * len(header)]
     for row in rows:
-        step = f"{row['step'] if row['step'] is not None else '–'}/{row['total']}"
+        step = (f"{row['step'] if row['step'] is not None else '–'}/"
+                f"{row['total'] if row['total'] is not None else '–'}")
         loss = f"{row['loss']:.4f}" if isinstance(row["loss"], (int, float)) else "–"
         reason = " ".join(str(row["reason"]).split())[:90]
         lines.append(f"{row['run']:<34} {row['status']:<20} {step:>15} {loss:>8} "

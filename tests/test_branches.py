@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from imgsynth import config as config_lib, optim, registry, train
+from imgsynth import config as config_lib, optim, registry, schedules, train
 from launch import grid as grid_lib
 
 TINY = {"data.name": "synthetic", "data.synthetic_examples": 64, "global_batch_size": 8,
@@ -117,7 +117,7 @@ def test_wsd_schedule_shapes():
         assert lr[89] == pytest.approx(mid, rel=1e-5)          # halfway down the 20 steps
         assert lr[99] == pytest.approx(0.1, rel=1e-6)          # the floor at the last update
     opt.update(warmup_steps=100, warmup_fraction=0.1)
-    assert optim.warmup_steps(opt, 50) == 5                    # capped at a tenth of the run
+    assert schedules.warmup_steps(opt, 50) == 5                    # capped at a tenth of the run
     opt.decay_shape = "cubic"
     with pytest.raises(ValueError, match="decay_shape='cubic'"):
         optim.schedule(opt, 100)

@@ -24,3 +24,18 @@ def test_module_imports_no_framework(module):
     p = subprocess.run([sys.executable, "-c", check], cwd=grid_lib.REPO_ROOT,
                        capture_output=True, text=True)
     assert p.returncode == 0, f"importing {module} loads {p.stderr.strip().splitlines()[-1:]}"
+
+
+def test_status_of_a_grid_imports_no_framework(tmp_path):
+    """`--status` reads run names and run files only: no config is built, so no JAX."""
+    check = ("import sys; from launch import __main__ as m; "
+             f"rc = m.main(['--grid=cpu_study', '--workdir={tmp_path}', '--status']); "
+             f"loaded = [m for m in {HEAVY!r} if m in sys.modules]; "
+             "assert rc == 0 and not loaded, (rc, loaded)")
+    p = subprocess.run([sys.executable, "-c", check], cwd=grid_lib.REPO_ROOT,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr.strip().splitlines()[-1:]
+    names = [r.name for r in grid_lib.load("cpu_study").runs]
+    listed = [line.split()[0] for line in p.stdout.splitlines()[2:-2]]
+    assert listed == names                      # the same runs, in the grid's order
+    assert "39 pending" in p.stdout

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from imgsynth import optim, registry
+from imgsynth import registry, schedules
 from launch import grid as grid_lib, grid_config
 
 
@@ -71,7 +71,7 @@ def test_shipped_grids():
     assert all(r.config.eval.weights == ("ema",) for r in evaluated)
     assert sum(grid_lib.estimate_seconds(r) for r in cpu.runs) < 2 * 3600
     # Every run warms up for under a tenth of its steps.
-    assert all(optim.warmup_steps(r.config.optimizer, r.steps) <= 0.1 * r.steps for r in evaluated
+    assert all(schedules.warmup_steps(r.config.optimizer, r.steps) <= 0.1 * r.steps for r in evaluated
                if r.config.optimizer.schedule != "constant")
 
     paper = grid_lib.load("paper")
