@@ -237,6 +237,10 @@ class LocalLauncher:
             else:
                 self.state.update_run(run.name, train="queued")
                 todo.append(("train", run))
+        # Trunks first, the longest first: a trunk and the branches behind it are a grid's
+        # longest chain, and one started last leaves the other cores idle at the end. The rest
+        # keep the grid's order.
+        todo.sort(key=lambda job: -job[1].own_flops if job[1].role == "trunk" else 0.0)
         return todo
 
     # ---- stages ----------------------------------------------------------------------------------

@@ -169,3 +169,24 @@ def test_tune_averages_seed_replicates(tmp_path):
     result, missing = tune.tune(grid, str(tmp_path))
     assert not missing and result["lr"] == {"flow": {"T": 1e-3}}
     assert result["loss"]["flow"]["T"] == {repr(1e-3): 0.8, repr(3e-3): pytest.approx(0.9)}
+
+
+def test_trunks_start_first_longest_first(tmp_path, fake):  # noqa: F811
+    """A grid's longest chain is a trunk and its branches: every trunk is queued before any other
+    run, the longest first; the other runs keep the grid's order."""
+    path = tmp_path / "two_trunks.py"
+    path.write_text("""
+def sweep(add):
+    add(paradigm="ar", size="T", budget=1e12, overrides={"data.name": "synthetic"})
+    add(paradigm="flow", size="T", budgets=[1e12, 3e12], schedule="wsd_branches",
+        overrides={"data.name": "synthetic"})
+    add(paradigm="flow", size="XS", budgets=[1e12, 3e13], schedule="wsd_branches",
+        overrides={"data.name": "synthetic"})
+""")
+    grid = grid_lib.load(str(path))
+    run = launcher(grid, tmp_path / "study", fake)
+    os.makedirs(tmp_path / "study" / "runs")
+    run.state = runs_lib.LaunchState(str(tmp_path / "study"), grid)
+    planned = [r.name for _, r in run._plan()]
+    assert planned == ["flow-XS-trunk", "flow-T-trunk", "ar-T-1e+12", "flow-T-1e+12",
+                       "flow-T-3e+12", "flow-XS-1e+12", "flow-XS-3e+13"]
