@@ -16,11 +16,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from imgsynth.schedules import cooldown_steps, warmup_steps
+from imgsynth.schedules import cooldown_start, cooldown_steps, warmup_steps
 
 SHAPES = ("linear", "1-sqrt")
-
-
 NEVER = float(2 ** 30)   # a constant-rate run's cooldown start: never reached
 
 
@@ -34,8 +32,7 @@ def schedule_inputs(opt, total_steps: int) -> dict[str, np.float32]:
     elif opt.schedule == "constant":
         start, length = NEVER, 1
     elif opt.schedule == "wsd":   # stable, then the cooldown ends at the floor at the last update
-        length = cooldown_steps(opt, total_steps)
-        start = total_steps - length
+        start, length = cooldown_start(opt, total_steps), cooldown_steps(opt, total_steps)
     else:
         raise ValueError(f"optimizer.schedule={opt.schedule!r}; choose cosine, constant or wsd")
     values = {"warmup": warmup, "peak": opt.lr, "floor": opt.lr * opt.min_lr_ratio,
