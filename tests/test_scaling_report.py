@@ -54,7 +54,9 @@ def test_report_files_and_self_containment(built):
         md = f.read()
     with open(os.path.join(out, "fits.json"), encoding="utf-8") as f:
         fits = json.load(f)
-    rows = [line for line in md.splitlines() if line.startswith("| ") and "**" in line]
+    verdicts, findings = md.split("\n\n")[:2]
+    assert len(verdicts.splitlines()) == 2 + len(fits["claims"]) == 2 + 7   # the paper's 7 claims
+    rows = [line for line in findings.splitlines() if line.startswith("| ") and "**" in line]
     assert len(rows) == len(fits["findings"])   # one Markdown row per finding, winner in bold
     assert all(f"**{x['winner']}**" in row for x, row in zip(fits["findings"], rows))
     assert not [f for f in os.listdir(out) if ".tmp" in f]
@@ -74,7 +76,8 @@ def test_report_files_and_self_containment(built):
     assert re.search(r"Instrument ceilings</b>: the judge reads real test images at 0\.99.*"
                      r"continuous autoencoder's \(flow\) at 0\.97.*tokenizer's .* at 0\.97.*"
                      r"retrieves .* at 0\.9", first), first[-800:]
-    for needle in ("Findings", "Extrapolated crossovers", "Samples at matched compute", "Ablations",
+    for needle in ("Findings", "The paper&#x27;s findings", "Extrapolated crossovers",
+                   "Samples at matched compute", "Ablations",
                    "Instrument ceilings", "autoencoder=small", "ema=false", "RESOURCE_EXHAUSTED",
                    "on log residuals, L-BFGS-B from a grid of starts",
                    "cross-check: variable projection"):

@@ -3,8 +3,8 @@
 Per paradigm: every metric against training FLOPs, e(C) = E + A·C^-α in error form; the loss
 surface L(N, D) by the Huber fit on log residuals (`estimators.fit_loss_law`), cross-checked by
 variable projection, and the compute-optimal allocation it implies; isoFLOP parabolas and their
-minima. Across paradigms: who wins each shared metric at each budget, and where one paradigm's
-fitted curve overtakes another's. Every parameter and prediction carries a bootstrap-over-runs
+minima. Across paradigms: who wins each shared metric at each budget, where one paradigm's
+fitted curve overtakes another's, and a verdict on each of the paper's findings (`claims`). Every parameter and prediction carries a bootstrap-over-runs
 interval, every fit a held-out check (refit without the largest budget, predict it), and every
 entry the name of its estimator. Fits the data cannot support are recorded with the reason
 instead of a number.
@@ -25,7 +25,7 @@ from scipy import optimize
 
 from imgsynth.scaling import bootstrap as boot
 from imgsynth.scaling import estimators as est
-from imgsynth.scaling import isoflop, replicates
+from imgsynth.scaling import claims, isoflop, replicates
 from imgsynth import io
 from imgsynth.scaling.table import PROMPT_CATEGORIES, WEIGHTS
 
@@ -494,7 +494,7 @@ def fit_study(rows: Sequence[dict], *, budgets: Sequence[float] | None = None,
                                "estimator": est.compute_law_estimator(m.delta), **result,
                                "within_data": bool(result["flops"] is not None
                                                    and result["flops"] <= max_flops)})
-    return {
+    out = {
         "meta": {"n_bootstrap": n_bootstrap, "seed": seed, "budgets": budgets,
                  "ci_level": boot.CI_LEVEL, "primary_weights": PRIMARY_WEIGHTS,
                  "paradigms": paradigms, "n_runs": len(runs), "max_observed_flops": max_flops,
@@ -510,6 +510,8 @@ def fit_study(rows: Sequence[dict], *, budgets: Sequence[float] | None = None,
         "compute_fits": compute_fits, "loss_fits": loss_fits, "isoflop": isoflops,
         "crossovers": crossovers,
         "findings": _findings(runs, compute_fits, metrics, budgets)}
+    out["claims"] = claims.check(runs, out)   # the paper's findings, each with a verdict
+    return out
 
 
 def jsonable(obj):

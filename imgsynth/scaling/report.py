@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from imgsynth.scaling import figures, fits as fitting, replicates, table
+from imgsynth.scaling import claims, figures, fits as fitting, replicates, table
 from imgsynth.scaling.markup import (ci as _ci, esc as _esc, num as _num, num0 as _num0,
                                       table as _table, warn as _warn)
 from imgsynth.scaling.estimators import LOSS_HUBER_DELTA, FitError
@@ -120,12 +120,14 @@ def _findings_html(f: dict) -> str:
 
 
 def findings_markdown(f: dict) -> str:
-    """The findings and crossover tables as Markdown, for a README or a paper draft."""
+    """The paper's findings with their verdicts, the findings and the crossover tables as
+    Markdown, for a README or a paper draft."""
     def table_md(headers, rows):
         return [f"| {' | '.join(headers)} |", "|" + "---|" * len(headers),
                 *(f"| {' | '.join(r)} |" for r in rows)]
-    lines = table_md([*FINDINGS_HEADERS, *f["meta"]["paradigms"], "clear lead?"],
-                     _finding_rows(f, lambda text: f"**{text}**"))
+    bold = lambda text: f"**{text}**"  # noqa: E731
+    lines = table_md(claims.HEADERS, claims.rows(f["claims"], bold)) + [""] + table_md(
+        [*FINDINGS_HEADERS, *f["meta"]["paradigms"], "clear lead?"], _finding_rows(f, bold))
     return "\n".join(lines + [""] + table_md(CROSSOVER_HEADERS, _crossover_rows(f))) + "\n"
 
 
@@ -463,6 +465,11 @@ def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) ->
             "ahead; a lead is clear only when the two leading intervals do not overlap.</p>"
             + _summary_html(f)
             + _findings_html(f))),
+        ("claims", "The paper's findings", (
+            "<p>Each published finding of Kilian et al. against this study: reproduced only where "
+            "the intervals separate (FLOP counts are exact; timings are one measurement each).</p>"
+            + _table(claims.HEADERS, claims.rows(f["claims"], lambda t: f"<b>{t}</b>", _esc),
+                     left=2))),
         ("prompt", "Prompt following", fig(
             figures.metric_vs_flops(rows, f, "prompt_following/overall"), "prompt_following",
             "Share of prompts whose generated image the judge reads back as satisfying the prompt, "

@@ -1,0 +1,102 @@
+"""Each of the paper's findings gets the verdict its evidence supports: a lead counts only when
+intervals separate, a claim the grid did not measure says so."""
+import math
+
+from imgsynth.scaling import claims
+
+NAN = math.nan
+
+
+def _row(metric, budget, values, half=0.02, kind="observed"):
+    return {"metric": f"ema/{metric}", "label": metric, "budget": budget, "kind": kind,
+            "values": values, "ci95": {p: [v - half, v + half] for p, v in values.items()}}
+
+
+def _fits(findings, crossovers=()):
+    return {"meta": {"primary_weights": "ema"}, "findings": findings,
+            "crossovers": list(crossovers)}
+
+
+def _by(cs, metric_start):
+    return next(c for c in cs if c["metric"].startswith(metric_start))
+
+
+def _run(paradigm, size, **values):
+    row = {"paradigm": paradigm, "size": size, "ema/fd_judge": NAN, "raw/fd_judge": NAN}
+    return row | values
+
+
+def test_prompt_following_verdicts_follow_separated_intervals():
+    pf = "prompt_following/overall"
+    tokens = [_row(pf, 1e12, {"flow": 0.10, "maskgit": 0.20, "ar": 0.30}),
+              _row(pf, 1e13, {"flow": 0.20, "maskgit": 0.30, "ar": 0.50})]
+    c = _by(claims.check([], _fits(tokens)), "prompt following")
+    assert c["verdict"] == "reproduced"
+    assert "2/2 budgets for a token method" in c["evidence"] and "ar 0.5 [0.48, 0.52]" in c[
+        "evidence"]
+    flow = [_row(pf, 1e12, {"flow": 0.50, "maskgit": 0.20, "ar": 0.30})]
+    assert _by(claims.check([], _fits(flow)), "prompt following")["verdict"] == "refuted"
+    close = [_row(pf, 1e12, {"flow": 0.30, "maskgit": 0.20, "ar": 0.31}, half=0.05)]
+    assert _by(claims.check([], _fits(close)), "prompt following")["verdict"] == "no clear lead"
+    mixed = [_row(pf, 1e12, {"flow": 0.1, "maskgit": 0.2, "ar": 0.3}),
+             _row(pf, 1e13, {"flow": 0.6, "maskgit": 0.2, "ar": 0.3})]
+    assert _by(claims.check([], _fits(mixed)), "prompt following")["verdict"].startswith(
+        "no clear lead (mixed")
+    # Extrapolated rows are not evidence for an observed lead.
+    extra = [_row(pf, 1e15, {"flow": 0.1, "maskgit": 0.2, "ar": 0.9}, kind="extrapolated")]
+    assert _by(claims.check([], _fits(extra)), "prompt following")["verdict"] == "not measured"
+
+
+def test_image_quality_claim_needs_an_early_lead_and_a_catch_up():
+    early = _row("fd_judge", 1e12, {"flow": 900.0, "ar": 500.0}, half=50)
+    tied = _row("fd_judge", 1e13, {"flow": 420.0, "ar": 400.0}, half=50)
+    late = _row("fd_judge", 1e13, {"flow": 100.0, "ar": 400.0}, half=50)
+    assert _by(claims.check([], _fits([early, late])), "FD")["verdict"] == "reproduced"
+    assert _by(claims.check([], _fits([early, tied])), "FD")["verdict"] == "partly reproduced"
+    cross = {"metric": "ema/fd_judge", "status": "crossover", "challenger": "flow",
+             "leader": "ar", "flops": 3e14, "ci95": [1e14, 9e14]}
+    c = _by(claims.check([], _fits([early, tied], [cross])), "FD")
+    assert c["verdict"] == "reproduced" and "fitted crossover at 3e14" in c["evidence"]
+    flow_first = _row("fd_judge", 1e12, {"flow": 200.0, "ar": 500.0}, half=50)
+    assert _by(claims.check([], _fits([flow_first, late])), "FD")["verdict"] == "refuted"
+
+
+def test_inference_claims_compare_at_sizes_every_paradigm_trained():
+    runs = [_run("ar", "T", **{"inference/flops_per_image": 1e8, "inference/latency_s": 2.0}),
+            _run("flow", "T", **{"inference/flops_per_image": 5e9, "inference/latency_s": 1.0}),
+            _run("maskgit", "T", **{"inference/flops_per_image": 1e9,
+                                    "inference/latency_s": 0.5}),
+            _run("ar", "S", **{"inference/flops_per_image": 9e9})]   # S: flow, maskgit absent
+    cs = claims.check(runs, _fits([]))
+    flops, latency = _by(cs, "FLOPs per image"), _by(cs, "seconds per batch")
+    assert flops["verdict"] == "reproduced" and flops["evidence"].startswith("T: ar 1e8")
+    assert "S:" not in flops["evidence"]
+    assert latency["verdict"] == "refuted" and "maskgit 0.5" in latency["evidence"]
+
+
+def test_ema_claim_is_not_measured_without_raw_evaluations():
+    runs = [_run("flow", "T", **{"final/eval_loss": 1.0, "final/eval_loss_ema": 0.8}),
+            _run("ar", "T", **{"final/eval_loss": 5.0, "final/eval_loss_ema": 4.9})]
+    c = _by(claims.check(runs, _fits([])), "FD on judge features, EMA")
+    assert c["verdict"] == "not measured" and "flow 20 %" in c["evidence"]
+    ema = lambda p, raw, e: _run(p, "T", **{"raw/fd_judge_lo": raw - 10,  # noqa: E731
+                                            "raw/fd_judge_hi": raw + 10,
+                                            "ema/fd_judge_lo": e - 10, "ema/fd_judge_hi": e + 10})
+    runs = [ema("flow", 500, 300), ema("flow", 400, 250), ema("ar", 500, 495), ema("maskgit",
+                                                                                 500, 500)]
+    c = _by(claims.check(runs, _fits([])), "FD on judge features, EMA")
+    assert c["verdict"] == "reproduced" and "flow 2/2 runs" in c["evidence"]
+
+
+def test_autoencoder_claim_binds_only_where_the_best_run_reaches_the_floor():
+    def run(p, fd, floor):
+        return _run(p, "T", **{"ema/fd_judge": fd, "ema/fd_judge_lo": fd - 5,
+                               "ema/fd_judge_hi": fd + 5, "ceilings/autoencoder_fd_judge": floor})
+    reached = [run("flow", 18, 15), run("flow", 90, 15), run("ar", 900, 300)]
+    c = _by(claims.check(reached, _fits([])), "best FD")
+    assert c["verdict"] == "reproduced" and "flow 18 [13, 23] vs 15 (1.2×)" in c["evidence"]
+    far = [run("flow", 900, 15), run("ar", 900, 300)]
+    c = _by(claims.check(far, _fits([])), "best FD")
+    assert c["verdict"] == "no clear lead" and "reaches its autoencoder's floor" in c["evidence"]
+    token = [run("flow", 900, 15), run("maskgit", 302, 300)]
+    assert _by(claims.check(token, _fits([])), "best FD")["verdict"] == "refuted"
