@@ -22,6 +22,7 @@ from typing import Any
 
 STATUSES = ("pending", "running", "done", "failed")
 STATUS_FILE = "status.json"
+TUNED_LR_FILE = "tuned_lr.json"   # in a study workdir: the learning rates its grid read
 HEARTBEAT_S = 30.0       # a training run refreshes status.json at least this often
 STALE_AFTER_S = 1800.0   # ... and one on another host is presumed gone this long after its last
 

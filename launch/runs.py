@@ -117,7 +117,7 @@ def keep_tuned_lr(workdir: str, grid: grid_lib.Grid) -> None:
     the report names them and the sweep they came from even after the file is re-tuned."""
     if grid.tuned_lr and os.path.exists(grid.tuned_lr):
         with open(grid.tuned_lr, encoding="utf-8") as f:
-            io.atomic_write(os.path.join(workdir, "tuned_lr.json"), f.read())
+            io.atomic_write(os.path.join(workdir, io.TUNED_LR_FILE), f.read())
 
 
 class LaunchState:

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from fixtures.scaling_workdir import make_workdir
+from imgsynth import io
 from imgsynth.scaling import report
 
 FIGURES = ("prompt_following", "prompt_following_categories", "fd_judge", "alignment_score",
@@ -22,7 +23,7 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     workdir = make_workdir(str(tmp_path_factory.mktemp("study")))
-    with open(os.path.join(workdir, report.TUNED_LR), "w") as f:   # the rates the grid read
+    with open(os.path.join(workdir, io.TUNED_LR_FILE), "w") as f:   # the rates the grid read
         json.dump({"lr": {"flow": {"S": 0.003}}, "loss": {"flow": {"S": {"0.001": 0.61,
                    "0.003": 0.52, "0.006": 0.55}}}, "source": {"grid": "lr_sweep.py",
                    "metric": "eval/loss_ema", "budget": [2e12], "written": "today"}}, f)

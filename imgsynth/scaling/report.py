@@ -41,7 +41,6 @@ PARADIGM_NAMES = {"flow": "flow matching (diffusion)", "maskgit": "MaskGIT (mask
                   "ar": "autoregressive (next token)"}
 
 log = logging.getLogger(__name__)
-TUNED_LR = "tuned_lr.json"   # in the workdir: the rates a grid read (launch/runs.py keeps a copy)
 
 
 class _Figures:
@@ -296,7 +295,7 @@ def _learning_rates_html(rows, workdir: str) -> str:
         used.setdefault((r["paradigm"], r["size"]), set()).add(r["lr"])
     if not used:
         return "<p class='note'>No finished main-grid run.</p>"
-    tuned = io.read_json(os.path.join(workdir, TUNED_LR)) or {}
+    tuned = io.read_json(os.path.join(workdir, io.TUNED_LR_FILE)) or {}
     losses, source = tuned.get("loss", {}), tuned.get("source", {})
     out = []
     for (paradigm, size), rates in sorted(used.items()):
