@@ -29,7 +29,8 @@ import ml_collections
 import optax
 from flax import nnx
 
-from imgsynth import checkpoint as ckpt_lib, config as config_lib, io, optim, perf, sharding
+from imgsynth import (checkpoint as ckpt_lib, config as config_lib, io, optim, perf, sharding,
+                      summaries)
 
 METRICS_FILE, CONFIG_FILE = "metrics.jsonl", "config.json"
 
@@ -181,10 +182,7 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                          max_to_keep=config.get("keep_checkpoints", 2),
                                          keep_steps=task.keep_steps)
-    # TensorBoard's writer imports TensorFlow (~5 s): only a training process pays for it, not
-    # the evaluations and tools that use this module's files.
-    from clu import metric_writers, periodic_actions
-    writer = metric_writers.create_default_writer(workdir, just_logging=not io.is_writer())
+    writer = summaries.ScalarWriter(workdir, enabled=io.is_writer())
     stop = _StopFlag()
     try:
         # ---- Model, optimizer, sharded state, update step ------------------------------------
@@ -217,11 +215,9 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
 
         # ---- Loop ----------------------------------------------------------------------------
         flops_per_step = task.flops_per_step
-        peak = config.get("peak_flops_per_s") or (perf.job_peak(perf.measure_device_peak(
-            getattr(jnp, config.model.dtype) if "model" in config else jnp.float32))
-            if flops_per_step else 0.0)
-        progress = periodic_actions.ReportProgress(num_train_steps=task.total_steps, writer=writer,
-                                                   every_secs=30)
+        peak = config.get("peak_flops_per_s") or (perf.job_peak(perf.cached_device_peak(
+            getattr(jnp, config.model.dtype) if "model" in config else jnp.float32,
+            config.get("cache_dir"))) if flops_per_step else 0.0)
         window = _Window(start)
         pending = None
         every = lambda key, default: config.get(key) or default   # noqa: E731
@@ -260,7 +256,6 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
                 if step == start + 1:   # one wait, for the start-up time in the run's record
                     jax.block_until_ready(metrics)
                     timing["first_step"] = time.time()
-                progress(step)
                 heartbeat.beat()
                 if pending is not None:   # the previous step's metrics: the host never stalls
                     row = finish_row(*pending)
@@ -298,7 +293,7 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
         raise
     finally:
         checkpointer.close()
-        writer.flush()
+        writer.close()
         stop.restore()
     # What this process cost (benchmarks/study_efficiency.py): from its start, so start-up counts.
     timing.update(end=time.time(), cores=perf.cores(), peak_flops_per_s=peak,

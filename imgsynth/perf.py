@@ -2,15 +2,19 @@
 its own cost (start time, cores) for the study's efficiency (benchmarks/study_efficiency.py).
 
 A large matmul in the training dtype, timed after compilation: what the hardware delivers to
-dense linear algebra here, not a datasheet number.
+dense linear algebra here, not a datasheet number; measured once per machine and kept in the
+cache dir, so MFU has one denominator across the runs of a grid.
 """
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import jax
 import jax.numpy as jnp
+
+from imgsynth import io
 
 
 def measure_device_peak(dtype=jnp.float32, n: int | None = None, repeats: int = 5) -> float:
@@ -26,6 +30,28 @@ def measure_device_peak(dtype=jnp.float32, n: int | None = None, repeats: int = 
         f(a).block_until_ready()
         best = min(best, time.perf_counter() - t0)
     return 2.0 * n ** 3 / best
+
+
+PEAK_FILE = "device_peak.json"
+
+
+def cached_device_peak(dtype, cache_dir: str | None) -> float:
+    """`measure_device_peak`, measured once per host, device kind, dtype and core count and kept
+    in `<cache_dir>/device_peak.json`: every training process divides by it, and measuring it
+    cost each one ~2 s of start-up. Without a cache dir it is measured every time."""
+    if not cache_dir:
+        return measure_device_peak(dtype)
+    device = jax.local_devices()[0]
+    key = (f"{socket.gethostname()}/{jax.default_backend()}/{device.device_kind}/"
+           f"{jnp.dtype(dtype).name}/{cores()}")
+    path = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), PEAK_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with io.FileLock(path):   # one measurement at a time: a sibling's would share the cores
+        peaks = io.read_json(path, {})
+        if key not in peaks:
+            peaks[key] = measure_device_peak(dtype)
+            io.write_json(path, peaks)
+    return float(peaks[key])
 
 
 def job_peak(device_peak: float) -> float:

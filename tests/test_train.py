@@ -1,6 +1,8 @@
 """The training loop: golden first step, determinism, crash-and-resume, NaN abort, bad configs."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,6 +10,8 @@ import pytest
 from fixtures.crash import killed_after_checkpoint
 from imgsynth import checkpoint as ckpt_lib, config as config_lib, loop, registry, train
 from imgsynth.data import sources
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Loss and gradient norm at step 2 of each paradigm — i.e. after one update (size T, global
 # batch 8, seed 0, synthetic records). Update only when a change is *meant* to alter the numbers (model,
@@ -126,6 +130,19 @@ def test_compilation_cache_goes_in_the_cache_dir(tmp_path):
         jax.config.update("jax_compilation_cache_dir", before)
 
 
+def test_the_measured_peak_is_kept_in_the_cache_dir(tmp_path, monkeypatch):
+    import jax.numpy as jnp
+    from imgsynth import perf
+    measured = []
+    monkeypatch.setattr(perf, "measure_device_peak",
+                        lambda dtype: measured.append(dtype) or 1e9 * len(measured))
+    assert perf.cached_device_peak(jnp.float32, str(tmp_path)) == 1e9
+    assert perf.cached_device_peak(jnp.float32, str(tmp_path)) == 1e9    # read, not measured
+    assert perf.cached_device_peak(jnp.bfloat16, str(tmp_path)) == 2e9   # another dtype
+    assert perf.cached_device_peak(jnp.float32, None) == 3e9             # no cache: measured
+    assert len(measured) == 3 and len(json.load(open(tmp_path / perf.PEAK_FILE))) == 2
+
+
 def test_every_budget_and_schedule_end_shares_one_compiled_step(tmp_path):
     """The learning-rate schedule is an input of the update step, not a constant in it: a run of
     another length, warm-up, rate or cooldown (a constant-rate trunk and its wsd branches) finds
@@ -168,3 +185,23 @@ def test_the_seed_is_an_input_of_the_update_step():
         texts.append(jax.jit(train_step).lower(state, {"x": jnp.ones((4, 3))}, inputs).as_text())
         assert int(inputs["seed"]) == seed
     assert texts[0] == texts[1]
+
+
+def test_training_imports_no_tensorflow(tmp_path):
+    """TensorBoard's scalars are written without TensorFlow (imgsynth/summaries.py): importing it
+    cost every training process ~5 s of start-up. Checked in a clean interpreter."""
+    check = ("import sys; sys.path.insert(0, 'tests'); from test_train import tiny; "
+             "from imgsynth import train; "
+             f"train.train(tiny('flow', steps=2), {str(tmp_path)!r}); "
+             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    p = subprocess.run([sys.executable, "-c", check], cwd=REPO_ROOT, capture_output=True,
+                       text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    events = [f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]
+    assert len(events) == 1, os.listdir(tmp_path)
+    from tensorboard.backend.event_processing import event_accumulator
+    scalars = event_accumulator.EventAccumulator(str(tmp_path / events[0]))
+    scalars.Reload()
+    losses = [(e.step, round(e.value, 5)) for e in scalars.Scalars("train/loss")]
+    assert losses == [(r["step"], round(r["train/loss"], 5)) for r in rows(tmp_path)
+                      if "train/loss" in r]
