@@ -148,7 +148,7 @@ def _ema_claim(runs, primary: str) -> dict:
         return dict(finding=claim, metric=label, verdict=NOT_MEASURED, evidence=(
             f"raw weights were not evaluated ({primary} only); the ablation_ema grid measures "
             "it" + (f". Median eval-loss reduction by EMA at the end of training: {context} "
-                    "(no interval; units differ by paradigm)" if context else "")))
+                    "(negative: EMA's loss is higher; no interval)" if context else "")))
     share = {p: sum(v) / len(v) for p, v in helped.items()}
     tokens = [share[p] for p in TOKENS if p in share]
     verdict = (REPRODUCED if share[DIFFUSION] >= 0.5 and max(tokens) < 0.5 else
