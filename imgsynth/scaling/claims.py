@@ -55,16 +55,15 @@ def _tally(verdicts: Sequence[str | None], a_wins: str, b_wins: str) -> str:
 
 def _prompt_claim(f: dict, metric: str, label: str) -> dict:
     claim = "1. token methods, led by next-token prediction, beat diffusion on prompt following"
-    rows = [x for x in _observed(f, metric) if _duel(x, TOKENS, [DIFFUSION], True)]
+    pairs = [(x, _duel(x, TOKENS, [DIFFUSION], True)) for x in _observed(f, metric)]
+    rows, duels = [x for x, d in pairs if d], [d for _, d in pairs if d]
     if not rows:
         return dict(finding=claim, metric=label, verdict=NOT_MEASURED,
                     evidence="no budget has both a token paradigm and diffusion evaluated")
-    duels = [_duel(x, TOKENS, [DIFFUSION], True) for x in rows]
     clear = [("tokens" if d[0] == "a" else "diffusion") if d[1] else None for d in duels]
     verdict = _tally(clear, "tokens", "diffusion")
     verdict = {"tokens": REPRODUCED, "diffusion": REFUTED}.get(verdict, verdict)
-    led = sum(1 for x in rows if _duel(x, [NEXT_TOKEN], ["maskgit"], True)
-              and _duel(x, [NEXT_TOKEN], ["maskgit"], True)[0] == "a")
+    led = sum((_duel(x, [NEXT_TOKEN], ["maskgit"], True) or ("b",))[0] == "a" for x in rows)
     last = rows[-1]
     evidence = (f"clear lead at {clear.count('tokens')}/{len(rows)} budgets for a token method, "
                 f"{clear.count('diffusion')}/{len(rows)} for diffusion; next-token ahead of "
