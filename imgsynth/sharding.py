@@ -120,20 +120,18 @@ def create_sharded(build: Callable[[], nnx.Module], mesh: jax.sharding.Mesh,
                    rules=LOGICAL_RULES) -> nnx.Module:
     """Builds a module whose state is created directly in its final sharding.
 
-    Abstract shapes come from `eval_shape`, shardings from the logical rules, and a jitted init with
-    `out_shardings` materialises every parameter on the devices that own it, so no host ever holds
-    the full model.
+    One jitted init constrains every parameter to the sharding its logical axes name, so no host
+    ever holds the full model, and the model's Python runs once (a training process's start-up).
     """
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        graphdef, abstract_state = nnx.get_abstract_model(build, mesh)
-        shardings = jax.tree.map(lambda a: a.sharding, abstract_state)
-
-        @jax.jit
+        @nnx.jit
         def init():
-            return nnx.state(build())
+            model = build()
+            state = nnx.state(model)
+            nnx.update(model, jax.lax.with_sharding_constraint(state, nnx.get_partition_spec(state)))
+            return model
 
-        state = jax.jit(init, out_shardings=shardings)()
-    return nnx.merge(graphdef, state)
+        return init()
 
 
 def initialize_distributed() -> None:

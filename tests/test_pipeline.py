@@ -126,6 +126,10 @@ def test_autoencoder_weights_must_cover_the_model(cache, tmp_path):
     np.savez(broken / autoencoder_files.WEIGHTS_FILE, **weights)
     with pytest.raises(ValueError, match="1 model variables no key fills"):
         autoencoder_files.load(str(broken))
+    os.remove(broken / autoencoder_files.WEIGHTS_FILE)   # checked before a run trains on it
+    c.autoencoder.workdir = str(broken)
+    with pytest.raises(FileNotFoundError, match="holds no autoencoder weights"):
+        stages.autoencoder(c)
 
 
 def test_stage_lock_is_seen_by_other_preparers(tmp_path):
