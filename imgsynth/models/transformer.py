@@ -60,9 +60,20 @@ def init(names, base=nnx.initializers.xavier_uniform()):
     return nnx.with_partitioning(base, names, eager_sharding=False)
 
 
-def dense(fan_in: int, fan_out: int, names, *, rngs: nnx.Rngs, dtype, zero=False) -> nnx.Linear:
+class Dense(nnx.Linear):
+    """`nnx.Linear` on the input's rows: the leading axes are merged into one before the matmul.
+
+    The weight gradient is then one 2-D matmul; XLA's CPU backend computes the one of a [B, T, D]
+    input (contracting B and T) ~40 % slower per MLP.
+    """
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return super().__call__(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+
+def dense(fan_in: int, fan_out: int, names, *, rngs: nnx.Rngs, dtype, zero=False) -> Dense:
     kernel = nnx.initializers.zeros_init() if zero else nnx.initializers.xavier_uniform()
-    return nnx.Linear(fan_in, fan_out, dtype=dtype, param_dtype=PARAM_DTYPE, rngs=rngs,
+    return Dense(fan_in, fan_out, dtype=dtype, param_dtype=PARAM_DTYPE, rngs=rngs,
                       kernel_init=init(names, kernel),
                       bias_init=init((names[1],), nnx.initializers.zeros_init()))
 
