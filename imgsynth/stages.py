@@ -116,12 +116,8 @@ def autoencoder(config) -> str:
                     autoencoder_files.install_shipped(shipped, path)
                 else:
                     train_autoencoder.train(ae, path)
-    # The right kind, weights present; they are read where they are used (encoding, evaluation),
-    # not by every training process of a grid (~0.5 s each).
-    autoencoder_files.load_info(path, kind=config.autoencoder.kind)
-    weights = os.path.join(path, autoencoder_files.WEIGHTS_FILE)
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"{path} holds no autoencoder weights ({weights} missing)")
+    # The weights are read where they are used (encoding, evaluation), not by every training process.
+    autoencoder_files.check(path, kind=config.autoencoder.kind)
     return path
 
 
