@@ -116,7 +116,7 @@ def autoencoder(config) -> str:
                     autoencoder_files.install_shipped(shipped, path)
                 else:
                     train_autoencoder.train(ae, path)
-    # The weights are read where they are used (encoding, evaluation), not by every training process.
+    # The weights are read where they are used (encoding, evaluation), not by each training run.
     autoencoder_files.check(path, kind=config.autoencoder.kind)
     return path
 
