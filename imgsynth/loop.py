@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
@@ -215,9 +214,7 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
 
         # ---- Loop ----------------------------------------------------------------------------
         flops_per_step = task.flops_per_step
-        peak = config.get("peak_flops_per_s") or (perf.job_peak(perf.cached_device_peak(
-            getattr(jnp, config.model.dtype) if "model" in config else jnp.float32,
-            config.get("cache_dir"))) if flops_per_step else 0.0)
+        peak = perf.training_peak(config) if flops_per_step else 0.0
         window = _Window(start)
         pending = None
         every = lambda key, default: config.get(key) or default   # noqa: E731

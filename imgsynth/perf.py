@@ -35,10 +35,15 @@ def measure_device_peak(dtype=jnp.float32, n: int | None = None, repeats: int = 
 PEAK_FILE = "device_peak.json"
 
 
-def cached_device_peak(dtype, cache_dir: str | None) -> float:
+def cached_device_peak(dtype, cache_dir: str | None, remeasure: bool = False) -> float:
     """`measure_device_peak`, measured once per host, device kind, dtype and core count and kept
     in `<cache_dir>/device_peak.json`: every training process divides by it, and measuring it
-    cost each one ~2 s of start-up. Without a cache dir it is measured every time."""
+    cost each one ~2 s of start-up. Without a cache dir it is measured every time.
+
+    A peak is the best the hardware delivers, and a measurement taken while something else held
+    the core reads low (one such read 33 GFLOP/s for a core that delivers 92): the file keeps
+    the highest value measured, and `remeasure` (the launcher's stages, before any run starts)
+    measures again and keeps the better of the two."""
     if not cache_dir:
         return measure_device_peak(dtype)
     device = jax.local_devices()[0]
@@ -48,10 +53,20 @@ def cached_device_peak(dtype, cache_dir: str | None) -> float:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with io.FileLock(path):   # one measurement at a time: a sibling's would share the cores
         peaks = io.read_json(path, {})
-        if key not in peaks:
-            peaks[key] = measure_device_peak(dtype)
+        if key not in peaks or remeasure:
+            peaks[key] = max(peaks.get(key, 0.0), measure_device_peak(dtype))
             io.write_json(path, peaks)
     return float(peaks[key])
+
+
+def training_peak(config, remeasure: bool = False) -> float:
+    """The peak FLOP/s of a training job of `config`, what its MFU divides by:
+    `config.peak_flops_per_s` where given, else measured in the model's dtype (see
+    `cached_device_peak`) for the whole job."""
+    if config.get("peak_flops_per_s"):
+        return float(config.peak_flops_per_s)
+    dtype = getattr(jnp, config.model.dtype) if "model" in config else jnp.float32
+    return job_peak(cached_device_peak(dtype, config.get("cache_dir"), remeasure=remeasure))
 
 
 def job_peak(device_peak: float) -> float:
