@@ -14,8 +14,9 @@ end, each shared stage's seconds and cores). Definitions:
   FLOPs per step: a cooldown branch counts its steps after the fork) / (training core-seconds x
   the per-core peak). The per-core peak is the median over runs of the peak each training
   process recorded (imgsynth/perf.py: an n x n matmul in the training dtype, what MFU divides
-  by; the launcher's stages measure it before any run) over its cores, or --peak_flops_per_core. Unlike MFU, which times the update steps alone,
-  it charges start-up, compilation, in-training evaluations and checkpoints.
+  by; the launcher's stages measure it before any run) over its cores, or
+  --peak_flops_per_core. Unlike MFU, which times the update steps alone, it charges start-up,
+  compilation, in-training evaluations and checkpoints.
 - eval_share: evaluation core-seconds / the grid's core-seconds (training + evaluation +
   shared stages).
 - wall_s: the launches' end - start summed (gaps between launches are not the grid's); without

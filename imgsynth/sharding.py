@@ -128,7 +128,8 @@ def create_sharded(build: Callable[[], nnx.Module], mesh: jax.sharding.Mesh,
         def init():
             model = build()
             state = nnx.state(model)
-            nnx.update(model, jax.lax.with_sharding_constraint(state, nnx.get_partition_spec(state)))
+            specs = nnx.get_partition_spec(state)
+            nnx.update(model, jax.lax.with_sharding_constraint(state, specs))
             return model
 
         return init()

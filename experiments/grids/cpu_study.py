@@ -10,7 +10,8 @@ parameters) at 1e12 and 3.2e12, XS from 1e12 to 5e13 (the top: ~3,700 steps), S 
 3.2e12 only, the isoFLOP's over-sized end (at 2e12 the lr sweep's S losses were 2-4x T's);
 3.2e12 has all three sizes, 1e12 two. `--dry_run` estimates 1 h 44 min for the runs; measured
 from an empty cache on an idle 2-core machine: 1 h 11 min with stages, evaluations and report
-(1 h 40 min on a slower day; docs/benchmarks.md). Learning rates are the lr_sweep's (experiments/tuned_lr.json, `launch.tune`).
+(1 h 40 min on a slower day; docs/benchmarks.md). Learning rates are the lr_sweep's
+(experiments/tuned_lr.json, `launch.tune`).
 Seed replicates of XS at 1e12 measure the seed-to-seed spread; one cosine run per paradigm (XS,
 1e12, labelled `schedule=cosine`) checks the branches against the usual schedule. Evaluation
 uses the EMA weights only (the EMA-vs-raw comparison is ablation_ema's). `--runs` selects a subset

@@ -74,8 +74,8 @@ class Dense(nnx.Linear):
 def dense(fan_in: int, fan_out: int, names, *, rngs: nnx.Rngs, dtype, zero=False) -> Dense:
     kernel = nnx.initializers.zeros_init() if zero else nnx.initializers.xavier_uniform()
     return Dense(fan_in, fan_out, dtype=dtype, param_dtype=PARAM_DTYPE, rngs=rngs,
-                      kernel_init=init(names, kernel),
-                      bias_init=init((names[1],), nnx.initializers.zeros_init()))
+                 kernel_init=init(names, kernel),
+                 bias_init=init((names[1],), nnx.initializers.zeros_init()))
 
 
 def layer_norm(width: int, *, affine: bool, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
