@@ -69,7 +69,9 @@ def test_shipped_grids():
         assert [r.config.optimizer.schedule for r in mine if r.ablation] == ["cosine"]
         assert {r.role for r in cpu.runs if r.paradigm == paradigm} == {"trunk", "branch", ""}
     assert all(r.config.eval.weights == ("ema",) for r in evaluated)
-    assert sum(grid_lib.estimate_seconds(r) for r in cpu.runs) < 2 * 3600
+    # The sequential estimate; two at a time the study has taken ~0.7 of it, stages and report
+    # included (docs/benchmarks.md), so 2 h 45 min keeps it under the 2 h target.
+    assert sum(grid_lib.estimate_seconds(r) for r in cpu.runs) < 2.75 * 3600
     # Every run warms up for under a tenth of its steps.
     assert all(schedules.warmup_steps(r.config.optimizer, r.steps) <= 0.1 * r.steps for r in evaluated
                if r.config.optimizer.schedule != "constant")

@@ -1,17 +1,18 @@
-"""The CPU study: 3 paradigms x 3 sizes, budgets 1e12-5e13 FLOPs by cooldown branches, on the full
+"""The CPU study: 3 paradigms x 3 sizes, budgets 1e12-1e14 FLOPs by cooldown branches, on the full
 r32 shapes data, in under two hours on two cores.
 
     python -m launch --grid=experiments/grids/cpu_study.py --workdir=./cpu_study --parallel=2
 
 Per (paradigm, size) one trunk trains at constant rate and each budget is a cooldown branch of it
 (the last 20 % of its steps decay to the floor), so the budgets of a size cost little more than
-the largest. The budgets of a size follow where it can learn on two cores in two hours: T (~0.3M
-parameters) at 1e12 and 3.2e12, XS from 1e12 to 5e13 (the top: ~3,700 steps), S (72 steps) at
-3.2e12 only, the isoFLOP's over-sized end (at 2e12 the lr sweep's S losses were 2-4x T's);
-3.2e12 has all three sizes, 1e12 two. `--dry_run` estimates 1 h 44 min for the runs; measured
-from an empty cache on an idle 2-core machine: 1 h 11 min with stages, evaluations and report
-(1 h 40 min on a slower day; docs/benchmarks.md). Learning rates are the lr_sweep's
-(experiments/tuned_lr.json, `launch.tune`).
+the largest. The budgets:
+T (~0.3M parameters) at 1e12 and 3.2e12, XS at 1e12, 3.2e12 and 1e13, S at 3.2e12, 1e13 and the
+top, 1e14 (~2,200 steps). The top is S's because S's update step uses the cores best (~0.5 of
+the matmul peak against XS's ~0.4 and T's ~0.2; docs/benchmarks.md): most of the grid's FLOPs
+run there. 3.2e12 has all three sizes, 1e12 and 1e13 two. `--dry_run` estimates 2 h 29 min
+sequentially; measured from an empty cache on an idle 2-core machine: 1 h 41 min with stages,
+evaluations and report, train efficiency 0.43 (docs/benchmarks.md). Learning rates are the
+lr_sweep's (experiments/tuned_lr.json, `launch.tune`).
 Seed replicates of XS at 1e12 measure the seed-to-seed spread; one cosine run per paradigm (XS,
 1e12, labelled `schedule=cosine`) checks the branches against the usual schedule. Evaluation
 uses the EMA weights only (the EMA-vs-raw comparison is ablation_ema's). `--runs` selects a subset
@@ -21,7 +22,7 @@ from experiments import common
 
 PARADIGMS = ("flow", "maskgit", "ar")
 SIZES = ("T", "XS", "S")
-BUDGETS = {"T": (1e12, 3.2e12), "XS": (1e12, 3.2e12, 1e13, 5e13), "S": (3.2e12,)}
+BUDGETS = {"T": (1e12, 3.2e12), "XS": (1e12, 3.2e12, 1e13), "S": (3.2e12, 1e13, 1e14)}
 SEEDS = ("XS", 1e12, (1, 2))       # replicates of the XS branch at 1e12 (seed 0)
 COSINE_CONTROL = ("XS", 1e12)
 DEFAULT_LR = 3e-3                  # where tuned_lr.json has no entry
@@ -31,7 +32,7 @@ OVERRIDES = {
     "global_batch_size": 32,
     "model.scan_layers": False,     # unrolled: 14-19 % shorter steps on a CPU at these depths
     "optimizer.warmup_steps": 50,   # capped at 10 % of the shortest run of a trunk
-    "ema_decay": 0.99,              # a ~100-step average; branches are 72-3,700 steps
+    "ema_decay": 0.99,              # a ~100-step average; branches are 69-2,200 steps
     "log_every_steps": 25,
     "eval_every_steps": 1000,
     "eval_examples": 512,
