@@ -38,4 +38,4 @@ def test_status_of_a_grid_imports_no_framework(tmp_path):
     names = [r.name for r in grid_lib.load("cpu_study").runs]
     listed = [line.split()[0] for line in p.stdout.splitlines()[2:-2]]
     assert listed == names                      # the same runs, in the grid's order
-    assert "39 pending" in p.stdout
+    assert f"{len(names)} pending" in p.stdout
