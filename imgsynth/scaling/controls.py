@@ -13,23 +13,26 @@ from imgsynth.scaling import fits as fitting, replicates
 from imgsynth.scaling.markup import ci as _ci, esc as _esc, num as _num, table as _table
 
 
+METRICS = (("prompt_following/overall", "prompt following"), ("fd_judge", "FD"),
+           ("alignment_score", "alignment"), ("final/eval_loss", "eval loss"))
+
+
 def ablation_html(rows) -> str:
+    """Each ablation run next to the main run of its (paradigm, size, budget)."""
     done = replicates.aggregate([r for r in rows if r["status"] == "done"])
     base = {(r["paradigm"], r["size"], r["budget"]): r
             for r in replicates.aggregate(fitting.main_runs(rows))}
     abl = [r for r in done if r["ablation"]]
     if not abl:
         return "<p class='note'>No ablation runs (no run has <code>grid.ablation</code>).</p>"
-    metrics = [("prompt_following/overall", "prompt following"), ("fd_judge", "FD"),
-               ("alignment_score", "alignment"), ("eval_loss", "eval loss")]
     out = []
     for r in abl:
         b = base.get((r["paradigm"], r["size"], r["budget"]))
         cells = []
-        for m, _ in metrics:
-            if m == "eval_loss":   # the last in-training eval loss (a schedule control's figure)
-                w = "ema" if np.isfinite(r["final/eval_loss_ema"]) else "raw"
-                column = "final/eval_loss" + ("_ema" if w == "ema" else "")
+        for m, _ in METRICS:
+            if m == "final/eval_loss":   # the last in-training eval loss (a schedule's figure)
+                w = "ema" if np.isfinite(r[m + "_ema"]) else "raw"
+                column = m + ("_ema" if w == "ema" else "")
             else:
                 w = next((w for w in ("ema", "raw") if np.isfinite(r[f"{w}/{m}"])), "raw")
                 column = f"{w}/{m}"
@@ -38,7 +41,7 @@ def ablation_html(rows) -> str:
         out.append([_esc(r["run"]), _esc(r["ablation"]), _esc(r["paradigm"]), _esc(r["size"]),
                     _num(r["budget"], 2), *cells])
     return _table(["run", "ablation", "paradigm", "size", "budget",
-                   *[f"{label}: ablation vs main run" for _, label in metrics]], out, left=4)
+                   *[f"{label}: ablation vs main run" for _, label in METRICS]], out, left=4)
 
 
 def learning_rates_html(rows, workdir: str) -> str:
@@ -70,10 +73,6 @@ def learning_rates_html(rows, workdir: str) -> str:
                          out, left=2)
 
 
-REPLICATE_METRICS = (("prompt_following/overall", "prompt following"), ("fd_judge", "FD"),
-                     ("alignment_score", "alignment"), ("final/eval_loss", "eval loss"))
-
-
 def replicates_html(rows, primary: str) -> str:
     """Configurations trained with several seeds: mean, spread across seeds and the interval used
     for leads, so a reader sees whether seeds or evaluation noise dominate."""
@@ -84,7 +83,7 @@ def replicates_html(rows, primary: str) -> str:
     out = []
     for g in groups:
         cells = []
-        for m, _ in REPLICATE_METRICS:
+        for m, _ in METRICS:
             column = m if m.startswith("final/") else f"{primary}/{m}"
             text = f"{_num(g.get(column))} ± {_num(g.get(f'{column}_sd'), 2)}"
             if f"{column}_lo" in g:
@@ -96,4 +95,4 @@ def replicates_html(rows, primary: str) -> str:
             "findings use (the wider of the t-interval over seeds and the combined evaluation "
             f"intervals; {primary.upper()} weights).</p>"
             + _table(["paradigm", "size", "budget", "seeds",
-                      *[label for _, label in REPLICATE_METRICS]], out, left=2))
+                      *[label for _, label in METRICS]], out, left=2))
