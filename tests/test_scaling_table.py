@@ -31,11 +31,25 @@ def test_collects_every_run_with_flat_metric_names(workdir):
     assert row["inference/flops_per_image"] > 0 and row["settings/num_samples"] == 256
 
 
-def test_missing_values_are_nan_with_a_warning(workdir):
+def test_missing_values_are_nan_with_a_warning(workdir, tmp_path):
     results = table.collect(workdir)
+    # A weight set the config left out is noted once as not evaluated, not warned about.
     no_ema = next(r for r in results.rows if r["ablation"] == "ema=false")
     assert math.isnan(no_ema["ema/fd_judge"]) and not math.isnan(no_ema["raw/fd_judge"])
-    assert any("ema-False" in w and "ema/fd_judge" in w for w in results.warnings)
+    assert "ema weights: not evaluated" in no_ema["unavailable"]
+    assert not any("ema-False" in w for w in results.warnings)
+    # A key missing from a weight set that was evaluated is a warning.
+    small = make_workdir(str(tmp_path), paradigms=("flow",), sizes=("S",), budgets=(1e15,),
+                         extras=False)
+    path = os.path.join(small, "runs", "flow_S_1e15", "eval.json")
+    with open(path) as f:
+        evaluation = json.load(f)
+    del evaluation["weights"]["ema"]["fd_judge"]
+    with open(path, "w") as f:
+        json.dump(evaluation, f)
+    row, = table.collect(small).rows
+    assert math.isnan(row["ema/fd_judge"])
+    assert any("lacks" in w and "ema/fd_judge" in w for w in table.collect(small).warnings)
     failed = next(r for r in results.rows if r["status"] == "failed")
     assert "out of memory" in failed["reason"] and math.isnan(failed["train_flops"])
     running = next(r for r in results.rows if r["status"] == "running")

@@ -63,10 +63,12 @@ def _prompt_claim(f: dict, metric: str, label: str) -> dict:
     clear = [("tokens" if d[0] == "a" else "diffusion") if d[1] else None for d in duels]
     verdict = _tally(clear, "tokens", "diffusion")
     verdict = {"tokens": REPRODUCED, "diffusion": REFUTED}.get(verdict, verdict)
-    led = sum((_duel(x, [NEXT_TOKEN], ["maskgit"], True) or ("b",))[0] == "a" for x in rows)
+    led = sum((_duel(x, [NEXT_TOKEN], ["maskgit"], True) or ("b", False))[:2] == ("a", True)
+              for x in rows)
     last = rows[-1]
     evidence = (f"clear lead at {clear.count('tokens')}/{len(rows)} budgets for a token method, "
-                f"{clear.count('diffusion')}/{len(rows)} for diffusion; next-token ahead of "
+                f"{clear.count('diffusion')}/{len(rows)} for diffusion; next-token clearly "
+                "ahead of "
                 f"MaskGIT at {led}/{len(rows)}; at {_num(last['budget'], 2)} FLOPs: "
                 + ", ".join(_cell(last, p) for p in sorted(last["values"])))
     return dict(finding=claim, metric=label, verdict=verdict, evidence=evidence)

@@ -85,7 +85,9 @@ def _log_params_axis(ax) -> None:
 
 
 def _fit_ylim(ax, values, log: bool, bounds=(None, None)) -> None:
-    """Y range from the data and fitted lines, not the (possibly wide) bands."""
+    """Y range from the data and fitted lines, not the (possibly wide) bands nor the instrument
+    ceilings (a ceiling near 1 would squash scores near 0 into a line). A metric's bound (0 for
+    a fraction) is passed by a small margin, so points sitting on it show whole."""
     v = np.asarray([x for x in values if np.isfinite(x) and (x > 0 or not log)], float)
     if not v.size:
         return
@@ -94,23 +96,45 @@ def _fit_ylim(ax, values, log: bool, bounds=(None, None)) -> None:
     lo, hi = lo - pad, hi + pad
     if log:
         lo, hi = math.exp(lo), math.exp(hi)
+    margin = 0.04 * (hi - lo)
     if bounds[0] is not None:
-        lo = max(lo, bounds[0])
+        lo = max(lo, bounds[0] - margin)
     if bounds[1] is not None:
-        hi = min(hi, bounds[1])
+        hi = min(hi, bounds[1] + margin)
     ax.set_ylim(lo, hi)
 
 
+def _figure_legend(fig, handles) -> None:
+    """The figure's one legend, outside the axes on the right in one column, so it covers no
+    point; the figure widens by the legend's estimated width (its longest label), so the axes
+    keep their size and constrained layout never has to squeeze them or clip the legend."""
+    chars = max((len(h.get_label()) for h in handles), default=0)
+    fig.set_figwidth(fig.get_figwidth() + 0.7 + 0.062 * chars)
+    fig.legend(handles=handles, loc="outside right upper", ncols=1, frameon=False,
+               fontsize="small")
+
+
+def _axes_handles(fig) -> list:
+    """Labelled lines drawn on the axes (ceilings, per-budget markers), each label once."""
+    seen: dict[str, object] = {}
+    for ax in fig.axes:
+        for h in ax.get_lines():
+            label = h.get_label()
+            if not label.startswith("_") and label not in seen:
+                seen[label] = h
+    return list(seen.values())
+
+
 def _legend(fig, rows, paradigms, extrapolated: bool = True) -> None:
-    """One legend for the whole figure: paradigms by colour, sizes by marker."""
+    """One legend for the whole figure: paradigms by colour, sizes by marker, then whatever the
+    axes labelled (instrument ceilings)."""
     handles = [Line2D([], [], color=paradigm_color(p), lw=2, label=paradigm_label(p))
                for p in paradigms]
     handles += [Line2D([], [], color="#444444", marker=m, ls="", label=f"size {s}")
                 for s, m in size_markers(rows).items()]
     if extrapolated:
         handles += [Line2D([], [], color="#444444", ls="--", label="extrapolated fit")]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 8),
-               frameon=False, fontsize="small")
+    _figure_legend(fig, handles + _axes_handles(fig))
 
 
 def _plot_fit(ax, entry: dict | None, color: str, max_data: float) -> list[float]:
@@ -136,7 +160,7 @@ def _scatter(ax, points: dict[tuple[str, str], list[tuple]], markers) -> None:
     for (p, size), xy in points.items():
         x, y = [v[0] for v in xy], [v[1] for v in xy]
         ax.plot(x, y, ls="", marker=markers.get(size, "o"), color=paradigm_color(p), ms=5.5,
-                alpha=0.85, mec="white", mew=0.5)
+                alpha=0.85, mec="white", mew=0.5, clip_on=False)
         bars = [v for v in xy if len(v) == 4 and np.isfinite(v[2]) and np.isfinite(v[3])]
         if bars:
             bx, by, lo, hi = (np.array(c, float) for c in zip(*bars))
@@ -179,29 +203,29 @@ def metric_vs_flops(rows, fits: dict, name: str) -> Figure | None:
             values += _plot_fit(ax, fits["compute_fits"].get(p, {}).get(column), paradigm_color(p),
                                 max_data)
         values += _points(ax, runs, column, markers)
-        values += _ceilings(ax, runs, key)
         _budget_lines(ax, fits["meta"]["budgets"])
         _log_flops_axis(ax)
         if key == "fd_judge":
             ax.set_yscale("log")
         _fit_ylim(ax, values, log=key == "fd_judge",
-                  bounds=(0.0, 1.02) if key == "prompt_following" else (0.0, None))
+                  bounds=(0.0, 1.0) if key == "prompt_following" else (0.0, None))
+        _ceilings(ax, runs, key)
         ax.set_ylabel(METRIC_AXES.get(key, name))
         ax.set_title(f"{'EMA' if w == 'ema' else 'raw'} weights")
     _legend(fig, runs, paradigms)
     return fig
 
 
-def _ceilings(ax, runs, key: str) -> list[float]:
+def _ceilings(ax, runs, key: str) -> None:
     """Instrument bounds as horizontal lines: what a perfect generator would score. The judge's
     ceiling is one per dataset; an autoencoder's belongs to the paradigms that use it (KL for
-    flow, LFQ for the token paradigms), so it is drawn per paradigm in its colour."""
+    flow, LFQ for the token paradigms), so it is drawn per paradigm in its colour. Drawn after
+    the y range is set from the data: a ceiling beyond it is named in the legend, not drawn."""
     judge = ("ceilings/judge_prompt_following", "judge on real images", ":", False)
     lines = {"prompt_following": [judge, ("ceilings/autoencoder_prompt_following",
-                                          "autoencoder reconstructions", "--", True)],
-             "fd_judge": [("ceilings/autoencoder_fd_judge", "autoencoder reconstructions", "--",
-                           True)]}
-    drawn = []
+                                          "autoencoder recon.", "--", True)],
+             "fd_judge": [("ceilings/autoencoder_fd_judge", "autoencoder recon.", "--", True)]}
+    lo, hi = ax.get_ylim()
     for column, label, ls, per_paradigm in lines.get(key, []):
         groups = ([(p, f"{label}, {paradigm_label(p)}", paradigm_color(p))
                    for p in sorted({r["paradigm"] for r in runs})] if per_paradigm
@@ -211,12 +235,10 @@ def _ceilings(ax, runs, key: str) -> list[float]:
                       if (p is None or r["paradigm"] == p) and np.isfinite(r.get(column, np.nan))]
             if values:
                 v = float(np.median(values))
-                ax.axhline(v, color=color, lw=1.0, ls=ls, label=f"ceiling, {line_label}: {v:.3g}")
-                drawn.append(v)
-    if drawn:
-        ax.legend(loc="lower right" if key == "prompt_following" else "upper right",
-                  fontsize="x-small", framealpha=0.85)
-    return drawn
+                where = "" if lo <= v <= hi else (" (off scale, above)" if v > hi
+                                                  else " (off scale, below)")
+                ax.axhline(v, color=color, lw=1.0, ls=ls,
+                           label=f"ceiling, {line_label}: {v:.3g}{where}")
 
 
 def categories_figure(rows, fits: dict) -> Figure | None:
@@ -237,7 +259,7 @@ def categories_figure(rows, fits: dict) -> Figure | None:
         _points(ax, runs, column, markers)
         _budget_lines(ax, fits["meta"]["budgets"])
         _log_flops_axis(ax)
-        ax.set_ylim(0, 1.02)
+        ax.set_ylim(-0.04, 1.04)   # points at 0 and 1 show whole
         ax.set_title(c.replace("_", " "))
         ax.set_ylabel("fraction satisfied")
     for ax in list(axes.flat)[len(cats):]:
@@ -279,8 +301,7 @@ def loss_figure(rows, curves, fits: dict) -> Figure | None:
         ax.set_ylabel("eval loss (paradigm's own units)")
     handles = [Line2D([], [], color=cmap[s], marker=markers[s], label=f"size {s}") for s in sizes]
     handles.append(Line2D([], [], color="black", label="fit e(C) = E + A·C^-α"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False,
-               fontsize="small")
+    _figure_legend(fig, handles)
     return fig
 
 
@@ -296,7 +317,8 @@ def isoflop_figure(fits: dict) -> Figure | None:
     for ax, p in zip(axes[0], paradigms):
         for item in fits["isoflop"][p]["budgets"]:
             c = color[item["budget"]]
-            ax.plot(item["n"], item["loss"], "o", color=c, ms=5, label=f"{item['budget']:.1e}")
+            ax.plot(item["n"], item["loss"], "o", color=c, ms=5,
+                    label=f"budget {item['budget']:.1e} FLOPs")
             if "parabola" in item:
                 n = np.geomspace(min(item["n"]) / 1.5, max(item["n"]) * 1.5, 60)
                 u = np.log(n)
@@ -311,7 +333,7 @@ def isoflop_figure(fits: dict) -> Figure | None:
         _log_params_axis(ax)
         ax.set_ylabel(f"{fits['isoflop'][p].get('loss', 'loss')}")
         ax.set_title(paradigm_label(p))
-        ax.legend(title="budget (FLOPs)", fontsize="x-small", title_fontsize="x-small")
+    _figure_legend(fig, sorted(_axes_handles(fig), key=lambda h: float(h.get_label().split()[1])))
     return fig
 
 
@@ -346,7 +368,7 @@ def frontier_figure(fits: dict) -> Figure | None:
         ax.set_yscale("log")
         ax.set_ylabel(ylabel)
         _budget_lines(ax, fits["meta"]["budgets"])
-    axes[0, 0].legend(fontsize="x-small")
+    _figure_legend(fig, _axes_handles(fig))
     axes[0, 0].set_title("lines: from L(N, D); stars: isoFLOP minima")
     axes[0, 1].set_title("D* = C / (k·N*)")
     return fig
@@ -376,7 +398,7 @@ def inference_figure(rows) -> Figure | None:
         _log_params_axis(ax)
         ax.set_yscale("log")
         ax.set_ylabel(label)
-    axes[0, 0].legend(fontsize="small")
+    _figure_legend(fig, _axes_handles(fig))
     return fig
 
 
@@ -424,17 +446,17 @@ def loss_law_figure(N, D, L, law, estimator: str) -> Figure:
     d = np.geomspace(D.min() / 1.3, D.max() * 1.3, 80)
     for q in np.quantile(N, [0.0, 0.25, 0.5, 0.75, 1.0]):
         ax.plot(d, law(q, d), color=cmap((np.log(q) - lo) / max(hi - lo, 1e-12) * 0.9), lw=1.2,
-                label=f"N = {q:.2g}")
+                label=f"fitted L(N, D) at N = {q:.2g}")
     ax.set_xscale("log")
     ax.set_xlabel("training examples or tokens D")
     ax.set_ylabel("loss")
-    ax.legend(fontsize="x-small", title="fitted L(N, D) at", title_fontsize="x-small")
     fitted = law(N, D)
     ax2.scatter(fitted, L, c=[cmap(v) for v in shade], s=14, edgecolors="none")
     span = [min(fitted.min(), L.min()), max(fitted.max(), L.max())]
     ax2.plot(span, span, color="black", lw=0.8)
     ax2.set_xlabel("fitted loss")
     ax2.set_ylabel("observed loss (colour: model size)")
+    _figure_legend(fig, _axes_handles(fig))
     fig.suptitle(f"L(N, D) = {law.E:.4g} + {law.A:.4g}/N^{law.alpha:.4f} + "
                  f"{law.B:.4g}/D^{law.beta:.4f}\n{estimator}", fontsize="small")
     return fig

@@ -61,10 +61,16 @@ class _Figures:
                 f"<figcaption>{caption}</figcaption></figure>")
 
 
+NO_CLEAR_LEAD = "no clear lead"
+
+
 def _finding_rows(f: dict, win, esc=str) -> list[list[str]]:
-    """Rows of the findings table; `win` marks the leader's cells, `esc` escapes text."""
+    """Rows of the findings table; `win` marks the leader's cells, `esc` escapes text. A
+    paradigm is named ahead only when its lead is clear (intervals separate): a point estimate
+    that leads inside overlapping intervals — or a tie at 0 — stays in its own column."""
     rows = []
     for x in f["findings"]:
+        leader = x["winner"] if x["clear"] else None
         cells = []
         for p in f["meta"]["paradigms"]:
             text = _num(x["values"].get(p))
@@ -72,11 +78,11 @@ def _finding_rows(f: dict, win, esc=str) -> list[list[str]]:
                 text += f" {_ci(x['ci95'][p])}"
             if (x.get("seeds") or {}).get(p, 1) > 1:
                 text += f" ({x['seeds'][p]} seeds)"
-            cells.append(win(text) if p == x["winner"] else text)
+            cells.append(win(text) if p == leader else text)
         clear = {None: "– (no intervals)", True: "yes",
                  False: "no (intervals overlap)"}[x["clear"]]
-        rows.append([esc(x["label"]), _num(x["budget"], 2), x["kind"], win(esc(x["winner"])),
-                     *cells, clear])
+        rows.append([esc(x["label"]), _num(x["budget"], 2), x["kind"],
+                     win(esc(leader)) if leader else NO_CLEAR_LEAD, *cells, clear])
     return rows
 
 
@@ -141,14 +147,14 @@ def _summary_html(f: dict) -> str:
         if observed:
             last = observed[-1]
             text += (f"at the largest trained budget ({_num(last['budget'], 2)} FLOPs) "
-                     f"<b>{_esc(last['winner'])}</b> is ahead"
-                     + {True: "", False: " (intervals overlap: no clear lead)",
-                        None: " (no intervals)"}[last["clear"]])
-        extra = [f"{_esc(x['winner'])} at {_num(x['budget'], 2)}"
-                 + ("" if x["clear"] else " (no clear lead)")
+                     + {True: f"<b>{_esc(last['winner'])}</b> leads clearly",
+                        False: f"{NO_CLEAR_LEAD} (intervals overlap)",
+                        None: f"{NO_CLEAR_LEAD} (no intervals)"}[last["clear"]])
+        extra = [(_esc(x["winner"]) if x["clear"] else NO_CLEAR_LEAD)
+                 + f" at {_num(x['budget'], 2)}"
                  for x in rows if x["kind"] == "extrapolated"]
         if extra:
-            text += "; fitted curves put " + ", ".join(extra)
+            text += "; fitted curves, ahead: " + ", ".join(extra)
         crossings = [f"{_esc(c['challenger'])} overtakes {_esc(c['leader'])} at "
                      f"{_num(c['flops'], 2)} {_ci(c['ci95'], 2)}"
                      for c in f["crossovers"] if c["metric"] == column
@@ -318,8 +324,10 @@ def _dataset_html(rows) -> str:
     out = f"<p>Dataset: {_esc(', '.join(names))}.</p>"
     reasons = sorted({r["unavailable"] for r in done if r["unavailable"]})
     if reasons:
-        items = "".join(f"<li>{_esc(part)}</li>" for text in reasons for part in text.split("; "))
-        out += f"<p class='note'>Not available for these runs:</p><ul class='note'>{items}</ul>"
+        parts = dict.fromkeys(part for text in reasons for part in text.split("; "))
+        items = "".join(f"<li>{_esc(part)}</li>" for part in parts)
+        out += (f"<p class='note'>Not evaluated or not available for these runs:</p>"
+                f"<ul class='note'>{items}</ul>")
     return out
 
 

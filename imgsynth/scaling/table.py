@@ -252,8 +252,11 @@ def _add_evaluation(row, evaluation, name, run_dir, workdir, warn) -> None:
             values.update(_flatten(evaluation[section], section))
     # Metrics the run's dataset cannot support are recorded as such, not missing.
     unavailable = evaluation.get("unavailable")
-    if not isinstance(unavailable, dict):
-        unavailable = dict.fromkeys(NEWER_METRICS, "")
+    unavailable = (dict(unavailable) if isinstance(unavailable, dict)
+                   else dict.fromkeys(NEWER_METRICS, ""))
+    # A weight set the config chose not to evaluate (`eval.weights`) is noted once, not missed.
+    unavailable.update({f"{w} weights": "not evaluated (the config's eval.weights leaves them "
+                        "out)" for w in WEIGHTS if weights and w not in weights})
     row["dataset"] = str(evaluation.get("dataset") or "")
     row["unavailable"] = "; ".join(f"{k}: {v}" for k, v in sorted(unavailable.items()))
     missing = [c for c in RESULT_COLUMNS if c not in values and "/" in c and c.split("/")[0] in (
@@ -285,6 +288,8 @@ def _add_evaluation(row, evaluation, name, run_dir, workdir, warn) -> None:
 def _unavailable(column: str, unavailable: dict) -> bool:
     """Whether a result column belongs to a metric eval.json marks unavailable (its ceilings
     included: prompt following's come from the judge)."""
+    if f"{column.split('/')[0]} weights" in unavailable:
+        return True
     metric = column.split("/")[1].removesuffix("_lo").removesuffix("_hi")
     judge = "prompt_following" in unavailable and any(
         k in metric for k in ("judge", "prompt_following"))
