@@ -52,8 +52,9 @@ REPORT_S = 25.0                # tables, fits (200 bootstrap resamples), figures
 EVAL_RESERVE_S = START_S + COMPILE_S["flow"] + EVAL_FIXED_S
 
 SOURCES = {
-    "measured_gpu": ["update step compiled in 27 s (flow) and 9 s (next-token; H200)", "sampling images/s and batch-1 latency "
-                     "per paradigm (H200)", "peak 682-710 TFLOP/s (H200)"],
+    "measured_gpu": ["update step compiled in 27 s (flow) and 9 s (next-token; H200)",
+                     "sampling images/s and batch-1 latency per paradigm (H200)",
+                     "peak 682-710 TFLOP/s (H200)"],
     "measured_cpu": ["input pipeline 8,000 images/s a process", "shapes build 555 images/s a "
                      "process"],
     "assumed": [f"training at {UNMEASURED_MFU} of {PEAK_FLOPS / 1e12:.0f} TFLOP/s (4/3 of the "

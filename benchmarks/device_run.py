@@ -19,6 +19,7 @@ report  the report (results.csv, findings.md, report.html), a montage of the top
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -62,9 +63,14 @@ def grid_path(args) -> str:
 def load_grid(args):
     """The grid, every run's cache in WORKDIR/cache (`--set cache_dir=...` for the children)."""
     from launch import grid as grid_lib
-    os.environ[grid_lib.OVERRIDES_ENV] = json.dumps(
-        {**grid_lib.command_line_overrides(), "cache_dir": os.path.join(args.workdir, "cache")})
+    if args.workdir:   # the plan needs none
+        os.environ[grid_lib.OVERRIDES_ENV] = json.dumps(
+            {**grid_lib.command_line_overrides(), "cache_dir": os.path.join(args.workdir, "cache")})
     return grid_lib.load(grid_path(args))
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def parallel(args) -> int:
@@ -81,7 +87,7 @@ def step_plan(args) -> int:
     sizes = next(c for c in shapes.CaptionedShapes.BUILDER_CONFIGS if c.name == name)
     plan = device_plan.estimate(grid.runs, parallel(args),
                                 images=sum(sizes.split_sizes().values()),
-                                cores=os.cpu_count() or 1 if args.rehearse else 16)
+                                cores=cores() if args.rehearse else 16)
     plan.update(grid=os.path.relpath(grid.path, REPO_ROOT), budget_s=args.budget_s,
                 rehearse=args.rehearse)
     emit("plan", plan)
@@ -95,6 +101,8 @@ def step_plan(args) -> int:
 # ---- prepare ------------------------------------------------------------------------------------
 
 def step_prepare(args) -> int:
+    import device_check
+    import flax
     import jax
     import jax.numpy as jnp
     from imgsynth import perf, stages
@@ -103,20 +111,21 @@ def step_prepare(args) -> int:
     device = jax.devices()[0]
     emit("env", {"backend": jax.default_backend(), "device_kind": device.device_kind,
                  "devices": jax.device_count(), "jax": jax.__version__,
-                 "python": sys.version.split()[0], "cores": os.cpu_count()})
+                 "flax": flax.__version__, "python": sys.version.split()[0], "cores": cores(),
+                 "cudnn": device_check._cudnn_version(),  # noqa: SLF001
+                 "nvidia_smi": device_check._nvidia_smi()})  # noqa: SLF001
     config = grid.runs[0].config
     t0 = time.perf_counter()
     peak = perf.measure_device_peak(jnp.bfloat16, n=256 if args.rehearse else None)
     emit("peak", {"dtype": "bfloat16", "peak_flops_per_s": peak,
                   "seconds": time.perf_counter() - t0})
     t0 = time.perf_counter()
-    workers = max(1, (os.cpu_count() or 1) - 1)   # the main process encodes and writes
+    workers = max(1, cores() - 1)   # the main process encodes and writes every record
     path = build.build_if_missing(stages.data_config(config), num_workers=workers)
     with open(os.path.join(path, build.SUMMARY_FILE)) as f:
         summary = json.load(f)
     emit("data", {"dataset": grid.runs[0].dataset, "path": path, "workers": workers,
-                  "examples": summary.get("examples", summary),
-                  "seconds": time.perf_counter() - t0})
+                  "build": summary, "seconds": time.perf_counter() - t0})
     t0 = time.perf_counter()
     keys = {r.stage_key(): r.config for r in grid.runs}
     made = {"autoencoders": sorted({os.path.basename(stages.autoencoder(c))
@@ -129,6 +138,9 @@ def step_prepare(args) -> int:
 # ---- grid ---------------------------------------------------------------------------------------
 
 def launcher(args, grid, runs=None) -> subprocess.Popen:
+    """`python -m launch` on the grid (or on `runs` of it); it dies with this step (SIGTERM:
+    its runs checkpoint), so a step killed at the call's hard limit leaves nothing running."""
+    from launch import local
     env = dict(os.environ)
     if not args.rehearse:   # each process its share of the GPU's memory
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / parallel(args):.3f}"
@@ -136,7 +148,9 @@ def launcher(args, grid, runs=None) -> subprocess.Popen:
             f"--parallel={parallel(args)}"]
     if runs is not None:
         argv.append("--runs=^(" + "|".join(re.escape(n) for n in runs) + ")$")
-    return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=sys.stderr)
+    env.update(local.die_with_parent_env())
+    return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=sys.stderr,
+                            preexec_fn=functools.partial(local.die_with_parent, os.getpid()))
 
 
 def stop(proc: subprocess.Popen) -> int:
@@ -240,25 +254,29 @@ def step_report(args) -> int:
 
 
 def make_montage(workdir: str, grid, out_path: str) -> str | None:
-    """The EMA sample grids of each paradigm's largest evaluated budget, side by side."""
-    from PIL import Image
+    """The EMA sample grids of each paradigm's largest evaluated budget, side by side, each under
+    its run's name."""
+    from io import BytesIO
+
+    from PIL import Image, ImageDraw
     from imgsynth import io
     from launch import runs as runs_lib
     best = {}
     for r in grid.runs:
         png = os.path.join(runs_lib.run_dir(workdir, r.name), "samples_ema.png")
         if r.evaluate and os.path.exists(png) and r.budget >= best.get(r.paradigm, (0, ""))[0]:
-            best[r.paradigm] = (r.budget, png)
+            best[r.paradigm] = (r.budget, png, r.name)
     if not best:
         return None
-    images = [Image.open(png).convert("RGB") for _, png in best.values()]
-    height = max(i.height for i in images)
-    canvas = Image.new("RGB", (sum(i.width for i in images), height), "white")
-    x = 0
-    for image in images:
-        canvas.paste(image, (x, 0))
+    panels = [(name, Image.open(png).convert("RGB")) for _, png, name in best.values()]
+    label = 20
+    canvas = Image.new("RGB", (sum(i.width for _, i in panels),
+                               label + max(i.height for _, i in panels)), "white")
+    draw, x = ImageDraw.Draw(canvas), 0
+    for name, image in panels:
+        draw.text((x + 4, 4), name, fill="black")
+        canvas.paste(image, (x, label))
         x += image.width
-    from io import BytesIO
     buffer = BytesIO()
     canvas.save(buffer, format="PNG")
     io.atomic_write(out_path, buffer.getvalue())
@@ -272,7 +290,7 @@ STEPS = {"plan": step_plan, "prepare": step_prepare, "grid": step_grid,
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("step", choices=STEPS)
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", default="", help="runs, caches, log (every step but plan)")
     p.add_argument("--out", default="")
     p.add_argument("--grid", default="", help="a grid file (default: gpu_study)")
     p.add_argument("--rehearse", action="store_true", help="tiny sizes, on a CPU")
@@ -280,8 +298,11 @@ def main(argv=None) -> int:
     p.add_argument("--budget_s", type=float, default=BUDGET_S)
     p.add_argument("--deadline", type=float, default=0.0, help="epoch seconds the call ends")
     args = p.parse_args(argv)
-    args.workdir = os.path.abspath(args.workdir)
-    os.makedirs(args.workdir, exist_ok=True)
+    if not args.workdir and (args.step != "plan" or args.rehearse):
+        p.error(f"{args.step} needs --workdir")
+    if args.workdir:
+        args.workdir = os.path.abspath(args.workdir)
+        os.makedirs(args.workdir, exist_ok=True)
     if args.rehearse:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

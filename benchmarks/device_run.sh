@@ -14,6 +14,8 @@
 # The grid is stopped at the deadline less what evaluation and report need (the runs
 # checkpoint), what finished is evaluated and reported. docs/launch.md, "The study on one GPU".
 set -uo pipefail
+{   # read whole before it runs: an edit of this file during a call cannot change the call
+start=$(date +%s)   # the deadline counts the packages' check too
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 [ -f benchmarks/device_env.sh ] && source benchmarks/device_env.sh
@@ -30,13 +32,8 @@ for arg in "$@"; do
          "[--budget_s=S]" >&2; exit 2 ;;
   esac
 done
-start=$(date +%s)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-workdir=${workdir:-$(mktemp -d "${TMPDIR:-/tmp}/device_run.XXXXXX")}
-mkdir -p "$workdir"
-common=(--workdir="$workdir" "${grid[@]}" --budget_s="$budget_s")
-[ "$mode" = rehearse ] && common+=(--rehearse)
-
+common=("${grid[@]}" --budget_s="$budget_s")
 if [ "$mode" = plan ]; then
   exec "$PYTHON" benchmarks/device_run.py plan "${common[@]}"
 fi
@@ -45,10 +42,14 @@ if [ -z "$out" ]; then
   exit 2
 fi
 mkdir -p "$out"
+workdir=${workdir:-$(mktemp -d "${TMPDIR:-/tmp}/device_run.XXXXXX")}
+mkdir -p "$workdir"
+common+=(--workdir="$workdir")
+[ "$mode" = rehearse ] && common+=(--rehearse)
 # The rehearsal is not timed; a run ends at start + budget_s.
 deadline=$((start + $([ "$mode" = rehearse ] && echo 3600 || echo "$budget_s")))
 log="$workdir/device_run.log"
-echo "device run: workdir $workdir, deadline $(date -d "@$deadline" +%T 2>/dev/null || echo "$deadline")" >&2
+echo "device run: workdir $workdir, deadline $(date -d "@$deadline" +%T)" >&2
 
 failed=0
 step() {   # step NAME: one python step, capped at the deadline; its JSON lines to steps.jsonl
@@ -70,6 +71,8 @@ step prepare && step grid
 step evaluate
 step report
 tail -n 400 "$log" > "$out/log_tail.txt"
-echo "{\"step\": \"done\", \"seconds\": $(($(date +%s) - start)), \"failed\": $failed, \"out\": \"$out\"}" \
+seconds=$(($(date +%s) - start))
+echo "{\"step\": \"done\", \"seconds\": $seconds, \"failed\": $failed, \"out\": \"$out\"}" \
   | tee -a "$out/steps.jsonl"
 exit $failed
+}

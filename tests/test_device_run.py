@@ -28,7 +28,7 @@ def plan(tmp_path, monkeypatch, capsys, *extra):
     # the step sets the grid's `--set cache_dir=...` in the environment for its children
     monkeypatch.delenv("IMGSYNTH_GRID_SET", raising=False)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    rc = device_run.main(["plan", f"--workdir={tmp_path / 'work'}", *extra])
+    rc = device_run.main(["plan", *extra])
     out, err = capsys.readouterr()
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert len(lines) == 1 and lines[0]["step"] == "plan"
@@ -43,17 +43,22 @@ def test_plan_fits_the_budget_with_the_top_budget(tmp_path, monkeypatch, capsys)
     assert p["evaluations"] == 2 * 9   # every branch of the 9 trunks
     # itemised: the whole call, start-up to report, adds up to the estimate
     assert math.isclose(sum(p["items"].values()), p["eta_s"], abs_tol=0.5)
-    assert {"start_env_peak_s", "data_s", "stages_encode_s", "grid_s", "report_s"} <= set(p["items"])
+    assert {"start_env_peak_s", "data_s", "stages_encode_s", "grid_s",
+            "report_s"} <= set(p["items"])
     # the grid cannot run faster than its GPU work at the assumed rate
     assert p["items"]["grid_s"] > p["gpu_train_s"] > 0
 
 
-def test_plan_refuses_a_grid_over_the_budget_with_its_seconds(tmp_path, monkeypatch, capsys):
+def test_plan_refuses_a_grid_over_the_budget_with_its_seconds(tmp_path):
     grid = tmp_path / "oversize.py"
     grid.write_text(OVERSIZE_GRID)
-    rc, p, err = plan(tmp_path, monkeypatch, capsys, f"--grid={grid}")
-    assert rc == 2 and p["eta_s"] > 360
-    assert err.count("\n") == 1 and f"estimated {p['eta_s']:.0f} s" in err
+    env = {k: v for k, v in os.environ.items() if k != "IMGSYNTH_GRID_SET"}
+    proc = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "device_run.sh"), "--plan",
+                           f"--grid={grid}"], env={**env, "PYTHON": sys.executable},
+                          capture_output=True, text=True, timeout=300)
+    p = json.loads(proc.stdout)
+    assert proc.returncode == 2 and p["eta_s"] > 360 and p["top_budget"] == 3e16
+    assert proc.stderr.count("\n") == 1 and f"estimated {p['eta_s']:.0f} s" in proc.stderr
 
 
 def test_gpu_shares_never_exceed_the_device():
@@ -90,9 +95,9 @@ def test_rehearsal_runs_every_step(tmp_path):
     assert steps["env"]["backend"] == "cpu" and steps["peak"]["peak_flops_per_s"] > 0
     assert all(s["status"] == "done" for s in steps["encode"]["stages"].values())
     grid = steps["grid"]
-    assert grid["trained"] == grid["runs"] == 9 and not grid["stopped_at_deadline"]
-    assert steps["evaluate"]["evaluated"] == 6   # both branches of each paradigm's trunk
+    assert grid["trained"] == grid["runs"] == 6 and not grid["stopped_at_deadline"]
+    assert steps["evaluate"]["evaluated"] == 3   # each paradigm's branch
     files = sorted(os.listdir(out))
     assert files == ["findings.md", "log_tail.txt", "report.html", "results.csv",
                      "samples.png", "steps.jsonl"]
-    assert len((out / "results.csv").read_text().splitlines()) == 1 + 6
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + 6   # trunks: NaN rows
