@@ -62,7 +62,9 @@ SOURCES = {
                 f"process start {START_S:.0f} s", f"cached compile {CACHED_COMPILE_S:.0f} s",
                 f"step floor {STEP_FLOOR_S_PER_LAYER * 1e3:.1f} ms a layer",
                 f"evaluation fixed {EVAL_FIXED_S:.0f} s", f"report {REPORT_S:.0f} s",
-                f"encoding {ENCODE_IMAGES_PER_S:.0f} images/s + {ENCODE_COMPILE_S:.0f} s"],
+                f"encoding {ENCODE_IMAGES_PER_S:.0f} images/s + {ENCODE_COMPILE_S:.0f} s",
+                "the shapes build scales to cores - 1 generating processes (the main one "
+                "writing every record keeps up)"],
 }
 
 
@@ -75,7 +77,7 @@ class Job:
     floor_s: float              # the least its work can take (input pipeline, latency)
     end_s: float                # after its work
     trunk: str = ""             # a branch: its trunk, and the fraction of the trunk's work
-    fork: float = 0.0           # done when the branch can start
+    fork: float = 0.0           # that must be done before the branch can start
     evaluate: bool = False
     key: str = ""               # (paradigm, size): who compiles first pays the compilation
     # simulation state
@@ -99,8 +101,8 @@ def train_job(run, compiled: set) -> Job:
     floor_s = steps * max(batch / PIPELINE_IMAGES_PER_S, _layers(run) * STEP_FLOOR_S_PER_LAYER)
     return Job(name=run.name, kind="train", key=key,
                start_s=START_S + (COMPILE_S[run.paradigm] if first else CACHED_COMPILE_S),
-               gpu_s=gpu_s,
-               floor_s=floor_s, end_s=TRAIN_END_S, trunk=run.trunk, evaluate=run.evaluate)
+               gpu_s=gpu_s, floor_s=floor_s, end_s=TRAIN_END_S, trunk=run.trunk,
+               evaluate=run.evaluate)
 
 
 def eval_job(run, compiled: set) -> Job:
@@ -115,7 +117,8 @@ def eval_job(run, compiled: set) -> Job:
     per_image = registry.paradigm_module(config).inference_flops(config)
     rate = SAMPLE_IMAGES_PER_S[run.paradigm] * measured_inference_flops(run.paradigm)
     batches = math.ceil(images / 64)
-    steps = config.sampler.steps or 64   # next-token: one step a token (64 at 32 px, f = 4)
+    tokens = (config.data.resolution // config.autoencoder.downsample) ** 2
+    steps = config.sampler.steps or tokens   # next-token: one step a token
     per_layer_step = SAMPLE_LATENCY_S[run.paradigm] / (MEASURED_SAMPLER_STEPS[run.paradigm]
                                                        * MEASURED_DEPTH)
     return Job(name=f"eval {run.name}", kind="eval", key=key,
@@ -168,11 +171,10 @@ def simulate(runs: Sequence, parallel: int, dt: float = 0.05) -> dict:
         for job in list(queue):
             if len(active) >= parallel:
                 break
-            trunk = jobs.get(job.trunk)
-            if trunk is not None and trunk.phase != "done" and (
-                    trunk.phase != "work" or trunk.progress < job.fork):
-                if trunk.phase not in ("end",):
-                    continue
+            trunk = jobs.get(job.trunk)   # a branch waits for its trunk's fork checkpoint
+            if trunk is not None and not (trunk.phase in ("end", "done") or (
+                    trunk.phase == "work" and trunk.progress >= job.fork)):
+                continue
             queue.remove(job)
             job.phase, job.left = "start", job.start_s
             active.append(job)

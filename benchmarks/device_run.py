@@ -42,8 +42,21 @@ def sweep(add):
 '''
 
 
+_JSON = None   # where the JSON lines go once `quiet_stdout` moved everything else to stderr
+
+
 def emit(step: str, result: dict) -> None:
-    print(json.dumps({"step": step, **result}, default=str), flush=True)
+    print(json.dumps({"step": step, **result}, default=str), file=_JSON or sys.stdout,
+          flush=True)
+
+
+def quiet_stdout() -> None:
+    """Leaves stdout to the JSON lines: whatever else writes to it (TFDS's progress, the data
+    build's worker processes, the launcher) goes to stderr, the log."""
+    global _JSON
+    _JSON = os.fdopen(os.dup(1), "w")
+    sys.stdout.flush()
+    os.dup2(2, 1)
 
 
 def grid_path(args) -> str:
@@ -149,7 +162,7 @@ def launcher(args, grid, runs=None) -> subprocess.Popen:
     if runs is not None:
         argv.append("--runs=^(" + "|".join(re.escape(n) for n in runs) + ")$")
     env.update(local.die_with_parent_env())
-    return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=sys.stderr,
+    return subprocess.Popen(argv, cwd=REPO_ROOT, env=env,
                             preexec_fn=functools.partial(local.die_with_parent, os.getpid()))
 
 
@@ -307,6 +320,8 @@ def main(argv=None) -> int:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, REPO_ROOT)
+    if args.step != "plan":
+        quiet_stdout()
     return STEPS[args.step](args)
 
 

@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -70,6 +71,16 @@ def test_gpu_shares_never_exceed_the_device():
     assert shares["b"] == shares["c"] == pytest.approx(0.45)
 
 
+def test_the_grid_is_stopped_gracefully_at_its_deadline():
+    # a launcher stand-in that, like the launcher, stops cleanly on SIGTERM
+    proc = subprocess.Popen([sys.executable, "-c", "import signal, sys, time; signal.signal("
+                             "signal.SIGTERM, lambda *a: sys.exit(130)); time.sleep(60)"])
+    rc, stopped = device_run.run_until(proc, time.time() + 1.0)
+    assert stopped and rc == 130
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert device_run.run_until(done, time.time() + 60) == (0, False)
+
+
 @pytest.mark.slow
 def test_rehearsal_runs_every_step(tmp_path):
     # One CPU device, as on a GPU host: the suite's fake-device flag is left out.
@@ -84,10 +95,11 @@ def test_rehearsal_runs_every_step(tmp_path):
     proc = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "device_run.sh"),
                            "--rehearse", f"--out={out}", f"--workdir={tmp_path / 'work'}"],
                           env=env, capture_output=True, text=True, timeout=1200)
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode:
         print(proc.stdout, proc.stderr[-4000:], (out / "log_tail.txt").read_text()[-8000:])
     assert proc.returncode == 0
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]   # nothing else on stdout
+    assert lines == [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert not [r for r in lines if "error" in r], lines
     steps = {r["step"]: r for r in lines}
     assert list(steps) == ["plan", "env", "peak", "data", "shipped", "encode", "grid",
@@ -101,3 +113,4 @@ def test_rehearsal_runs_every_step(tmp_path):
     assert files == ["findings.md", "log_tail.txt", "report.html", "results.csv",
                      "samples.png", "steps.jsonl"]
     assert len((out / "results.csv").read_text().splitlines()) == 1 + 6   # trunks: NaN rows
+    assert "6 done" in (out / "log_tail.txt").read_text()   # the launcher's status table
