@@ -1,20 +1,27 @@
 """The steps of `benchmarks/device_run.sh`, each ending with one JSON line (`"step": ...`).
 
-    python benchmarks/device_run.py STEP --workdir=DIR [--grid=G] [--rehearse] [--deadline=T]
+    python benchmarks/device_run.py plan [--grid=G] [--rehearse --workdir=DIR]
+    python benchmarks/device_run.py run --workdir=DIR --out=DIR --deadline=T [--grid=G] [--rehearse]
+
+`run` does every step in this one process (each process start costs seconds of the call), a
+failed step reporting an error line while the later ones still run where they can:
 
 plan     the grid's itemised estimate of the whole call (benchmarks/device_plan.py); refuses
          (exit 2) an `eta_s` over `--budget_s` unless rehearsing
-prepare  env (device, versions) and the measured bf16 peak; the shapes data built with every
-         core; the shipped autoencoders, judge and alignment model copied into the cache
+env      device and versions; `peak` the measured bf16 matmul peak
+data     the shapes data built with every core; `shipped` the shipped autoencoders, judge and
+         alignment model copied into the cache
 grid     the grid through `python -m launch --parallel=N` (the runs share the one GPU, each with
          its fraction of the memory): the launcher's stages encode the data on the GPU (the
          `encode` line), then the trunks, branches and each branch's evaluation; at the deadline
-         less what the evaluation and report need, the launcher is stopped (the runs checkpoint)
+         less what an evaluation and the report need, the launcher is stopped (the runs
+         checkpoint)
 evaluate the trained branches still without an evaluation, until the deadline less the report's
-report  the report (results.csv, findings.md, report.html), a montage of the top budget's
-         samples per paradigm, and those files copied to `--out`
+report   the report (results.csv, findings.md, report.html), a montage of each paradigm's largest
+         evaluated budget, and those files copied to `--out`
 
-`--rehearse` is the same on a CPU at tiny sizes: size T on r32_small (gpu_study.REHEARSAL).
+This process keeps its JAX client small (no preallocation) while the launcher's processes hold
+the device. `--rehearse` is the same on a CPU at tiny sizes (gpu_study.REHEARSAL).
 """
 from __future__ import annotations
 
@@ -114,6 +121,8 @@ def step_plan(args) -> int:
 # ---- prepare ------------------------------------------------------------------------------------
 
 def step_prepare(args) -> int:
+    if not args.rehearse:   # the launcher's processes take the device's memory, not this one
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import device_check
     import flax
     import jax
@@ -154,7 +163,7 @@ def launcher(args, grid, runs=None) -> subprocess.Popen:
     """`python -m launch` on the grid (or on `runs` of it); it dies with this step (SIGTERM:
     its runs checkpoint), so a step killed at the call's hard limit leaves nothing running."""
     from launch import local
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_PREALLOCATE"}
     if not args.rehearse:   # each process its share of the GPU's memory
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / parallel(args):.3f}"
     argv = [sys.executable, "-m", "launch", f"--grid={grid.path}", f"--workdir={args.workdir}",
@@ -296,8 +305,26 @@ def make_montage(workdir: str, grid, out_path: str) -> str | None:
     return out_path
 
 
-STEPS = {"plan": step_plan, "prepare": step_prepare, "grid": step_grid,
-         "evaluate": step_evaluate, "report": step_report}
+def step_run(args) -> int:
+    """Every step in turn; an exception is its step's error line. Exit 1 if one failed."""
+    failed = False
+    rc = step_plan(args)
+    if rc:
+        return rc
+    for step in (step_prepare, step_grid, step_evaluate, step_report):
+        try:
+            step(args)
+        except Exception as e:   # noqa: BLE001  (reported; the later steps still run)
+            failed = True
+            import traceback
+            traceback.print_exc()
+            emit(step.__name__.removeprefix("step_"), {"error": f"{type(e).__name__}: {e}"[:500]})
+            if step is step_prepare:   # no data: nothing to train or report
+                break
+    return int(failed)
+
+
+STEPS = {"plan": step_plan, "run": step_run}
 
 
 def main(argv=None) -> int:
@@ -311,8 +338,10 @@ def main(argv=None) -> int:
     p.add_argument("--budget_s", type=float, default=BUDGET_S)
     p.add_argument("--deadline", type=float, default=0.0, help="epoch seconds the call ends")
     args = p.parse_args(argv)
-    if not args.workdir and (args.step != "plan" or args.rehearse):
+    if not args.workdir and (args.step == "run" or args.rehearse):
         p.error(f"{args.step} needs --workdir")
+    if args.step == "run" and not (args.out and args.deadline):
+        p.error("run needs --out and --deadline")
     if args.workdir:
         args.workdir = os.path.abspath(args.workdir)
         os.makedirs(args.workdir, exist_ok=True)
@@ -320,7 +349,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, REPO_ROOT)
-    if args.step != "plan":
+    if args.step == "run":
         quiet_stdout()
     return STEPS[args.step](args)
 
