@@ -7,13 +7,11 @@ train   training MFU (against that peak) of a ~300M-parameter model, flow and ne
         at 256 image tokens (width 1024, 16 layers, 16 heads; caption encoder 4 layers)
 sample  images/s at a batch of 64 and batch-1 latency per paradigm at 256 tokens, and the
         next-token KV-cache speedup (cached decoding vs recomputing the prefix every token)
-grid    the nine training runs of experiments/grids/gpu_study.py through `python -m launch`,
-        on synthetic records (no data, autoencoder or evaluation stages)
 
-`--smoke` runs every part at tiny sizes (size T at 64 tokens, sampling at batch 1, one 2-step
-grid run): on a CPU in a few minutes, so the script is exercised by the test suite and cannot
-rot. The parts reuse benchmarks/backbone_throughput.py, benchmarks/sampling.py and
-imgsynth/perf.py.
+The study itself (data, grid, evaluation, report) is benchmarks/device_run.sh's. `--smoke` runs
+every part at tiny sizes (size T at 64 tokens, sampling at batch 1): on a CPU in a few minutes,
+so the script is exercised by the test suite and cannot rot. The parts reuse
+benchmarks/backbone_throughput.py, benchmarks/sampling.py and imgsynth/perf.py.
 """
 from __future__ import annotations
 
@@ -21,16 +19,12 @@ import argparse
 import json
 import os
 import platform
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("env", "train", "sample", "grid")
-GRID_PARALLEL = 3           # runs sharing the one device; each gets 1/3 of its memory
+PARTS = ("env", "train", "sample")
 
 
 def emit(part: str, result: dict) -> None:
@@ -133,89 +127,12 @@ def measure_or_xla(part: str, config, measure) -> dict:
         return {**measure(config), "attention": "xla"}
 
 
-def grid_runs(smoke: bool) -> list[dict]:
-    """gpu_study's runs on synthetic records (smoke: one 2-step MaskGIT run of size T)."""
-    sys.path.insert(0, REPO_ROOT)
-    from launch import grid as grid_lib
-    from imgsynth import config as config_lib, registry
-    synthetic = {"data.name": "synthetic", "data.synthetic_examples": 2048}
-    if smoke:
-        config = config_lib.default_config("maskgit", "size=T,runlocal")
-        step = registry.paradigm_module(config).model_cost(config).train_flops_per_example
-        return [dict(paradigm="maskgit", size="T", budget=2.5 * step * config.global_batch_size,
-                     runlocal=True, overrides={**synthetic, "data.synthetic_examples": 256,
-                                               "log_every_steps": 1})]
-    study = grid_lib.load("gpu_study")
-    return [dict(paradigm=r.paradigm, size=r.size, budget=r.budget,
-                 overrides={**r.overrides, **synthetic}) for r in study.runs]
-
-
-GRID_FILE = '''"""gpu_study on synthetic records, written by benchmarks/device_check.py."""
-import json
-
-RUNS = json.loads({runs!r})
-
-
-def sweep(add):
-    for run in RUNS:
-        add(**run)
-'''
-
-
-def part_grid(args) -> None:
-    workdir = os.path.join(args.workdir, "gpu_study")
-    os.makedirs(workdir, exist_ok=True)
-    grid_path = os.path.join(args.workdir, "gpu_study_check.py")
-    with open(grid_path, "w") as f:
-        f.write(GRID_FILE.format(runs=json.dumps(grid_runs(args.smoke))))
-    env = dict(os.environ)
-    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / GRID_PARALLEL:.2f}")
-    t0 = time.perf_counter()
-    launcher = subprocess.Popen([sys.executable, "-m", "launch", f"--grid={grid_path}",
-                                 f"--workdir={workdir}", f"--parallel={GRID_PARALLEL}",
-                                 "--skip_eval"], cwd=REPO_ROOT, env=env, stdout=sys.stderr)
-    try:
-        rc = launcher.wait(timeout=args.grid_budget_s or None)
-    except subprocess.TimeoutExpired:   # the runs checkpoint and stop; report what finished
-        launcher.send_signal(signal.SIGINT)
-        try:
-            rc = launcher.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            launcher.send_signal(signal.SIGINT)   # a second Ctrl-C kills the runs
-            rc = launcher.wait()
-    wall_s = time.perf_counter() - t0
-    runs = [_run_summary(os.path.join(workdir, "runs", name))
-            for name in sorted(os.listdir(os.path.join(workdir, "runs")))]
-    emit("gpu_study", {"launcher_rc": rc, "budget_s": args.grid_budget_s, "runs": len(runs),
-                       "done": sum(r["status"] == "done" for r in runs), "wall_s": wall_s,
-                       "train_flops": sum(r["train_flops"] for r in runs), "per_run": runs})
-
-
-def _run_summary(run_dir: str) -> dict:
-    with open(os.path.join(run_dir, "status.json")) as f:
-        status = json.load(f)
-    rows = []
-    if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            rows = [json.loads(line) for line in f]
-    steady = [r for r in rows if "perf/mfu" in r][1:] or [r for r in rows if "perf/mfu" in r]
-    last = rows[-1] if rows else {}
-    return {"run": os.path.basename(run_dir), "status": status["status"],
-            "step": last.get("step", 0), "train_flops": last.get("flops/train_cumulative", 0.0),
-            "train_loss": last.get("train/loss"),
-            "mfu": statistics.median(r["perf/mfu"] for r in steady) if steady else None,
-            "step_time_s": statistics.median(r["perf/step_time_s"] for r in steady) if steady
-            else None}
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("parts", nargs="+", choices=PARTS, metavar="part",
                         help=f"one or more of {', '.join(PARTS)}")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for a CPU")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "device_check"))
-    parser.add_argument("--grid_budget_s", type=float, default=0.0,
-                        help="grid: stop the launcher (runs checkpoint) after this long; 0: never")
     args = parser.parse_args(argv)
     if args.smoke:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
-# The accelerator check: what matters about a device in under 8 minutes, each part ending with
-# one JSON line ("part": env, peak, train_mfu, sampling, kv_cache, gpu_study).
+# The accelerator check: what matters about a device in under 5 minutes, each part ending with
+# one JSON line ("part": env, peak, train_mfu, sampling, kv_cache). The study itself (data,
+# grid, evaluation, report) is benchmarks/device_run.sh's.
 #
 #   benchmarks/device_check.sh [--smoke] [--workdir=DIR]      (PYTHON=... picks the interpreter)
 #
-# Parts run in their own processes (the grid's runs need the device memory the others held), each
-# under a time cap, so one failing part reports an error line and the rest still run; the exit
-# status is non-zero if any part failed. Caps on one H100/H200-class GPU: env and peak 40 s,
-# training MFU 100 s, sampling and KV cache 120 s, the gpu_study grid 220 s (its launcher is
-# stopped after 190 s, the runs checkpoint, and what finished is reported): 8 minutes in all.
-# --smoke runs every part at tiny sizes on a CPU, uncapped, the three small ones in one process
-# (the test suite does, so the script cannot rot).
+# Parts run in their own processes, each under a time cap, so one failing part reports an error
+# line and the rest still run; the exit status is non-zero if any part failed. Caps on one
+# H100/H200-class GPU: env and peak 40 s, training MFU 100 s, sampling and KV cache 120 s.
+# --smoke runs every part at tiny sizes on a CPU, uncapped, in one process (the test suite
+# does, so the script cannot rot).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -44,11 +43,9 @@ part() {   # part SECONDS NAME [ARGS]   (0 s: no cap, for --smoke on a shared CP
 }
 if [ $smoke -eq 1 ]; then   # one process: the tiny parts share their compilations
   part 0 "env train sample"
-  part 0 grid
 else
   part 40 env
   part 100 train
   part 120 sample
-  part 220 grid --grid_budget_s=190
 fi
 exit $failed

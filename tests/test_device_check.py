@@ -42,6 +42,4 @@ def test_device_check_smoke_runs_every_part(tmp_path):
     assert [r["paradigm"] for r in by_part["sampling"]] == ["flow", "maskgit", "ar"]
     assert all(r["images_per_s"] > 0 and r["latency_s"] > 0 for r in by_part["sampling"])
     assert by_part["kv_cache"][0]["kv_cache_speedup"] > 0
-    study = by_part["gpu_study"][0]
-    assert study["launcher_rc"] == 0 and study["runs"] == study["done"] == 1
-    assert all(r["step"] == 2 and r["mfu"] is not None for r in study["per_run"])
+    assert "gpu_study" not in by_part   # the study is device_run.sh's

@@ -1,34 +1,65 @@
-"""A first study on one GPU: 3 paradigms x 3 sizes (M, L, XL), one budget per size up to 5e15.
+"""The study on one GPU: 3 paradigms x 3 sizes (S, M, L) on the full r32 shapes data, one trunk per
+(paradigm, size) with two cooldown branches, budgets 1e14-5e15 FLOPs, in one call of 6 minutes.
 
-    python -m launch --grid=experiments/grids/gpu_study.py --workdir=./gpu_study
+    PYTHON=python3 benchmarks/device_run.sh --out=DIR     (data, stages, this grid, evaluation,
+                                                           report; `--plan` prints the estimate)
+    python -m launch --grid=experiments/grids/gpu_study.py --workdir=./gpu_study --parallel=8
 
-64 px shapes images with f = 4 autoencoders give 256 image tokens per example, as in the paper
-grid; global batch 128 in bfloat16 (float32 parameters). Each size is trained at the budget
-that buys it ~200-600 steps (M 1e15, L 2e15, XL 5e15 training FLOPs), 2.4e16 FLOPs in all:
-about 2 minutes of compute on an H100-class GPU at 200 TFLOP/s achieved, plus start-up and
-compilation per run. `benchmarks/device_check.sh` trains these nine runs on synthetic records
-(no data or autoencoder stages, no evaluation) as its last part; a full run here first builds
-the r64 shapes data, the two autoencoders and the instruments.
+32 px images with the shipped f = 4 autoencoders (KL for flow matching, FSQ for the token
+paradigms), judge and alignment model: 64 image tokens per example, global batch 256, bfloat16
+matmuls (float32 parameters). Per (paradigm, size) one trunk trains at constant rate and each
+budget is a cooldown branch of it (the last 20 % of its steps decay to the floor), as in
+cpu_study. The top budget is L's (5e15, ~1,030 steps, 2.6 epochs): L's wider matmuls use the GPU
+best, while S and M are bound by the input pipeline (~8,000 images/s a process: S at 3e14 is
+838 steps). 3e14 has S and M, 1e15 M and L. A Chinchilla-like N ~ sqrt(C / 120) puts the
+compute-optimal size at 1-6.5M parameters over these budgets (S is 4.8-6.0M, M 10-14M, L
+61-80M). `benchmarks/device_run.sh --plan` estimates the call at ~358 s on one GPU (8 runs at a
+time); L at 1e16 instead (424 s) or a third branch per size (487 s) does not fit 360 s.
+Learning rates: S's are the lr_sweep's (batch 32, CPU); M and L's are untuned.
+
+`REHEARSAL` is the same design at size T on r32_small for a CPU (`device_run.sh --rehearse`).
 """
+from experiments import common
 
 PARADIGMS = ("flow", "maskgit", "ar")
-BUDGETS = {"M": 1e15, "L": 2e15, "XL": 5e15}
+BUDGETS = {"S": (1e14, 3e14), "M": (3e14, 1e15), "L": (1e15, 5e15)}
+DEFAULT_LR = 1e-3          # where tuned_lr.json has no entry (M, L)
+TUNED_LR_FILE = common.TUNED_LR_FILE
 
 OVERRIDES = {
-    "global_batch_size": 128,    # 3 runs share one GPU's memory in the device check
+    "global_batch_size": 256,
     "model.dtype": "bfloat16",
-    "data.resolution": 64,
-    "data.builder_config": "r64",
-    "optimizer.warmup_steps": 20,
-    "ema_decay": 0.99,           # runs are ~200-600 steps
-    "log_every_steps": 10,
-    "eval_every_steps": 1000,
-    "eval_examples": 1024,
-    "checkpoint_every_steps": 1000,
+    # 8 runs share one GPU, 0.9/8 of its memory each (9 GB on an H100): L's update step at batch
+    # 256 asks 22.2 GiB without rematerialisation, 3.3 GiB with it (M 1.1 GiB; `--compile_only`,
+    # CPU layouts). S and M wait on their input pipeline, so its recomputation costs L alone.
+    "model.remat": True,
+    "optimizer.warmup_steps": 50,    # capped at 10 % of the shortest run of a trunk
+    "ema_decay": 0.99,               # a ~100-step average; branches are 206-1,213 steps
+    "log_every_steps": 25,
+    "eval_every_steps": 100_000,     # no evaluation inside training: each branch's final one
+    "eval_examples": 512,
+    "checkpoint_every_steps": 100_000,   # trunks keep their fork points; SIGTERM checkpoints
+    "eval.weights": ("ema",),
+    "eval.num_samples": 300,
 }
 
+# The rehearsal on a CPU: size T on r32_small (runlocal), a trunk and one tiny branch per
+# paradigm (each process costs tens of seconds of start-up and compilation on a CPU).
+REHEARSAL = {"T": (6e10,)}
+REHEARSAL_OVERRIDES = {**OVERRIDES, "global_batch_size": 16, "model.dtype": "float32",
+                       "model.remat": False,
+                       "optimizer.warmup_steps": 2, "log_every_steps": 5, "eval_examples": 32,
+                       "eval.num_samples": 60}
 
-def sweep(add):
+
+def overrides(paradigm: str, size: str, rehearse: bool = False) -> dict:
+    """The study's settings with the tuned learning rate of (paradigm, size) where one exists."""
+    base = REHEARSAL_OVERRIDES if rehearse else OVERRIDES
+    return {**base, "optimizer.lr": common.tuned_lr(paradigm, size, DEFAULT_LR)}
+
+
+def sweep(add, rehearse: bool = False):
     for paradigm in PARADIGMS:
-        for size, budget in BUDGETS.items():
-            add(paradigm=paradigm, size=size, budget=budget, overrides=OVERRIDES)
+        for size, budgets in (REHEARSAL if rehearse else BUDGETS).items():
+            add(paradigm=paradigm, size=size, budgets=budgets, schedule="wsd_branches",
+                runlocal=rehearse, overrides=overrides(paradigm, size, rehearse))
