@@ -22,6 +22,7 @@ from imgsynth import io, train_autoencoder
 from imgsynth.data import build, encode, pipeline, sources
 from imgsynth.metrics import _data, alignment as alignment_lib, instruments as instruments_lib
 from imgsynth.metrics import judge as judge_lib, labels as labels_lib, train_alignment, train_judge
+from imgsynth.metrics import train_labels
 from imgsynth.models import autoencoder_files, frozen_text
 from imgsynth.paradigms import token_model
 
@@ -162,7 +163,7 @@ def alignment(config) -> str:
 def labels(config) -> str:
     """The label classifier of a labelled dataset, trained once and cached like the judge."""
     return _instrument(config, "labels", lambda d: d.instrument_dir(labels_lib.KIND),
-                       labels_lib.INFO_FILE, labels_lib.train_labels,
+                       labels_lib.INFO_FILE, train_labels.train_labels,
                        train_alignment.TrainSettings)
 
 

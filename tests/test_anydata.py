@@ -9,9 +9,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from imgsynth import config as config_lib, evaluate, stages, train
+from imgsynth import config as config_lib, evaluate, stages, train, weights as weights_lib
 from imgsynth.data import build, folder
-from imgsynth.metrics import _weights, instruments
+from imgsynth.metrics import instruments
 from launch import grid as grid_lib, study
 
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
@@ -141,8 +141,8 @@ def test_inception_and_clip_through_evaluate(folder_run, tmp_path):
     from test_metrics_clip import tiny_weights, write_tiny_vocab
     from test_metrics_inception import _random_weights
     write_tiny_vocab(tmp_path / "vocab.txt.gz")
-    _weights.write_npz(tmp_path / "clip.npz", tiny_weights())
-    _weights.write_npz(tmp_path / "inception.npz", _random_weights())
+    weights_lib.write_npz(tmp_path / "clip.npz", tiny_weights())
+    weights_lib.write_npz(tmp_path / "inception.npz", _random_weights())
     report = evaluate.evaluate(folder_run, num_samples=4,
                                inception_weights=str(tmp_path / "inception.npz"),
                                clip_weights=str(tmp_path / "clip.npz"),
@@ -164,7 +164,7 @@ def test_bad_input_is_refused_before_sampling(folder_run, tmp_path):
     write_tiny_vocab(tmp_path / "vocab.txt.gz")
     broken = tiny_weights()
     broken.pop("visual.proj")
-    _weights.write_npz(tmp_path / "clip.npz", broken)
+    weights_lib.write_npz(tmp_path / "clip.npz", broken)
     with pytest.raises(ValueError, match=r"clip\.npz: CLIP weight file does not match"):
         evaluate.evaluate(folder_run, num_samples=4, clip_weights=str(tmp_path / "clip.npz"),
                           clip_vocab=str(tmp_path / "vocab.txt.gz"))

@@ -13,9 +13,8 @@ import os
 import numpy as np
 from flax import nnx
 
-from imgsynth import io
+from imgsynth import io, weights as weights_lib
 from imgsynth.data import shapes
-from imgsynth.metrics import _weights
 from imgsynth.models import autoencoder as ae_lib
 
 WEIGHTS_FILE, INFO_FILE = "weights.npz", "autoencoder.json"
@@ -49,7 +48,7 @@ def save(model: ae_lib.Autoencoder, workdir: str, **info) -> dict:
             "scale_factor": float(model.scale_factor.get_value()) if model.kind == "kl" else None,
             "hash": weights_hash(flat), **info}
     if io.is_writer():
-        _weights.write_npz(os.path.join(workdir, WEIGHTS_FILE), flat)
+        weights_lib.write_npz(os.path.join(workdir, WEIGHTS_FILE), flat)
         io.write_json(os.path.join(workdir, INFO_FILE), info)
     return info
 
@@ -112,7 +111,7 @@ def load(workdir: str, kind: str | None = None) -> tuple[ae_lib.Autoencoder, dic
     info = load_info(workdir, kind)
     # Built abstractly: initialising the weights eagerly only to overwrite them costs ~15 s of
     # per-shape compilation on CPU, paid by every evaluation.
-    model = _weights.restore_state(
+    model = weights_lib.restore_state(
         lambda: ae_lib.build_autoencoder(info["config"]["autoencoder"], nnx.Rngs(0)),
         os.path.join(workdir, WEIGHTS_FILE), what=f"autoencoder in {workdir}")
     return model, info

@@ -1,21 +1,20 @@
-"""CLIP score with OpenAI's CLIP (ViT-B/32 by default) in Flax NNX, from local files only.
+"""OpenAI's CLIP (ViT-B/32 by default) in Flax NNX, from local files only: both towers.
 
-score = 100 · max(cos(image embedding, caption embedding), 0), averaged over pairs (Hessel et
-al., 2021; torchmetrics' CLIPScore). The architecture is OpenAI's `model.py` ViT variant (QuickGELU,
-pre-norm residual attention blocks, class token, causal text transformer read at the EOT token);
-images get OpenAI's preprocessing (bicubic resize of the short side to the input resolution, centre
-crop, CLIP mean/std) done with PIL, as `clip.load` does.
+The CLIP-score metric (`metrics/clip_score.py`) uses the whole model, the frozen caption
+encoder (`models/frozen_text.py`) the text tower alone. The architecture is OpenAI's `model.py`
+ViT variant (QuickGELU, pre-norm residual attention blocks, class token, causal text transformer
+read at the EOT token); images get OpenAI's preprocessing (bicubic resize of the short side to
+the input resolution, centre crop, CLIP mean/std) done with PIL, as `clip.load` does.
 
 Nothing is downloaded. The weight file is an .npz with OpenAI's state_dict names and layouts
 (`visual.conv1.weight`, `transformer.resblocks.0.attn.in_proj_weight`, ...); make it once, on a
 machine with torch, from OpenAI's released checkpoint:
 
-    python -m imgsynth.metrics.clip_score --convert ViT-B-32.pt --out clip_vit_b32.npz
+    python -m imgsynth.models.clip --convert ViT-B-32.pt --out clip_vit_b32.npz
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -23,14 +22,13 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from imgsynth.metrics import _weights
-from imgsynth.metrics.clip_tokenizer import ClipTokenizer
+from imgsynth import weights as weights_lib
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 WEIGHTS_HELP = (
-    "Download OpenAI's ViT-B-32.pt (the URL is in openai/CLIP's clip/clip.py, _MODELS) on a machine "
-    "with network access, then convert it with: python -m imgsynth.metrics.clip_score --convert "
+    "Download OpenAI's ViT-B-32.pt (the URL is in openai/CLIP's clip/clip.py, _MODELS) on a "
+    "machine with network access, then convert it with: python -m imgsynth.models.clip --convert "
     "ViT-B-32.pt --out clip_vit_b32.npz (needs torch there only).")
 _CHECKPOINT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 
@@ -216,9 +214,9 @@ def _convert(key: str, array: np.ndarray):
 
 def load_clip(weights_path, config: ClipConfig | None = None) -> CLIP:
     """CLIP from a converted .npz; the config is read off the weights unless given."""
-    weights = _weights.read_npz(weights_path, what="CLIP", how_to_get=WEIGHTS_HELP)
+    weights = weights_lib.read_npz(weights_path, what="CLIP", how_to_get=WEIGHTS_HELP)
     cfg = config or ClipConfig.from_weights(weights)
-    return _weights.load_into(lambda: CLIP(cfg, rngs=nnx.Rngs(0)), weights, _convert,
+    return weights_lib.load_into(lambda: CLIP(cfg, rngs=nnx.Rngs(0)), weights, _convert,
                               ignore=lambda k: k in _CHECKPOINT_EXTRAS, what="CLIP")
 
 
@@ -234,14 +232,14 @@ def _text_tower(cfg: ClipConfig) -> dict:
 
 def check_text_tower(shapes: dict[str, np.ndarray], cfg: ClipConfig) -> None:
     """Raises ValueError naming every key of a CLIP state_dict (arrays or zero-stride stand-ins,
-    `_weights.shape_stand_ins`) that does not fit the text tower of `cfg`."""
-    _weights.match_weights(weights=shapes, **_text_tower(cfg))
+    `weights_lib.shape_stand_ins`) that does not fit the text tower of `cfg`."""
+    weights_lib.match_weights(weights=shapes, **_text_tower(cfg))
 
 
 def load_text_tower(weights_path, cfg: ClipConfig) -> ClipText:
     """The text tower of `cfg` from a converted CLIP .npz (shapes checked key by key)."""
-    weights = _weights.read_npz(weights_path, what="CLIP", how_to_get=WEIGHTS_HELP)
-    return _weights.load_into(weights=weights, **_text_tower(cfg))
+    weights = weights_lib.read_npz(weights_path, what="CLIP", how_to_get=WEIGHTS_HELP)
+    return weights_lib.load_into(weights=weights, **_text_tower(cfg))
 
 
 def preprocess(images, resolution: int) -> np.ndarray:
@@ -265,59 +263,9 @@ def preprocess(images, resolution: int) -> np.ndarray:
     return out
 
 
-@nnx.jit
-def _cosines(model: CLIP, x_BHWC, tokens_BL):
-    img, txt = model.encode_image(x_BHWC), model.encode_text(tokens_BL)
-    img = img / jnp.linalg.norm(img, axis=-1, keepdims=True)
-    txt = txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
-    return jnp.sum(img * txt, axis=-1)
-
-
-def clip_cosines(model: CLIP, tokenizer: ClipTokenizer, images, captions,
-                 batch_size: int = 32) -> np.ndarray:
-    """Per-pair cosine of image and caption embeddings; batches padded to one compiled shape."""
-    captions = list(captions)
-    if len(captions) != len(images):
-        raise ValueError(f"{len(images)} images but {len(captions)} captions")
-    if not captions:
-        raise ValueError("no image-caption pairs to score")
-    cfg = model.cfg
-    if tokenizer.vocab_size != cfg.vocab_size:
-        raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, the model {cfg.vocab_size}")
-    x, tokens = preprocess(images, cfg.image_resolution), tokenizer(captions, cfg.context_length)
-    out = []
-    for start in range(0, len(x), batch_size):
-        xb, tb = x[start:start + batch_size], tokens[start:start + batch_size]
-        pad = batch_size - len(xb)
-        if pad:
-            xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
-            tb = np.concatenate([tb, np.repeat(tb[:1], pad, axis=0)])
-        out.append(np.asarray(_cosines(model, jnp.asarray(xb), jnp.asarray(tb)))[: len(x) - start])
-    return np.concatenate(out)
-
-
-def clip_scores(model: CLIP, tokenizer: ClipTokenizer, images, captions,
-                batch_size: int = 32) -> np.ndarray:
-    """Per-pair CLIP score 100 · max(cos, 0)."""
-    return 100.0 * np.maximum(clip_cosines(model, tokenizer, images, captions, batch_size), 0.0)
-
-
-@functools.lru_cache(maxsize=2)
-def _cached(weights_path: str, vocab_path: str,
-            config: ClipConfig | None) -> tuple[CLIP, ClipTokenizer]:
-    return load_clip(weights_path, config), ClipTokenizer(vocab_path)
-
-
-def clip_score(images, captions, weights_path, vocab_path, batch_size: int = 32,
-               config: ClipConfig | None = None) -> float:
-    """Mean CLIP score of image-caption pairs (uint8 or [0, 1] floats, [N, H, W, 3])."""
-    model, tokenizer = _cached(str(weights_path), str(vocab_path), config)
-    return float(np.mean(clip_scores(model, tokenizer, images, captions, batch_size)))
-
-
 def convert_checkpoint(pt_path: str, out_path: str) -> None:
     """OpenAI CLIP .pt (JIT archive or state_dict) → .npz with the same names, as float32."""
-    torch = _weights.import_torch(".pt")
+    torch = weights_lib.import_torch(".pt")
     try:
         state = torch.jit.load(pt_path, map_location="cpu").state_dict()
     except RuntimeError:
@@ -325,12 +273,12 @@ def convert_checkpoint(pt_path: str, out_path: str) -> None:
     arrays = {k: v.detach().cpu().float().numpy() for k, v in state.items()
               if k not in _CHECKPOINT_EXTRAS}
     cfg = ClipConfig.from_weights(arrays)
-    _weights.load_into(lambda: CLIP(cfg, rngs=nnx.Rngs(0)), arrays, _convert, what="CLIP")
-    _weights.write_npz(out_path, arrays)
+    weights_lib.load_into(lambda: CLIP(cfg, rngs=nnx.Rngs(0)), arrays, _convert, what="CLIP")
+    weights_lib.write_npz(out_path, arrays)
 
 
 def main(argv=None) -> None:
-    _weights.conversion_main(convert_checkpoint, "an OpenAI CLIP checkpoint (.pt)", argv)
+    weights_lib.conversion_main(convert_checkpoint, "an OpenAI CLIP checkpoint (.pt)", argv)
 
 
 if __name__ == "__main__":
