@@ -31,6 +31,20 @@ class UsageError(ValueError):
 
 
 USAGE_ERRORS = (UsageError, config_lib.ConfigError, io.LockedError)
+PREPARE = "python -m imgsynth.stages --config={config}"
+
+
+class MissingStage(FileNotFoundError):
+    """A stage's output (an autoencoder, a trained instrument) is not on disk. Wherever it is
+    found missing, the message names the one command that prepares every stage of a run; a
+    caller that knows the run's config names it (`for_config`)."""
+
+    def __init__(self, what: str, config: str = "..."):
+        self.what = what
+        super().__init__(f"{what}; prepare the run's stages with `{PREPARE.format(config=config)}`")
+
+    def for_config(self, config: str) -> "MissingStage":
+        return MissingStage(self.what, config)
 
 
 def message(e: BaseException) -> str:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from imgsynth import config as config_lib, evaluate, stages, train, weights as weights_lib
 from imgsynth.data import build, folder
-from imgsynth.metrics import instruments
+from imgsynth.metrics import _data, instruments
 from launch import grid as grid_lib, study
 
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
@@ -170,6 +170,38 @@ def test_bad_input_is_refused_before_sampling(folder_run, tmp_path):
                           clip_vocab=str(tmp_path / "vocab.txt.gz"))
     after = os.path.getmtime(samples) if os.path.exists(samples) else None
     assert before == after   # nothing was sampled
+
+
+@pytest.mark.slow
+def test_a_missing_stage_names_the_stages_command_of_the_run(folder_run, tmp_path):
+    """Evaluation trains nothing: without the folder's alignment model it stops before sampling,
+    naming `python -m imgsynth.stages --config=<run>/config.json`, and that command prepares it."""
+    import shutil
+    import subprocess
+    import sys
+
+    from imgsynth import cli
+    config_json = os.path.join(folder_run, "config.json")
+    config = stages.run_config(config_json)
+    aligned = _data_of(config).instrument_dir("alignment")
+    shutil.move(aligned, tmp_path / "kept")
+    samples = os.path.join(folder_run, "samples_ema.png")
+    before = os.path.getmtime(samples) if os.path.exists(samples) else None
+    with pytest.raises(cli.MissingStage) as missing:
+        evaluate.evaluate(folder_run, num_samples=4)
+    assert str(missing.value).endswith(
+        f"prepare the run's stages with `python -m imgsynth.stages --config={config_json}`")
+    assert (os.path.getmtime(samples) if os.path.exists(samples) else None) == before
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [grid_lib.REPO_ROOT, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "imgsynth.stages", f"--config={config_json}"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert os.path.isfile(os.path.join(aligned, "alignment.json")), done.stdout[-2000:]
+
+
+def _data_of(config):
+    return _data.Dataset.of(stages.data_config(config))
 
 
 def test_folder_labels_are_all_or_nothing_and_splits_must_fit(tmp_path):

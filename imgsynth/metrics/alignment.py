@@ -305,6 +305,6 @@ def install_shipped(directory: str) -> None:
 
 def load_alignment(data, builder_config: str = "r32") -> Alignment:
     """The cached alignment model of a dataset (a `_data.Dataset`, or a shapes data_dir and
-    builder config); says how to train it when there is none."""
+    builder config); says how to make it when there is none."""
     return load_alignment_from(_data.as_dataset(data, builder_config).trained_dir(
-        "alignment", info_file=INFO_FILE, what="alignment model", trainer="train_alignment"))
+        "alignment", info_file=INFO_FILE, what="alignment model"))

@@ -245,10 +245,10 @@ def load_judge_from(directory: str) -> Judge:
 
 
 def load_judge(data_dir: str, builder_config: str = "r32") -> Judge:
-    """The cached judge of a shapes dataset; says how to train it when there is none."""
+    """The cached judge of a shapes dataset; says how to make it when there is none."""
     return load_judge_from(_data.trained_dir(data_dir, "judges", builder_config,
                                              info_file=INFO_FILE, what="judge",
-                                             trainer="train_judge", revision=f"v{FORMAT}"))
+                                             revision=f"v{FORMAT}"))
 
 
 def scene_accuracy(scenes: list[Scene], truth: list[Scene]) -> float:

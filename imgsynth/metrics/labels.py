@@ -86,4 +86,4 @@ def load_labels_from(directory: str) -> LabelClassifier:
 
 def load_labels(dataset: _data.Dataset) -> LabelClassifier:
     return load_labels_from(dataset.trained_dir(KIND, info_file=INFO_FILE,
-                                                what="label classifier", trainer="labels"))
+                                                what="label classifier"))

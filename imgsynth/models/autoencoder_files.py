@@ -13,7 +13,7 @@ import os
 import numpy as np
 from flax import nnx
 
-from imgsynth import io, weights as weights_lib
+from imgsynth import cli, io, weights as weights_lib
 from imgsynth.data import shapes
 from imgsynth.models import autoencoder as ae_lib
 
@@ -88,9 +88,7 @@ def load_info(workdir: str, kind: str | None = None) -> dict:
     clear errors if it is absent or of the wrong kind."""
     info_path = os.path.join(workdir, INFO_FILE)
     if not os.path.isfile(info_path):
-        raise FileNotFoundError(f"no trained autoencoder in {workdir} ({INFO_FILE} missing); train "
-                                "it with `python -m imgsynth.train_autoencoder --config=... "
-                                f"--workdir={workdir}`")
+        raise cli.MissingStage(f"no trained autoencoder in {workdir} ({INFO_FILE} missing)")
     info = io.read_json(info_path)
     if kind is not None and info["kind"] != kind:
         raise ValueError(f"{workdir} holds a {info['kind']!r} autoencoder; this needs {kind!r}")
