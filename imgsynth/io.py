@@ -25,6 +25,9 @@ from typing import Any
 STATUSES = ("pending", "running", "done", "failed")
 STATUS_FILE = "status.json"
 TUNED_LR_FILE = "tuned_lr.json"   # in a study workdir: the learning rates its grid read
+# A launcher names a file here for a preparation it watches: the stage training now (its step,
+# total and start), written by imgsynth.stages and read by the launcher's progress line.
+STAGE_PROGRESS_ENV = "IMGSYNTH_STAGE_PROGRESS"
 HEARTBEAT_S = 30.0       # a training run refreshes status.json at least this often
 STALE_AFTER_S = 1800.0   # ... and one on another host is presumed gone this long after its last
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 
 import ml_collections
 
@@ -25,6 +26,16 @@ from imgsynth.metrics import judge as judge_lib, labels as labels_lib, train_ali
 from imgsynth.metrics import train_labels
 from imgsynth.models import autoencoder_files, frozen_text
 from imgsynth.paradigms import token_model
+
+
+def _announce(stage: str, run_dir: str, total_steps: int) -> None:
+    """Tells a launcher watching this preparation (`$IMGSYNTH_STAGE_PROGRESS` names the file)
+    which stage trains now, where (its metrics.jsonl gives the step) and since when: its progress
+    line shows the step / total and an ETA."""
+    path = os.environ.get(io.STAGE_PROGRESS_ENV)
+    if path:
+        io.write_json(path, {"stage": stage, "run_dir": run_dir, "total_steps": int(total_steps),
+                             "started": time.time()})
 
 
 # ---- Paths ------------------------------------------------------------------------------------
@@ -125,6 +136,7 @@ def autoencoder(config) -> str:
                     logging.info("autoencoder: the shipped one (%s) → %s", shipped, path)
                     autoencoder_files.install_shipped(shipped, path)
                 else:
+                    _announce(f"autoencoder {ae.autoencoder.kind}", path, ae.total_steps)
                     train_autoencoder.train(ae, path)
     # The weights are read where they are used (encoding, evaluation), not by each training run.
     autoencoder_files.check(path, kind=config.autoencoder.kind)
@@ -156,7 +168,6 @@ def judge(config, train: bool = True) -> str:
     return _instrument(config, "judge", _judge_dir, judge_lib.INFO_FILE,
                        lambda d, **kw: train_judge.train_judge(d.spec.data_dir,
                                                                d.spec.shapes_config, **kw),
-                       train_judge.TrainSettings,
                        shipped=lambda d: judge_lib.shipped_judge(d.spec.shapes_config),
                        install=judge_lib.install_shipped, train=train)
 
@@ -165,19 +176,18 @@ def alignment(config, train: bool = True) -> str:
     """The dataset's contrastive image-caption model, trained once and cached like the judge."""
     return _instrument(config, "alignment", lambda d: d.instrument_dir("alignment"),
                        alignment_lib.INFO_FILE, train_alignment.train_alignment,
-                       train_alignment.TrainSettings, shipped=alignment_lib.shipped_alignment,
+                       shipped=alignment_lib.shipped_alignment,
                        install=alignment_lib.install_shipped, train=train)
 
 
 def labels(config) -> str:
     """The label classifier of a labelled dataset, trained once and cached like the judge."""
     return _instrument(config, "labels", lambda d: d.instrument_dir(labels_lib.KIND),
-                       labels_lib.INFO_FILE, train_labels.train_labels,
-                       train_alignment.TrainSettings)
+                       labels_lib.INFO_FILE, train_labels.train_labels)
 
 
-def _instrument(config, what, directory, info_file, train_fn, settings_cls, *, shipped=None,
-                install=None, train: bool = True) -> str:
+def _instrument(config, what, directory, info_file, train_fn, *, shipped=None, install=None,
+                train: bool = True) -> str:
     """Trains the instrument `what` once per dataset, or, unless `instruments.<what>_steps` asks
     for a training, copies the one that ships with the package where `shipped(dataset)` finds
     one that serves the data. Without `train`, only the copy: evaluation installs what ships."""
@@ -194,14 +204,19 @@ def _instrument(config, what, directory, info_file, train_fn, settings_cls, *, s
                 logging.info("%s: the shipped one (%s) → %s", what, source, path)
                 install(path)
             elif train:
-                train_fn(data, settings=settings_cls(**_quick(config, what)), log=logging.info)
+                settings = instrument_settings(config, what)
+                _announce(what, path + "-training", settings.steps)
+                train_fn(data, settings=settings, log=logging.info)
     return path
 
 
-def _quick(config, what: str) -> dict:
-    """Instrument training length: `instruments.<what>_steps` when set (runlocal: short)."""
+def instrument_settings(config, what: str):
+    """How the instrument `what` of a run trains: `instruments.<what>_steps` steps when set
+    (runlocal: 150), else its defaults."""
+    settings_cls = train_judge.TrainSettings if what == "judge" else train_alignment.TrainSettings
     steps = config.instruments.get(f"{what}_steps", 0) or (150 if config.get("runlocal") else 0)
-    return {"steps": steps, "warmup_steps": min(100, max(steps // 10, 1))} if steps else {}
+    return settings_cls(**({"steps": steps, "warmup_steps": min(100, max(steps // 10, 1))}
+                           if steps else {}))
 
 
 def prepare(config, *, evaluation: bool = True) -> dict:

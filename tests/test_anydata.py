@@ -89,6 +89,10 @@ def test_folder_study_end_to_end(tmp_path, monkeypatch):
         assert 0 <= c["alignment_false_positive"] <= 1 and "judge_false_positive" not in c
         assert os.path.isfile(os.path.join(run_dir, "samples_ema.png"))
         assert os.path.isfile(os.path.join(run_dir, "samples_raw.png"))
+    progress = [json.load(open(os.path.join(workdir, "stages", f)))   # the launcher's line
+                for f in os.listdir(os.path.join(workdir, "stages")) if f.endswith(".json")]
+    assert {p["stage"] for p in progress} <= {"autoencoder kl", "alignment", "labels"}
+    assert progress and all(p["total_steps"] == 20 for p in progress)
     html = open(os.path.join(workdir, "report", "report.html")).read()
     assert "Dataset: folder squares (32 px)" in html and "not evaluated yet" not in html
     assert "stores no scenes" in html
