@@ -477,7 +477,7 @@ class LocalLauncher:
                  f"ETA {grid_lib.format_duration(self._eta())}")
 
 
-def stage_progress(path: str, now: float | None = None) -> str | None:
+def stage_progress(path: str) -> str | None:
     """'alignment 340/1000 steps, 2m10s in, ETA 4m13s' from a preparation's progress file (the
     stage training now, its run folder, its steps, its start) and that folder's metrics.jsonl;
     None before the first stage trains (the data is being built)."""
@@ -485,10 +485,10 @@ def stage_progress(path: str, now: float | None = None) -> str | None:
     if not p:
         return None
     step = runs_lib.last_metrics(p["run_dir"]).get("step") or 0
-    total, elapsed = p["total_steps"], (now or time.time()) - p["started"]
-    eta = elapsed / step * (total - step) if step else None
-    return (f"{p['stage']} {step}/{total} steps, {grid_lib.format_duration(elapsed)} in, "
-            f"ETA {grid_lib.format_duration(eta)}")
+    total, elapsed = p["total_steps"], time.time() - p["started"]
+    eta = (f"ETA {grid_lib.format_duration(elapsed / step * (total - step))}" if step
+           else "starting (compiling, reading the data)")
+    return f"{p['stage']} {step}/{total} steps, {grid_lib.format_duration(elapsed)} in, {eta}"
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
