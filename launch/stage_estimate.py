@@ -5,7 +5,7 @@ package: its stages only build the data. Any other dataset (a folder, TFDS) trai
 autoencoder per kind, the alignment model and, for labelled data, the label classifier first.
 Each takes a start-up (compiling, reading the data) plus its steps at a per-step time measured on
 the 2-core machine; the autoencoder's step scales with its batch and pixels. A rough figure: the
-machine's load moves it (the start-ups below were measured at load ~20, several times an idle
+machine's load moves it (the start-ups below were measured at load 20-30, several times an idle
 machine's; `python benchmarks/own_data_stages.py` measures them again).
 """
 from __future__ import annotations
@@ -16,12 +16,12 @@ from launch import grid as grid_lib
 
 # Seconds per step, 2 cores: the shipped autoencoders (default settings: 6,000 steps of 16 images
 # at 32 px, ~20 CPU-minutes: docs/autoencoders.md), runlocal's small one and every stage's
-# start-up (benchmarks/own_data_stages.py, load ~20), the shipped alignment model (1,000 steps of
+# start-up (benchmarks/own_data_stages.py, load 20-30), the shipped alignment model (1,000 steps of
 # 256 examples in 23.1 minutes: its alignment.json; the label classifier is its image tower).
 AUTOENCODER_STEP_S = {"full": 0.2, "runlocal": 5.2}
 AUTOENCODER_BATCH = {"full": 16, "runlocal": 8}
 INSTRUMENT_STEP_S = 1.4
-STARTUP_S = 300.0
+STARTUP_S = {"autoencoder": 300.0, "instrument": 170.0}
 
 
 def ships_instruments(run: grid_lib.Run) -> bool:
@@ -47,13 +47,13 @@ def stage_lines(runs: Sequence[grid_lib.Run]) -> list[str]:
         step_s = (AUTOENCODER_STEP_S[size] * ae.global_batch_size / AUTOENCODER_BATCH[size]
                   * (ae.data.resolution / 32) ** 2)
         parts = [(f"autoencoder {ae.autoencoder.kind}", ae.total_steps,
-                  STARTUP_S + ae.total_steps * step_s)]
+                  STARTUP_S["autoencoder"] + ae.total_steps * step_s)]
         data_key = (str(c.data.to_dict()), str(c.instruments.to_dict()))
         if data_key not in instruments_counted:   # shared by every autoencoder of the data
             instruments_counted.add(data_key)
             for what in ("alignment", "labels"):
                 steps = stages.instrument_settings(c, what).steps
-                parts.append((what, steps, STARTUP_S + steps * INSTRUMENT_STEP_S))
+                parts.append((what, steps, STARTUP_S["instrument"] + steps * INSTRUMENT_STEP_S))
         total = sum(p[2] for p in parts)
         grand += total
         lines.append(f"stages for {run.name} ({c.data.name} data, nothing ships for it): "
