@@ -10,10 +10,13 @@
   the previous checkpoint and end bit-exact too;
 - a second trainer on a run another one is training must be refused (and the first one, sent
   SIGTERM, checkpoints and stops as `pending`);
-- each bad input must be answered in one line with exit code 2.
+- each bad input must be answered in one line with exit code 2;
+- a workdir on a 3 MB tmpfs (mounted as root; skipped with the reason elsewhere): the first
+  checkpoint does not fit, the trainer answers in one `error:` line naming the path and its free
+  space, exit 1, no half-written checkpoint; once the tmpfs is enlarged the rerun finishes.
 
 Last line: one JSON object (kills, bit_exact, corruptions_recovered, corruptions_tried,
-duplicate_trainers_refused, bad_inputs_one_line, bad_inputs_tried, ...).
+duplicate_trainers_refused, bad_inputs_one_line, bad_inputs_tried, disk_full_one_line, ...).
 """
 from __future__ import annotations
 
@@ -329,6 +332,30 @@ def bad_input_drills(tmp: str, done_run: str) -> tuple[int, int, dict]:
     return answered, len(cases), failures
 
 
+def disk_full_drill(tmp: str) -> dict:
+    """A run on a 3 MB tmpfs (its first checkpoint does not fit), then on the same one at 64 MB."""
+    mnt, run = os.path.join(tmp, "tmpfs"), os.path.join(tmp, "tmpfs", "run")
+    os.makedirs(mnt, exist_ok=True)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", mnt],
+                           capture_output=True, text=True)
+    if mount.returncode:
+        return {"disk_full_one_line": None,
+                "disk_full_skipped": f"cannot mount a tmpfs: {mount.stderr.strip()}"[:200]}
+    try:
+        code, out = run_cli(train_argv(run, 8))
+        errors = [line for line in out.splitlines() if line.startswith("error:")]
+        half = [n for n in os.listdir(os.path.join(run, "checkpoints")) if "tmp" in n]
+        one = (code == 1 and len(errors) == 1 and "Traceback" not in out and not half
+               and run in errors[0] and " free" in errors[0])
+        subprocess.run(["mount", "-o", "remount,size=64m", mnt], check=True)
+        rerun = run_cli(train_argv(run, 8))[0] == 0
+    finally:
+        subprocess.run(["umount", mnt], capture_output=True)
+    print(f"disk full: exit {code}, {errors[-1:]}, half-written {half}, rerun ok {rerun}",
+          flush=True)
+    return {"disk_full_one_line": one, "disk_full_rerun_done": rerun}
+
+
 # ---- The drills ---------------------------------------------------------------------------------
 
 def killed_base(tmp: str, steps: int) -> str:
@@ -372,13 +399,14 @@ def main() -> None:
               "arrays)", flush=True)
         recovered, tried = corruptions.result()
     answered, bad_tried, failures = bad_input_drills(tmp, reference)
+    disk = disk_full_drill(tmp)
     result = {"kills": kills, "kill_points": plan, "bit_exact": bit_exact,
               "arrays_compared": arrays, "corruptions_recovered": recovered,
               "corruptions_tried": tried,
               "duplicate_trainers_refused": duplicate["duplicate_trainers_refused"],
               "sigterm_checkpointed": duplicate["sigterm_checkpointed"],
               "bad_inputs_one_line": answered, "bad_inputs_tried": bad_tried,
-              "bad_inputs_failed": sorted(failures), "seed": args.seed, "steps": steps,
+              "bad_inputs_failed": sorted(failures), **disk, "seed": args.seed, "steps": steps,
               "seconds": round(time.monotonic() - t0, 1)}
     if not args.workdir:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,6 +17,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from imgsynth import io
+
 
 class Checkpointer:
     def __init__(self, directory: str, *, max_to_keep: int = 2, keep_steps=(),
@@ -40,11 +42,30 @@ class Checkpointer:
         return step in self.manager.all_steps()
 
     def save(self, step: int, state: Any, data_iterator=None) -> None:
+        """Saves `step`. A disk without room for the state's bytes is refused before writing (a
+        disk within one checkpoint of full is full); one that fills during the save loses the
+        half-written checkpoint. Both raise `io.DiskFull`, naming the folder and its free space."""
+        needed = sum(x.nbytes for x in jax.tree.leaves(state) if hasattr(x, "nbytes"))
+        if io.free_bytes(self.directory) < needed:
+            raise io.DiskFull(self.directory, needed)
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
-        self.manager.wait_until_finished()
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+            self.manager.wait_until_finished()
+        except Exception as e:
+            if not io.is_disk_full(e):
+                raise
+            self._remove_unfinished(step)
+            raise io.DiskFull(self.directory, needed) from e
+
+    def _remove_unfinished(self, step: int) -> None:
+        """The half-written checkpoint of `step` (orbax's temporary folder), gone."""
+        for name in os.listdir(self.directory):
+            if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        self.manager.reload()
 
     def restore(self, abstract_state: Any, data_iterator=None, step: int | None = None) -> Any:
         """Restores into the shardings of `abstract_state` (ShapeDtypeStructs with .sharding)."""

@@ -2,8 +2,9 @@
 
 A mistake in what was asked for — an unknown config key or size, a workdir that is a file or holds
 another run, a budget below one step, a run another trainer owns — prints `error: …` and exits 2
-before anything expensive starts. The traceback is for `--verbose` (or IMGSYNTH_VERBOSE=1). Faults
-that are not the user's (a bug, a full disk) keep their traceback and exit 1. No jax here: the
+before anything expensive starts. A fault of the environment (a full disk, wherever it strikes)
+prints one line naming the path and its free space and exits 1. The traceback is for `--verbose`
+(or IMGSYNTH_VERBOSE=1). Other faults (a bug) keep their traceback and exit 1. No jax here: the
 launcher uses it too.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable, Sequence
 from imgsynth import config as config_lib, io
 
 USAGE_EXIT = 2
+ENVIRONMENT_EXIT = 1
 VERBOSE_FLAG, VERBOSE_ENV = "--verbose", "IMGSYNTH_VERBOSE"
 WATCH_PARENT_ENV = "IMGSYNTH_PARENT_PID"
 
@@ -31,6 +33,20 @@ class UsageError(ValueError):
 
 
 USAGE_ERRORS = (UsageError, config_lib.ConfigError, io.LockedError)
+PREPARE = "python -m imgsynth.stages --config={config}"
+
+
+class MissingStage(FileNotFoundError):
+    """A stage's output (an autoencoder, a trained instrument) is not on disk. Wherever it is
+    found missing, the message names the one command that prepares every stage of a run; a
+    caller that knows the run's config names it (`for_config`)."""
+
+    def __init__(self, what: str, config: str = "..."):
+        self.what = what
+        super().__init__(f"{what}; prepare the run's stages with `{PREPARE.format(config=config)}`")
+
+    def for_config(self, config: str) -> "MissingStage":
+        return MissingStage(self.what, config)
 
 
 def message(e: BaseException) -> str:
@@ -62,6 +78,15 @@ def _report(e: BaseException, verbose: bool) -> int:
     return USAGE_EXIT
 
 
+def _environment_fault(e: BaseException, verbose: bool) -> int:
+    """A full disk in one line (`io.DiskFull`'s text, naming the path and its free space)."""
+    if verbose:
+        traceback.print_exception(e)
+    full = e if isinstance(e, io.DiskFull) else io.DiskFull(io.disk_full_path(e))
+    print(f"error: {full}", file=sys.stderr, flush=True)
+    return ENVIRONMENT_EXIT
+
+
 def watch_parent() -> None:
     """Where the launcher cannot ask the kernel to stop its children when it dies (no prctl, see
     launch/local.py), it names itself in IMGSYNTH_PARENT_PID; a daemon thread here then sends this
@@ -88,6 +113,10 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
         return main([a for a in argv if a != VERBOSE_FLAG]) or 0
     except USAGE_ERRORS as e:
         return _report(e, verbose)
+    except Exception as e:
+        if io.is_disk_full(e):
+            return _environment_fault(e, verbose)
+        raise
 
 
 def one_line(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -129,6 +158,10 @@ def run_absl(main: Callable[[list[str]], None]) -> None:
         app.run(main, flags_parser=parse)
     except USAGE_ERRORS as e:
         sys.exit(_report(e, verbose))
+    except Exception as e:
+        if io.is_disk_full(e):
+            sys.exit(_environment_fault(e, verbose))
+        raise
 
 
 def _override_message(e: BaseException) -> str:

@@ -24,16 +24,14 @@ import time
 from io import BytesIO
 
 import jax
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from imgsynth import checkpoint as ckpt_lib, config as config_lib, io, loop, optim, perf, registry
-from imgsynth import stages
+from imgsynth import checkpoint as ckpt_lib, cli, config as config_lib, io, loop, optim, perf
+from imgsynth import registry, stages
 from imgsynth.data import images as images_lib
 from imgsynth.metrics import _data, alignment as alignment_lib, clip_score, frechet, inception
 from imgsynth.metrics import instruments as instruments_lib, intervals, prompt_following as pf
-from imgsynth.models import autoencoder_files
 
 MAX_SAMPLE_BATCH = 64
 WEIGHT_SETS = {"raw": "params", "ema": "ema"}   # eval.json's name → the train state's
@@ -62,8 +60,7 @@ def load_run(workdir: str):
     if status["status"] != "done":
         raise NotReady(f"{workdir} is not done (status {status['status']!r}, step "
                        f"{status.get('step')}); finish training before evaluating")
-    config = ml_collections.ConfigDict(io.read_json(config_path))
-    config.total_flops = config.total_examples = None   # config.json holds the resolved steps
+    config = stages.run_config(config_path)
     plan = registry.plan(config)
     module = plan.module
     graphdef, abstract_params = nnx.split(nnx.eval_shape(lambda: module.build(config, nnx.Rngs(0))))
@@ -137,15 +134,17 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
         inception_weights or settings.get("inception_weights", ""),
         clip_weights or settings.get("clip_weights", ""),
         clip_vocab or settings.get("clip_vocab", ""))
+    try:   # never trains; copies in what ships; a missing stage names the run's command
+        instruments = stages.instruments(config, external)
+    except cli.MissingStage as e:
+        raise e.for_config(os.path.join(workdir, "config.json")) from None
     if dataset.has_scenes:
         prompts = pf.evaluation_prompts(dataset.spec.data_dir, dataset.spec.shapes_config,
                                         num_prompts=num_samples, seed=seed)
         captions, categories, labels = list(prompts.captions), prompts.categories, None
     else:
         captions, categories, labels = real.captions, None, real.labels
-    autoencoder, _ = autoencoder_files.load(stages.autoencoder_dir(config),
-                                            kind=config.autoencoder.kind)
-    decode = autoencoder.decode_latents
+    decode = instruments.autoencoder.decode_latents
     text_ids, text_mask = stages.caption_inputs(config, captions)   # a frozen encoder's on the fly
 
     sampler = make_sampler(config, module, graphdef, decode)
@@ -160,7 +159,6 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
     png = _sample_grid(workdir, images["ema"], captions, "samples_ema.png")
     raw_png = "raw" in images and _sample_grid(workdir, images["raw"], captions, "samples_raw.png")
 
-    instruments = stages.instruments(config, external)   # never trains: missing ones say how
     reference = _reference_features(instruments, real.images)
     results = {key: _metrics(instruments, images[key], captions, categories, labels, reference,
                              seed) for key in chosen}
@@ -293,8 +291,6 @@ def _sample_grid(workdir: str, images: np.ndarray, captions, name: str, n: int =
 
 if __name__ == "__main__":
     from absl import flags
-
-    from imgsynth import cli
 
     _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run directory.")
     _NUM = flags.DEFINE_integer("num_samples", None, "Generated images per weight set (default: "

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import sys
@@ -23,6 +25,9 @@ from typing import Any
 STATUSES = ("pending", "running", "done", "failed")
 STATUS_FILE = "status.json"
 TUNED_LR_FILE = "tuned_lr.json"   # in a study workdir: the learning rates its grid read
+# A launcher names a file here for a preparation it watches: the stage training now (its step,
+# total and start), written by imgsynth.stages and read by the launcher's progress line.
+STAGE_PROGRESS_ENV = "IMGSYNTH_STAGE_PROGRESS"
 HEARTBEAT_S = 30.0       # a training run refreshes status.json at least this often
 STALE_AFTER_S = 1800.0   # ... and one on another host is presumed gone this long after its last
 
@@ -37,17 +42,89 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+# ---- A full disk --------------------------------------------------------------------------------
+
+class DiskFull(OSError):
+    """No space left where the suite writes: an environment fault, which the command line reports
+    in one line naming the path and its free space, exit 1 (`cli`)."""
+
+    def __init__(self, path: str | os.PathLike, needed: int | None = None):
+        self.path = os.path.abspath(os.fspath(path))
+        need = f", about {human_bytes(needed)} needed" if needed else ""
+        super().__init__(errno.ENOSPC, f"no space left on the device of {self.path} "
+                         f"({human_bytes(free_bytes(self.path))} free{need}); free some and run "
+                         "the same command again")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def free_bytes(path: str) -> int:
+    """Free bytes on the file system of `path` (or of its nearest existing parent)."""
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return shutil.disk_usage(path).free
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether `e`, or what caused it, is a full disk (an OSError, or one that a library such as
+    tensorstore reports as text)."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def disk_full_path(e: BaseException) -> str:
+    """The path a full-disk error names: a DiskFull's, an OSError's file, else the first quoted
+    absolute path in its text (tensorstore's), else the working directory."""
+    while e is not None:
+        if isinstance(e, DiskFull):
+            return e.path
+        if isinstance(e, OSError) and e.filename:
+            return os.fspath(e.filename)
+        quoted = re.search(r'"(/[^"]+)"', str(e))
+        if quoted:
+            return quoted.group(1)
+        e = e.__cause__ or e.__context__
+    return os.getcwd()
+
+
+@contextlib.contextmanager
+def names_full_disk(path: str | os.PathLike):
+    """A full disk met inside becomes a DiskFull naming `path`."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as e:
+        if is_disk_full(e):
+            raise DiskFull(path) from e
+        raise
+
+
 # ---- Atomic files -------------------------------------------------------------------------------
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     """Writes to a temporary name in the same folder, then renames: no reader sees half a file,
-    and a crash mid-write leaves the previous version in place."""
+    and a crash mid-write (a full disk too) leaves the previous version in place."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with names_full_disk(path), os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:
@@ -81,7 +158,8 @@ def staged_dir(directory: str):
     tmp = tempfile.mkdtemp(dir=os.path.dirname(directory), prefix=".tmp-")
     os.chmod(tmp, 0o755)   # mkdtemp makes it private; a shared cache is for every user
     try:
-        yield tmp
+        with names_full_disk(directory):
+            yield tmp
         if os.path.isdir(directory):
             shutil.rmtree(directory)
         os.replace(tmp, directory)

@@ -91,7 +91,7 @@ class MetricsLog:
 
     def write(self, row: dict) -> None:
         if io.is_writer():
-            with open(self.path, "a") as f:
+            with io.names_full_disk(self.path), open(self.path, "a") as f:
                 f.write(json.dumps({k: io.finite_or_none(v) for k, v in row.items()},
                                    sort_keys=True) + "\n")
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 
 import ml_collections
 
@@ -22,11 +23,31 @@ from imgsynth import io, train_autoencoder
 from imgsynth.data import build, encode, pipeline, sources
 from imgsynth.metrics import _data, alignment as alignment_lib, instruments as instruments_lib
 from imgsynth.metrics import judge as judge_lib, labels as labels_lib, train_alignment, train_judge
+from imgsynth.metrics import train_labels
 from imgsynth.models import autoencoder_files, frozen_text
 from imgsynth.paradigms import token_model
 
 
+def _announce(stage: str, run_dir: str, total_steps: int) -> None:
+    """Tells a launcher watching this preparation (`$IMGSYNTH_STAGE_PROGRESS` names the file)
+    which stage trains now, where (its metrics.jsonl gives the step) and since when: its progress
+    line shows the step / total and an ETA."""
+    path = os.environ.get(io.STAGE_PROGRESS_ENV)
+    if path:
+        io.write_json(path, {"stage": stage, "run_dir": run_dir, "total_steps": int(total_steps),
+                             "started": time.time()})
+
+
 # ---- Paths ------------------------------------------------------------------------------------
+
+def run_config(path: str) -> ml_collections.ConfigDict:
+    """A run's config.json as a config: its duration is the optimizer steps it resolved to."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such run config")
+    config = ml_collections.ConfigDict(io.read_json(path))
+    config.total_flops = config.total_examples = None
+    return config
+
 
 def cache_root(config) -> str:
     return os.path.abspath(os.path.expanduser(config.cache_dir))
@@ -115,6 +136,7 @@ def autoencoder(config) -> str:
                     logging.info("autoencoder: the shipped one (%s) → %s", shipped, path)
                     autoencoder_files.install_shipped(shipped, path)
                 else:
+                    _announce(f"autoencoder {ae.autoencoder.kind}", path, ae.total_steps)
                     train_autoencoder.train(ae, path)
     # The weights are read where they are used (encoding, evaluation), not by each training run.
     autoencoder_files.check(path, kind=config.autoencoder.kind)
@@ -140,40 +162,40 @@ def _judge_dir(data: _data.Dataset) -> str:
     return judge_lib.judge_dir(data.spec.data_dir, data.spec.shapes_config)
 
 
-def judge(config) -> str:
+def judge(config, train: bool = True) -> str:
     """The dataset's judge (shapes only), trained once and cached next to the dataset (or copied
     from the package, `_instrument`)."""
     return _instrument(config, "judge", _judge_dir, judge_lib.INFO_FILE,
                        lambda d, **kw: train_judge.train_judge(d.spec.data_dir,
                                                                d.spec.shapes_config, **kw),
-                       train_judge.TrainSettings,
                        shipped=lambda d: judge_lib.shipped_judge(d.spec.shapes_config),
-                       install=judge_lib.install_shipped)
+                       install=judge_lib.install_shipped, train=train)
 
 
-def alignment(config) -> str:
+def alignment(config, train: bool = True) -> str:
     """The dataset's contrastive image-caption model, trained once and cached like the judge."""
     return _instrument(config, "alignment", lambda d: d.instrument_dir("alignment"),
                        alignment_lib.INFO_FILE, train_alignment.train_alignment,
-                       train_alignment.TrainSettings, shipped=alignment_lib.shipped_alignment,
-                       install=alignment_lib.install_shipped)
+                       shipped=alignment_lib.shipped_alignment,
+                       install=alignment_lib.install_shipped, train=train)
 
 
 def labels(config) -> str:
     """The label classifier of a labelled dataset, trained once and cached like the judge."""
     return _instrument(config, "labels", lambda d: d.instrument_dir(labels_lib.KIND),
-                       labels_lib.INFO_FILE, labels_lib.train_labels,
-                       train_alignment.TrainSettings)
+                       labels_lib.INFO_FILE, train_labels.train_labels)
 
 
-def _instrument(config, what, directory, info_file, train_fn, settings_cls, *, shipped=None,
-                install=None) -> str:
+def _instrument(config, what, directory, info_file, train_fn, *, shipped=None, install=None,
+                train: bool = True) -> str:
     """Trains the instrument `what` once per dataset, or, unless `instruments.<what>_steps` asks
     for a training, copies the one that ships with the package where `shipped(dataset)` finds
-    one that serves the data."""
+    one that serves the data. Without `train`, only the copy: evaluation installs what ships."""
     dataset(config)
     data = _data.Dataset.of(data_config(config))
     path = directory(data)
+    if not train and os.path.isfile(os.path.join(path, info_file)):
+        return path
     with io.FileLock(path):
         if not os.path.isfile(os.path.join(path, info_file)):
             source = (shipped(data) if shipped and not config.instruments.get(f"{what}_steps", 0)
@@ -181,15 +203,20 @@ def _instrument(config, what, directory, info_file, train_fn, settings_cls, *, s
             if source:
                 logging.info("%s: the shipped one (%s) → %s", what, source, path)
                 install(path)
-            else:
-                train_fn(data, settings=settings_cls(**_quick(config, what)), log=logging.info)
+            elif train:
+                settings = instrument_settings(config, what)
+                _announce(what, path + "-training", settings.steps)
+                train_fn(data, settings=settings, log=logging.info)
     return path
 
 
-def _quick(config, what: str) -> dict:
-    """Instrument training length: `instruments.<what>_steps` when set (runlocal: short)."""
+def instrument_settings(config, what: str):
+    """How the instrument `what` of a run trains: `instruments.<what>_steps` steps when set
+    (runlocal: 150), else its defaults."""
+    settings_cls = train_judge.TrainSettings if what == "judge" else train_alignment.TrainSettings
     steps = config.instruments.get(f"{what}_steps", 0) or (150 if config.get("runlocal") else 0)
-    return {"steps": steps, "warmup_steps": min(100, max(steps // 10, 1))} if steps else {}
+    return settings_cls(**({"steps": steps, "warmup_steps": min(100, max(steps // 10, 1))}
+                           if steps else {}))
 
 
 def prepare(config, *, evaluation: bool = True) -> dict:
@@ -248,23 +275,36 @@ def caption_inputs(config, captions) -> tuple:
 
 def instruments(config, external: instruments_lib.External | None = None
                 ) -> instruments_lib.Instruments:
-    """Loads (never trains) what evaluating a run of `config` needs."""
-    return instruments_lib.load(autoencoder_dir(config), config.autoencoder.kind,
-                                _data.Dataset.of(data_config(config)), external)
+    """Loads what evaluating a run of `config` needs. It never trains, but copies in what ships
+    with the package (the judge, the alignment model) when missing: a run trained alone
+    (`imgsynth.train`) is evaluated without a preparation step where nothing needs training."""
+    data = _data.Dataset.of(data_config(config))
+    alignment(config, train=False)
+    if data.has_scenes:
+        judge(config, train=False)
+    return instruments_lib.load(autoencoder_dir(config), config.autoencoder.kind, data, external)
 
 
 if __name__ == "__main__":
+    import sys
+
+    from absl import flags
     from ml_collections import config_flags
 
     from imgsynth import cli, registry
 
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "A generator run config.")
+    # --config=RUN/config.json (what a missing stage names) is a trained run's own config;
+    # otherwise a config file, with --config.a.b=v overrides.
+    _RUN = any(a.startswith("--config=") and a.endswith(".json") for a in sys.argv[1:])
+    _CONFIG = (flags.DEFINE_string("config", None, "A run's config.json.") if _RUN else
+               config_flags.DEFINE_config_file("config", None, "A generator run config."))
 
     def main(argv):
         del argv
         logging.basicConfig(level=logging.INFO)
-        with cli.usage_errors(KeyError, ValueError):   # unknown size or paradigm, a bad budget
-            registry.plan(_CONFIG.value)
-        print(json.dumps(prepare(_CONFIG.value), indent=2))
+        with cli.usage_errors(KeyError, ValueError, FileNotFoundError):
+            config = run_config(_CONFIG.value) if _RUN else _CONFIG.value
+            registry.plan(config)   # unknown size or paradigm, a bad budget
+        print(json.dumps(prepare(config), indent=2))
 
     cli.run_absl(main)

@@ -89,6 +89,9 @@ def _main(argv) -> int:
     if args.dry_run:
         print(f"grid {grid.name} ({grid.path}): {len(runs)} runs")
         print(grid_lib.plan_table(runs, args.flops_per_s))
+        from launch import stage_estimate
+        for line in stage_estimate.stage_lines(runs):
+            print(line)
     if args.compile_only:
         from launch import memory
         if args.backend != "local":

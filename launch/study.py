@@ -43,6 +43,9 @@ def _main(argv) -> int:
     print(f"study: grid {grid.name} ({len(grid.runs)} runs) in {os.path.abspath(args.workdir)}",
           flush=True)
     print(grid_lib.plan_table(grid.runs), flush=True)
+    from launch import stage_estimate
+    for line in stage_estimate.stage_lines(grid.runs):
+        print(line, flush=True)
     if args.dry_run:
         return 0
     launcher = local.LocalLauncher(grid, args.workdir, parallel=args.parallel,

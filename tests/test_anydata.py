@@ -9,9 +9,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from imgsynth import config as config_lib, evaluate, stages, train
+from imgsynth import config as config_lib, evaluate, stages, train, weights as weights_lib
 from imgsynth.data import build, folder
-from imgsynth.metrics import _weights, instruments
+from imgsynth.metrics import _data, instruments
 from launch import grid as grid_lib, study
 
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
@@ -89,6 +89,10 @@ def test_folder_study_end_to_end(tmp_path, monkeypatch):
         assert 0 <= c["alignment_false_positive"] <= 1 and "judge_false_positive" not in c
         assert os.path.isfile(os.path.join(run_dir, "samples_ema.png"))
         assert os.path.isfile(os.path.join(run_dir, "samples_raw.png"))
+    progress = [json.load(open(os.path.join(workdir, "stages", f)))   # the launcher's line
+                for f in os.listdir(os.path.join(workdir, "stages")) if f.endswith(".json")]
+    assert {p["stage"] for p in progress} <= {"autoencoder kl", "alignment", "labels"}
+    assert progress and all(p["total_steps"] == 20 for p in progress)
     html = open(os.path.join(workdir, "report", "report.html")).read()
     assert "Dataset: folder squares (32 px)" in html and "not evaluated yet" not in html
     assert "stores no scenes" in html
@@ -141,8 +145,8 @@ def test_inception_and_clip_through_evaluate(folder_run, tmp_path):
     from test_metrics_clip import tiny_weights, write_tiny_vocab
     from test_metrics_inception import _random_weights
     write_tiny_vocab(tmp_path / "vocab.txt.gz")
-    _weights.write_npz(tmp_path / "clip.npz", tiny_weights())
-    _weights.write_npz(tmp_path / "inception.npz", _random_weights())
+    weights_lib.write_npz(tmp_path / "clip.npz", tiny_weights())
+    weights_lib.write_npz(tmp_path / "inception.npz", _random_weights())
     report = evaluate.evaluate(folder_run, num_samples=4,
                                inception_weights=str(tmp_path / "inception.npz"),
                                clip_weights=str(tmp_path / "clip.npz"),
@@ -164,12 +168,44 @@ def test_bad_input_is_refused_before_sampling(folder_run, tmp_path):
     write_tiny_vocab(tmp_path / "vocab.txt.gz")
     broken = tiny_weights()
     broken.pop("visual.proj")
-    _weights.write_npz(tmp_path / "clip.npz", broken)
+    weights_lib.write_npz(tmp_path / "clip.npz", broken)
     with pytest.raises(ValueError, match=r"clip\.npz: CLIP weight file does not match"):
         evaluate.evaluate(folder_run, num_samples=4, clip_weights=str(tmp_path / "clip.npz"),
                           clip_vocab=str(tmp_path / "vocab.txt.gz"))
     after = os.path.getmtime(samples) if os.path.exists(samples) else None
     assert before == after   # nothing was sampled
+
+
+@pytest.mark.slow
+def test_a_missing_stage_names_the_stages_command_of_the_run(folder_run, tmp_path):
+    """Evaluation trains nothing: without the folder's alignment model it stops before sampling,
+    naming `python -m imgsynth.stages --config=<run>/config.json`, and that command prepares it."""
+    import shutil
+    import subprocess
+    import sys
+
+    from imgsynth import cli
+    config_json = os.path.join(folder_run, "config.json")
+    config = stages.run_config(config_json)
+    aligned = _data_of(config).instrument_dir("alignment")
+    shutil.move(aligned, tmp_path / "kept")
+    samples = os.path.join(folder_run, "samples_ema.png")
+    before = os.path.getmtime(samples) if os.path.exists(samples) else None
+    with pytest.raises(cli.MissingStage) as missing:
+        evaluate.evaluate(folder_run, num_samples=4)
+    assert str(missing.value).endswith(
+        f"prepare the run's stages with `python -m imgsynth.stages --config={config_json}`")
+    assert (os.path.getmtime(samples) if os.path.exists(samples) else None) == before
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [grid_lib.REPO_ROOT, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "imgsynth.stages", f"--config={config_json}"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert os.path.isfile(os.path.join(aligned, "alignment.json")), done.stdout[-2000:]
+
+
+def _data_of(config):
+    return _data.Dataset.of(stages.data_config(config))
 
 
 def test_folder_labels_are_all_or_nothing_and_splits_must_fit(tmp_path):

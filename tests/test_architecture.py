@@ -1,4 +1,5 @@
-"""The shape of the code: imports run one way, and every paradigm module satisfies the interface."""
+"""The shape of the code: imports run one way (down the layers of docs/architecture.md, and no
+cycle within a layer), and every paradigm module satisfies the interface."""
 import ast
 import importlib
 import inspect
@@ -10,6 +11,21 @@ from imgsynth.paradigms import base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("imgsynth", "launch")
+
+# The layer order of docs/architecture.md, lowest first: a module imports its own layer or lower
+# ones. A name stands for the module and everything under it; the longest one that fits wins.
+LAYERS = (
+    ("core", ("imgsynth", "imgsynth.config", "imgsynth.io", "imgsynth.cli", "imgsynth.schedules",
+              "imgsynth.sharding", "imgsynth.optim", "imgsynth.checkpoint", "imgsynth.perf",
+              "imgsynth.summaries", "imgsynth.weights", "imgsynth.registry")),
+    ("data, models", ("imgsynth.data", "imgsynth.models", "imgsynth.flops")),
+    ("paradigms, metrics", ("imgsynth.paradigms", "imgsynth.metrics", "imgsynth.scaling")),
+    ("loop", ("imgsynth.loop", "imgsynth.train_autoencoder", "imgsynth.metrics.instrument_training",
+              "imgsynth.metrics.train_judge", "imgsynth.metrics.train_alignment",
+              "imgsynth.metrics.train_labels")),
+    ("stages", ("imgsynth.stages",)),
+    ("entry points, launch", ("imgsynth.train", "imgsynth.evaluate", "launch")),
+)
 
 
 def _modules() -> dict[str, str]:
@@ -76,6 +92,38 @@ def test_no_import_cycle():
     modules = _modules()
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def layer_of(name: str) -> int:
+    """Index in LAYERS of the longest name that is `name` or a package above it."""
+    best, level = "", None
+    for i, (_, names) in enumerate(LAYERS):
+        for n in names:
+            if (name == n or name.startswith(n + ".")) and len(n) > len(best):
+                best, level = n, i
+    if level is None:
+        raise KeyError(f"{name} has no layer: place it in LAYERS and docs/architecture.md")
+    return level
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a module from a higher layer than its own."""
+    return [f"{u} ({LAYERS[layer_of(u)][0]}) imports {v} ({LAYERS[layer_of(v)][0]})"
+            for u in sorted(graph) for v in sorted(graph[u]) if layer_of(v) > layer_of(u)]
+
+
+def test_imports_run_down_the_layers():
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    assert upward_imports(graph) == []
+
+
+def test_layer_check_finds_an_upward_import():
+    assert upward_imports({"imgsynth.models.x": {"imgsynth.metrics.y"}}) == [
+        "imgsynth.models.x (data, models) imports imgsynth.metrics.y (paradigms, metrics)"]
+    assert upward_imports({"imgsynth.metrics.train_judge": {"imgsynth.loop"}}) == []
+    with pytest.raises(KeyError, match="no layer"):
+        layer_of("elsewhere.module")
 
 
 def test_cycle_finder_finds_a_cycle():

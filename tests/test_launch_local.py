@@ -2,6 +2,7 @@
 stages, foreign run directories, Ctrl-C, the status table, compile-only and the study command."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,13 @@ def put(name, obj):
 if kind == "prepare":
     if todo == "fail":
         sys.exit("error: cannot build the dataset: disk full")
+    if todo == "progress":               # like imgsynth.stages: a stage trains, 4 of 10 steps
+        d = os.path.join(os.path.dirname(os.environ["FAKE_PLAN"]), "alignment-training")
+        os.makedirs(d, exist_ok=True)
+        open(os.path.join(d, "metrics.jsonl"), "w").write(json.dumps({"step": 4}) + "\\n")
+        json.dump({"stage": "alignment", "run_dir": d, "total_steps": 10,
+                   "started": time.time() - 8}, open(os.environ["IMGSYNTH_STAGE_PROGRESS"], "w"))
+        time.sleep(1.0)
     sys.exit(0)
 if kind == "eval":
     if todo == "fail":
@@ -193,6 +201,19 @@ def test_foreign_run_dirs_are_recorded(tmp_path, monkeypatch, fake):
     assert len(fake.calls("train")) == 3
 
 
+def test_a_training_stage_shows_its_step_total_and_eta(tmp_path, monkeypatch, fake):
+    grid = make_grid(tmp_path, monkeypatch, data="folder")
+    fake.plan({f"prepare:{r.name}": "progress" for r in grid.runs})
+    run = launcher(grid, tmp_path / "study", fake, parallel=1, progress_every_s=0.2)
+    assert run.run() == 0
+    shown = [line for line in run.lines if "alignment 4/10 steps" in line]
+    found = shown and re.search(r"alignment 4/10 steps, (\d+)s in, ETA (\d+)s$", shown[0])
+    assert found, run.lines
+    elapsed, eta = map(int, found.groups())
+    assert elapsed >= 8 and abs(eta - 1.5 * elapsed) <= 1   # 6 steps left at 4 per `elapsed`
+    assert "preparing data, autoencoders and instruments for" in run.lines[0]
+
+
 def test_stages_once_per_setting_and_a_failed_stage_blocks_its_runs(tmp_path, monkeypatch, fake):
     grid = make_grid(tmp_path, monkeypatch, data="shapes")
     work = tmp_path / "study"
@@ -299,3 +320,15 @@ def test_study_runs_the_grid_then_the_report(tmp_path, monkeypatch, fake, capsys
     out = capsys.readouterr().out
     assert built == [work] and f"report: {work}/report/report.html" in out
     assert "trained 4/4" in out and len(fake.calls("train")) == 4
+
+
+def test_dry_run_estimates_the_stages_of_data_without_shipped_instruments(tmp_path, monkeypatch):
+    from imgsynth import stages
+    from launch import stage_estimate
+    assert stage_estimate.stage_lines(make_grid(tmp_path, monkeypatch, data="shapes").runs) == []
+    runs = make_grid(tmp_path, monkeypatch, data="folder").runs
+    lines = stage_estimate.stage_lines(runs)
+    kl = stages.autoencoder_config(runs[0].config).total_steps
+    assert len(lines) == 3 and f"autoencoder kl {kl} steps, alignment 1000 steps" in lines[0]
+    assert "autoencoder fsq" in lines[1] and "alignment" not in lines[1]   # shared, counted once
+    assert re.search(r"about \d+[hm]\d\d[ms]$", lines[0]) and "before the first run" in lines[2]

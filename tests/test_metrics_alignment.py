@@ -11,7 +11,8 @@ from imgsynth.metrics import _data, alignment as A, train_alignment as TA
 def trained(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("data"))
     build.build_shapes(d, "r32_tiny", log=lambda m: None)
-    with pytest.raises(FileNotFoundError, match="python -m imgsynth.metrics.train_alignment"):
+    with pytest.raises(FileNotFoundError, match=r"prepare the run's stages with `python -m "
+                       r"imgsynth\.stages --config=\.\.\.`"):
         A.load_alignment(d, "r32_tiny")
     settings = TA.TrainSettings(steps=100, per_step_examples=64, learning_rate=3e-3, warmup_steps=10)
     config = A.AlignmentConfig(widths=(32, 64), width=64, layers=1, heads=2, embed_dim=64)
@@ -61,9 +62,9 @@ def test_saved_model_reloads_with_its_measured_quality(trained):
 
 
 def test_the_shipped_alignment_model_serves_32px_shapes(trained, tmp_path):
-    """The model trained on r32 ships with the package; a run's stages copy it into a 32 px
-    shapes dataset's cache unless `instruments.alignment_steps` asks for a training, and it
-    retrieves r32_tiny's test captions far above chance (it reads them with its own vocabulary,
+    """The model trained on r32 ships with the package; a run's stages — and evaluation, which
+    trains nothing (`train=False`) — copy it into a 32 px shapes dataset's cache unless
+    `instruments.alignment_steps` asks for a training, and it retrieves r32_tiny's test captions far above chance (it reads them with its own vocabulary,
     ordered differently from this dataset's)."""
     import os
     import shutil
@@ -77,7 +78,12 @@ def test_the_shipped_alignment_model_serves_32px_shapes(trained, tmp_path):
     c.data.data_dir, c.data.builder_config = own, "r32_tiny"
     dataset = _data.Dataset.of(stages.data_config(c))
     assert A.shipped_alignment(dataset) == A.SHIPPED_DIR
-    path = stages.alignment(c)
+    c.instruments.alignment_steps = 5   # asks for a training, which evaluation never does
+    assert stages.alignment(c, train=False) == dataset.instrument_dir("alignment")
+    with pytest.raises(FileNotFoundError, match="imgsynth.stages --config="):
+        A.load_alignment(dataset)
+    c.instruments.alignment_steps = 0
+    path = stages.alignment(c, train=False)
     model = A.load_alignment_from(path)
     assert model.info["shipped"].startswith("trained on r32")
     test = _data.read_split(own, "r32_tiny", "test")

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from imgsynth.metrics import _weights, clip_score
-from imgsynth.metrics.clip_tokenizer import ClipTokenizer, pretokenize
+from imgsynth import weights as weights_lib
+from imgsynth.metrics import clip_score
+from imgsynth.models import clip as clip_lib
+from imgsynth.models.clip_tokenizer import ClipTokenizer, pretokenize
 
-TINY = clip_score.ClipConfig(embed_dim=16, image_resolution=32, vision_layers=2, vision_width=64,
+TINY = clip_lib.ClipConfig(embed_dim=16, image_resolution=32, vision_layers=2, vision_width=64,
                              vision_patch_size=8, context_length=16, vocab_size=517, text_width=64,
                              text_layers=2, head_width=32)
 
@@ -22,7 +24,7 @@ def _block_shapes(prefix, w):
             f"{prefix}.ln_2.weight": (w,), f"{prefix}.ln_2.bias": (w,)}
 
 
-def _openai_shapes(c: clip_score.ClipConfig):
+def _openai_shapes(c: clip_lib.ClipConfig):
     """OpenAI CLIP ViT state_dict names and shapes, written out from openai/CLIP's model.py."""
     vw, tw, p = c.vision_width, c.text_width, c.vision_patch_size
     s = {"positional_embedding": (c.context_length, tw), "text_projection": (tw, c.embed_dim),
@@ -81,15 +83,16 @@ def test_missing_vocab_or_weights_say_where_to_get_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="bpe_simple_vocab_16e6"):
         ClipTokenizer(tmp_path / "missing.txt.gz")
     with pytest.raises(FileNotFoundError, match="ViT-B-32.pt.*--convert"):
-        clip_score.load_clip(tmp_path / "missing.npz")
+        clip_lib.load_clip(tmp_path / "missing.npz")
 
 
 def test_full_vit_b32_state_dict_layout_is_consumed_completely():
-    shapes = _openai_shapes(clip_score.ClipConfig())
+    shapes = _openai_shapes(clip_lib.ClipConfig())
     stand_ins = {k: np.broadcast_to(np.float32(0), v) for k, v in shapes.items()}  # no memory
-    assert clip_score.ClipConfig.from_weights(stand_ins) == clip_score.ClipConfig()
-    _, _, filled, targets = _weights.match_weights(
-        lambda: clip_score.CLIP(clip_score.ClipConfig(), rngs=nnx.Rngs(0)), stand_ins, clip_score._convert)
+    assert clip_lib.ClipConfig.from_weights(stand_ins) == clip_lib.ClipConfig()
+    _, _, filled, targets = weights_lib.match_weights(
+        lambda: clip_lib.CLIP(clip_lib.ClipConfig(), rngs=nnx.Rngs(0)), stand_ins,
+        clip_lib._convert)
     assert len(filled) == len(targets) == len(shapes)
     n_params = sum(int(np.prod(v)) for v in shapes.values())
     assert 151_000_000 < n_params < 152_000_000  # ViT-B/32 has 151.3M parameters
@@ -98,9 +101,9 @@ def test_full_vit_b32_state_dict_layout_is_consumed_completely():
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     d = tmp_path_factory.mktemp("clip")
-    _weights.write_npz(d / "clip.npz", tiny_weights())
+    weights_lib.write_npz(d / "clip.npz", tiny_weights())
     write_tiny_vocab(d / "vocab.txt.gz")
-    return clip_score.load_clip(d / "clip.npz", config=TINY), ClipTokenizer(d / "vocab.txt.gz"), d
+    return clip_lib.load_clip(d / "clip.npz", config=TINY), ClipTokenizer(d / "vocab.txt.gz"), d
 
 
 def test_clip_score_on_tiny_weights_matches_reference(tiny_clip):
@@ -113,7 +116,7 @@ def test_clip_score_on_tiny_weights_matches_reference(tiny_clip):
     np.testing.assert_allclose(clip_score.clip_scores(model, tok, images, captions), 0.0)  # all cos < 0
     flipped = tiny_weights()
     flipped["visual.proj"] = -flipped["visual.proj"]  # negates every image embedding, so every cosine
-    _weights.write_npz(d / "flipped.npz", flipped)
+    weights_lib.write_npz(d / "flipped.npz", flipped)
     mean = clip_score.clip_score(images, captions, d / "flipped.npz", d / "vocab.txt.gz", config=TINY)
     assert mean == pytest.approx(-100 * np.mean(GOLDEN_COSINES), rel=1e-4)
     with pytest.raises(ValueError, match="2 images but 3 captions"):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from imgsynth.metrics import _weights, inception
+from imgsynth import weights as weights_lib
+from imgsynth.metrics import inception
 
 
 def _conv(name, cin, cout, kh, kw=None):
@@ -66,7 +67,7 @@ def _random_weights(seed=0):
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("inception") / "inception_fid.npz"
-    _weights.write_npz(path, _random_weights())
+    weights_lib.write_npz(path, _random_weights())
     return path
 
 
@@ -91,7 +92,7 @@ def test_incomplete_or_wrong_weight_files_are_refused_with_every_problem_named()
     weights["AuxLogits.fc.weight"] = np.zeros((1008, 768), np.float32)
     weights["fc.weight"] = np.zeros((1000, 2048), np.float32)
     with pytest.raises(ValueError) as err:
-        _weights.load_into(lambda: inception.InceptionV3FID(rngs=nnx.Rngs(0)), weights,
+        weights_lib.load_into(lambda: inception.InceptionV3FID(rngs=nnx.Rngs(0)), weights,
                            inception._convert, ignore=inception._ignored)
     msg = str(err.value)
     assert "does not use: ['AuxLogits.fc.weight']" in msg

@@ -104,7 +104,7 @@ def test_evaluation_prompts_are_balanced_and_seeded(data_dir):
 
 
 def test_brief_judge_trains_saves_loads_and_reads(data_dir, test_split, capsys):
-    with pytest.raises(FileNotFoundError, match="python -m imgsynth.metrics.train_judge"):
+    with pytest.raises(FileNotFoundError, match=r"python -m imgsynth\.stages --config=\.\.\."):
         J.load_judge(data_dir, "r32_tiny")
     cfg = J.JudgeConfig(resolution=32, widths=(8, 16), hidden=8)
     trained = TJ.train_judge(data_dir, "r32_tiny", config=cfg, log=lambda m: None,

@@ -13,8 +13,10 @@ import pytest
 from flax import nnx
 
 from imgsynth import config as config_lib, evaluate, flops, loop, registry, stages, train
+from imgsynth import weights as weights_lib
 from imgsynth.data import encode
-from imgsynth.metrics import _weights, clip_score
+from imgsynth.models import clip as clip_lib
+from imgsynth.models.clip_tokenizer import ClipTokenizer
 from imgsynth.models import frozen_text
 from imgsynth.paradigms import base
 from test_metrics_clip import TINY, tiny_weights, write_tiny_vocab
@@ -28,7 +30,7 @@ CAPTIONS = ["a red ball", "lulu", "red red red", "", "a very long caption " * 4]
 @pytest.fixture(scope="module")
 def clip_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("clip_text")
-    _weights.write_npz(d / "clip.npz", tiny_weights())
+    weights_lib.write_npz(d / "clip.npz", tiny_weights())
     write_tiny_vocab(d / "vocab.txt.gz")
     return str(d / "clip.npz"), str(d / "vocab.txt.gz")
 
@@ -47,8 +49,8 @@ def test_states_are_clip_scores_text_tower(clip_files):
     c = clip_config("flow", clip_files)
     c.text.max_len = TINY.context_length
     states, mask = frozen_text.load(c)(CAPTIONS)
-    clip = clip_score.load_clip(clip_files[0], config=TINY)
-    tokens = clip_score.ClipTokenizer(clip_files[1])(CAPTIONS, TINY.context_length)
+    clip = clip_lib.load_clip(clip_files[0], config=TINY)
+    tokens = ClipTokenizer(clip_files[1])(CAPTIONS, TINY.context_length)
     eot = np.argmax(tokens, -1)
     pooled = states[np.arange(len(CAPTIONS)), eot] @ np.asarray(clip.text_projection[...])
     np.testing.assert_allclose(pooled, clip.encode_text(jnp.asarray(tokens)), atol=1e-5)
@@ -119,7 +121,7 @@ def test_frozen_cost_counts_the_tower(clip_files):
     """Parameters of the real module; forward FLOPs against XLA's count (unrolled blocks)."""
     c = clip_config("flow", clip_files)
     cost = frozen_text.cost(c)
-    tower = nnx.eval_shape(lambda: clip_score.ClipText(frozen_text.clip_config(c),
+    tower = nnx.eval_shape(lambda: clip_lib.ClipText(frozen_text.clip_config(c),
                                                        rngs=nnx.Rngs(0)))
     assert cost.params + cost.embedding_params == sum(
         x.size for x in jax.tree.leaves(nnx.state(tower)))
@@ -237,7 +239,7 @@ def test_clip_conditioned_run_trains_samples_and_evaluates(clip_files, tmp_path)
     assert report["inference"]["flops_per_image"] == module.inference_flops(config)
 
     changed = tiny_weights(seed=1)
-    _weights.write_npz(tmp_path / "changed.npz", changed)
+    weights_lib.write_npz(tmp_path / "changed.npz", changed)
     os.replace(tmp_path / "changed.npz", clip_files[0])
     try:
         assert frozen_text.identity(c) != identity   # a new encoded-data cache entry
@@ -246,4 +248,4 @@ def test_clip_conditioned_run_trains_samples_and_evaluates(clip_files, tmp_path)
         with pytest.raises(config_lib.ConfigError, match=r"different config \(keys \['text'\]\)"):
             train.train(c, run)
     finally:
-        _weights.write_npz(clip_files[0], tiny_weights())
+        weights_lib.write_npz(clip_files[0], tiny_weights())

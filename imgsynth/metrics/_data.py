@@ -18,7 +18,7 @@ from array_record.python.array_record_data_source import ArrayRecordDataSource
 
 from tensorflow_datasets.proto import tf_example_pb2
 
-from imgsynth import io
+from imgsynth import cli, io
 from imgsynth.data import build, folder, mapped, pipeline, records, shapes
 from imgsynth.data import scene as scene_lib
 from imgsynth.data.spec import DataSpec
@@ -46,14 +46,15 @@ def cache_dir(data_dir: str, kind: str, builder_config: str, revision: str = "")
 
 
 def trained_dir(data_dir: str, kind: str, builder_config: str, *, info_file: str, what: str,
-                trainer: str, revision: str = "") -> str:
-    """The cache directory of a trained metric model; says how to train it when there is none."""
-    directory = cache_dir(data_dir, kind, builder_config, revision)
+                revision: str = "") -> str:
+    """The cache directory of a trained metric model; says how to make it when there is none."""
+    return _existing(cache_dir(data_dir, kind, builder_config, revision), info_file,
+                     f"no {what} for shapes {builder_config!r}")
+
+
+def _existing(directory: str, info_file: str, what: str) -> str:
     if not os.path.isfile(os.path.join(directory, info_file)):
-        raise FileNotFoundError(
-            f"no {what} trained for shapes {builder_config!r} at {directory}; train it once with "
-            f"`python -m imgsynth.metrics.{trainer} --data_dir={data_dir} "
-            f"--builder_config={builder_config}`")
+        raise cli.MissingStage(f"{what} at {directory}")
     return directory
 
 
@@ -166,17 +167,12 @@ class Dataset:
         root = self.spec.data_dir or os.fspath(tfds.core.constants.DATA_DIR)
         return os.path.join(root, kind, self.key)
 
-    def trained_dir(self, kind: str, *, info_file: str, what: str, trainer: str) -> str:
-        """The cache directory of a trained metric model; says how to train it when there is none."""
+    def trained_dir(self, kind: str, *, info_file: str, what: str) -> str:
+        """The cache directory of a trained metric model; says how to make it when there is none."""
         if self.spec.name == "shapes":
             return trained_dir(self.spec.data_dir, kind, self.spec.shapes_config,
-                               info_file=info_file, what=what, trainer=trainer)
-        directory = self.instrument_dir(kind)
-        if not os.path.isfile(os.path.join(directory, info_file)):
-            raise FileNotFoundError(
-                f"no {what} trained for {self.name} at {directory}; the run's stages train it "
-                "(`python -m launch.prepare --config=...`, or the launcher/imgsynth-study itself)")
-        return directory
+                               info_file=info_file, what=what)
+        return _existing(self.instrument_dir(kind), info_file, f"no {what} for {self.name}")
 
     def read(self, split: str, limit: int | None = None, with_images: bool = True) -> Split:
         """The first `limit` records of `split` (all when None), in stored order."""

@@ -22,12 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from imgsynth import io
+from imgsynth import io, weights as weights_lib
 from imgsynth.data import shapes
 from imgsynth.data.images import to_float
 from imgsynth.data.scene import GRID
 from imgsynth.data.tokenizer import WordTokenizer
-from imgsynth.metrics import _data, _weights
+from imgsynth.metrics import _data
 from imgsynth.metrics.judge import _cell_pool_matrix
 from imgsynth.models.layers import space_to_depth
 
@@ -208,8 +208,8 @@ class Alignment:
 
     def save(self, directory: str) -> None:
         vocab = {"kind": "word", "max_len": self.tokenizer.max_len, "vocab": self.tokenizer.vocab}
-        _weights.save_model(directory, self.model, INFO_FILE, self.info,
-                            {VOCAB_FILE: _weights.json_bytes(vocab)})
+        weights_lib.save_model(directory, self.model, INFO_FILE, self.info,
+                            {VOCAB_FILE: weights_lib.json_bytes(vocab)})
 
 
 def alignment_scores(model: Alignment, images, captions) -> np.ndarray:
@@ -275,7 +275,7 @@ def alignment_dir(data_dir: str, builder_config: str = "r32") -> str:
 
 
 def load_alignment_from(directory: str) -> Alignment:
-    model, info = _weights.load_model(directory, INFO_FILE, AlignmentConfig, AlignmentNet,
+    model, info = weights_lib.load_model(directory, INFO_FILE, AlignmentConfig, AlignmentNet,
                                       what="alignment model")
     return Alignment(model, WordTokenizer.load(os.path.join(directory, VOCAB_FILE)), info)
 
@@ -305,6 +305,6 @@ def install_shipped(directory: str) -> None:
 
 def load_alignment(data, builder_config: str = "r32") -> Alignment:
     """The cached alignment model of a dataset (a `_data.Dataset`, or a shapes data_dir and
-    builder config); says how to train it when there is none."""
+    builder config); says how to make it when there is none."""
     return load_alignment_from(_data.as_dataset(data, builder_config).trained_dir(
-        "alignment", info_file=INFO_FILE, what="alignment model", trainer="train_alignment"))
+        "alignment", info_file=INFO_FILE, what="alignment model"))

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from imgsynth.metrics import _weights, frechet
+from imgsynth import weights as weights_lib
+from imgsynth.metrics import frechet
 
 FID_SIZE = 299
 WEIGHTS_HELP = (
@@ -254,8 +255,8 @@ def _ignored(key: str) -> bool:
 
 def load_inception(weights_path) -> InceptionV3FID:
     """The FID Inception with weights from a converted .npz (see the module docstring)."""
-    weights = _weights.read_npz(weights_path, what="FID Inception", how_to_get=WEIGHTS_HELP)
-    return _weights.load_into(lambda: InceptionV3FID(rngs=nnx.Rngs(0)), weights, _convert,
+    weights = weights_lib.read_npz(weights_path, what="FID Inception", how_to_get=WEIGHTS_HELP)
+    return weights_lib.load_into(lambda: InceptionV3FID(rngs=nnx.Rngs(0)), weights, _convert,
                               ignore=_ignored, what="FID Inception")
 
 
@@ -294,17 +295,17 @@ def fid(images_a, images_b, weights_path, batch_size: int = 50) -> float:
 
 def convert_checkpoint(pth_path: str, out_path: str) -> None:
     """pytorch-fid .pth → .npz with the same key names; torch is needed here and only here."""
-    torch = _weights.import_torch(".pth")
+    torch = weights_lib.import_torch(".pth")
     state = torch.load(pth_path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
     arrays = {k: v.detach().cpu().numpy() for k, v in state.items() if not _ignored(k)}
-    _weights.load_into(lambda: InceptionV3FID(rngs=nnx.Rngs(0)), arrays, _convert,
+    weights_lib.load_into(lambda: InceptionV3FID(rngs=nnx.Rngs(0)), arrays, _convert,
                        what="FID Inception")  # refuse to write a file that would not load
-    _weights.write_npz(out_path, arrays)
+    weights_lib.write_npz(out_path, arrays)
 
 
 def main(argv=None) -> None:
-    _weights.conversion_main(convert_checkpoint, "a pytorch-fid checkpoint (.pth)", argv)
+    weights_lib.conversion_main(convert_checkpoint, "a pytorch-fid checkpoint (.pth)", argv)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Instruments train on arrays held in memory, in a fixed batch order drawn from the seed, with AdamW
 and a warm-up cosine schedule; `imgsynth.loop` gives them what every model of the suite gets —
-checkpoints with the batch position, resume after a kill, metrics.jsonl — in a run directory next
-to the cached instrument (`<instrument dir>-training`).
+checkpoints with the batch position, resume after a kill, metrics.jsonl (a row every 20 steps:
+what the launcher's progress line reads) — in a run directory next to the cached instrument
+(`<instrument dir>-training`).
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def train(name: str, run_dir: str, build: Callable[[], nnx.Module], loss: Callab
     schedule = optax.warmup_cosine_decay_schedule(0.0, s.learning_rate, s.warmup_steps, s.steps)
     config = ml_collections.ConfigDict(dict(
         seed=s.seed, global_batch_size=s.per_step_examples, ema_decay=0.999,
-        log_every_steps=100, checkpoint_every_steps=500, keep_checkpoints=1,
+        log_every_steps=20, checkpoint_every_steps=500, keep_checkpoints=1,
         settings=dataclasses.asdict(s)))
     order = batch_order(n, s)
     trained = []

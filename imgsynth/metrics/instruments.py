@@ -14,11 +14,11 @@ import numpy as np
 
 from imgsynth import io
 from imgsynth.data import images as images_lib
-from imgsynth.metrics import _data, alignment as alignment_lib, clip_score, corruptions, frechet
+from imgsynth.metrics import _data, alignment as alignment_lib, corruptions, frechet
 from imgsynth.metrics import inception
 from imgsynth.metrics import judge as judge_lib, labels as labels_lib, prompt_following
-from imgsynth.metrics.clip_tokenizer import ClipTokenizer
-from imgsynth.models import autoencoder_files
+from imgsynth.models import autoencoder_files, clip as clip_lib
+from imgsynth.models.clip_tokenizer import ClipTokenizer
 
 NO_SCENES = "the dataset stores no scenes (only the shapes dataset does)"
 NO_LABELS = ("the dataset has no labels (a TFDS label_key, or a 'label' per record in the "
@@ -28,7 +28,7 @@ NO_INCEPTION = ("no Inception weights given (--inception_weights or eval.incepti
                 "--convert pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz`)")
 NO_CLIP = ("no CLIP weights and vocabulary given (--clip_weights and --clip_vocab, or "
            "eval.clip_weights and eval.clip_vocab; convert OpenAI's checkpoint once with "
-           "`python -m imgsynth.metrics.clip_score --convert ViT-B-32.pt --out clip_vit_b32.npz`)")
+           "`python -m imgsynth.models.clip --convert ViT-B-32.pt --out clip_vit_b32.npz`)")
 
 
 def evaluation_records(dataset: _data.Dataset, n: int) -> _data.Split:
@@ -54,7 +54,7 @@ class Instruments:
     judge: judge_lib.Judge | None = None
     labels: labels_lib.LabelClassifier | None = None
     inception: inception.InceptionV3FID | None = None
-    clip: tuple[clip_score.CLIP, ClipTokenizer] | None = None
+    clip: tuple[clip_lib.CLIP, ClipTokenizer] | None = None
     unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def real(self, n: int) -> _data.Split:
@@ -142,7 +142,7 @@ class External:
     """The optional evaluators with published weights the user gives: loaded (and their files
     checked against the architecture) before any sampling."""
     inception: inception.InceptionV3FID | None = None
-    clip: tuple[clip_score.CLIP, ClipTokenizer] | None = None
+    clip: tuple[clip_lib.CLIP, ClipTokenizer] | None = None
     unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -154,7 +154,7 @@ def load_external(inception_weights: str = "", clip_weights: str = "",
     else:
         out.unavailable["inception_fid"] = NO_INCEPTION
     if clip_weights and clip_vocab:
-        out.clip = (_weights_file(clip_weights, clip_score.load_clip), ClipTokenizer(clip_vocab))
+        out.clip = (_weights_file(clip_weights, clip_lib.load_clip), ClipTokenizer(clip_vocab))
     elif clip_weights or clip_vocab:
         raise ValueError("the CLIP score needs both --clip_weights and --clip_vocab")
     else:

@@ -28,11 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from imgsynth import io
+from imgsynth import io, weights as weights_lib
 from imgsynth.data import shapes
 from imgsynth.data.images import to_float
 from imgsynth.data.scene import COLOR_NAMES, GRID, SHAPES, SIZES, Scene, SceneObject
-from imgsynth.metrics import _data, _weights
+from imgsynth.metrics import _data
 from imgsynth.models.layers import space_to_depth
 
 CELLS = GRID * GRID
@@ -209,7 +209,7 @@ class Judge:
     def save(self, directory: str) -> None:
         """weights.npz + judge.json (with the `FORMAT` it was trained to), written to a temporary
         directory and renamed into place."""
-        _weights.save_model(directory, self.model, INFO_FILE, {**self.info, "format": FORMAT})
+        weights_lib.save_model(directory, self.model, INFO_FILE, {**self.info, "format": FORMAT})
 
 
 def judge_dir(data_dir: str, builder_config: str = "r32") -> str:
@@ -241,14 +241,14 @@ def load_judge_from(directory: str) -> Judge:
         raise ValueError(f"the judge at {directory} was trained to format {info.get('format', 1)}, "
                          f"this version reads format {FORMAT} (with an unreadable class); retrain "
                          "it with `python -m imgsynth.metrics.train_judge --force`")
-    return Judge(*_weights.load_model(directory, INFO_FILE, JudgeConfig, JudgeNet, what="judge"))
+    return Judge(*weights_lib.load_model(directory, INFO_FILE, JudgeConfig, JudgeNet, what="judge"))
 
 
 def load_judge(data_dir: str, builder_config: str = "r32") -> Judge:
-    """The cached judge of a shapes dataset; says how to train it when there is none."""
+    """The cached judge of a shapes dataset; says how to make it when there is none."""
     return load_judge_from(_data.trained_dir(data_dir, "judges", builder_config,
                                              info_file=INFO_FILE, what="judge",
-                                             trainer="train_judge", revision=f"v{FORMAT}"))
+                                             revision=f"v{FORMAT}"))
 
 
 def scene_accuracy(scenes: list[Scene], truth: list[Scene]) -> float:

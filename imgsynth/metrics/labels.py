@@ -3,21 +3,21 @@
 For data with a class per image (a TFDS label field, or `label` in a folder's captions.jsonl),
 label following is the share of samples the classifier assigns the class of their prompt's
 record. The classifier is the alignment model's image tower with a class head, trained with
-cross-entropy through the one engine; its accuracy on the real evaluation split is the ceiling a
-perfect generator could reach, stored with it and reported next to every score. Trained once per
-dataset version by the run's stages and cached at `<data_dir>/labels/<dataset key>/`.
+cross-entropy through the one engine (`train_labels.py`); its accuracy on the real evaluation
+split is the ceiling a perfect generator could reach, stored with it and reported next to every
+score. Trained once per dataset version by the run's stages and cached at
+`<data_dir>/labels/<dataset key>/`.
 """
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from imgsynth.metrics import _data, _weights, instrument_training
+from imgsynth import weights as weights_lib
+from imgsynth.metrics import _data
 from imgsynth.metrics.alignment import AlignmentConfig, ImageTower, _batched
 
 INFO_FILE = "labels.json"
@@ -79,50 +79,11 @@ class LabelClassifier:
 
 
 def load_labels_from(directory: str) -> LabelClassifier:
-    model, info = _weights.load_model(directory, INFO_FILE, LabelConfig, LabelNet,
+    model, info = weights_lib.load_model(directory, INFO_FILE, LabelConfig, LabelNet,
                                       what="label classifier")
     return LabelClassifier(model, info)
 
 
 def load_labels(dataset: _data.Dataset) -> LabelClassifier:
     return load_labels_from(dataset.trained_dir(KIND, info_file=INFO_FILE,
-                                                what="label classifier", trainer="labels"))
-
-
-def train_labels(dataset: _data.Dataset, *,
-                 settings: instrument_training.Settings = instrument_training.Settings(),
-                 log=print) -> LabelClassifier:
-    """Trains on the train split, measures accuracy on the evaluation split, caches."""
-    start = time.perf_counter()
-    names = dataset.label_names()
-    if not names:
-        raise ValueError(f"{dataset.name} has no labels to train a label classifier on")
-    s = settings
-    train = dataset.read("train", limit=s.steps * s.per_step_examples)
-    s = dataclasses.replace(s, per_step_examples=_data.step_examples(
-        s.per_step_examples, len(train.labels), f"{dataset.name} label classifier"))
-    index = {n: i for i, n in enumerate(names)}
-    targets = np.asarray([index[label] for label in train.labels], np.int32)
-    config = LabelConfig(resolution=dataset.resolution, num_classes=len(names))
-
-    def loss(model, batch):
-        logits = model(batch["images"])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
-
-    directory = dataset.instrument_dir(KIND)
-    model = instrument_training.train(
-        "labels", directory + "-training", lambda: LabelNet(config, rngs=nnx.Rngs(s.seed)), loss,
-        lambda idx: {"images": train.images[idx], "labels": targets[idx]}, len(targets), s)
-    split = dataset.eval_split()
-    test = dataset.read(split)
-    result = LabelClassifier(model, {"label_names": names})
-    accuracy = result.following(test.images, test.labels)
-    result.info.update({
-        "dataset": dataset.name, "dataset_key": dataset.key, "test_accuracy": accuracy,
-        "test_split": split, "num_test": len(test.labels), "chance": 1 / len(names),
-        "train_minutes": round((time.perf_counter() - start) / 60, 2),
-        "train_settings": dataclasses.asdict(s)})
-    log(f"labels: accuracy {accuracy:.3f} on {len(test.labels)} real {split} images "
-        f"({len(names)} classes)")
-    _weights.save_model(directory, model, INFO_FILE, result.info)
-    return result
+                                                what="label classifier"))

@@ -13,9 +13,8 @@ import os
 import numpy as np
 from flax import nnx
 
-from imgsynth import io
+from imgsynth import cli, io, weights as weights_lib
 from imgsynth.data import shapes
-from imgsynth.metrics import _weights
 from imgsynth.models import autoencoder as ae_lib
 
 WEIGHTS_FILE, INFO_FILE = "weights.npz", "autoencoder.json"
@@ -49,7 +48,7 @@ def save(model: ae_lib.Autoencoder, workdir: str, **info) -> dict:
             "scale_factor": float(model.scale_factor.get_value()) if model.kind == "kl" else None,
             "hash": weights_hash(flat), **info}
     if io.is_writer():
-        _weights.write_npz(os.path.join(workdir, WEIGHTS_FILE), flat)
+        weights_lib.write_npz(os.path.join(workdir, WEIGHTS_FILE), flat)
         io.write_json(os.path.join(workdir, INFO_FILE), info)
     return info
 
@@ -89,9 +88,7 @@ def load_info(workdir: str, kind: str | None = None) -> dict:
     clear errors if it is absent or of the wrong kind."""
     info_path = os.path.join(workdir, INFO_FILE)
     if not os.path.isfile(info_path):
-        raise FileNotFoundError(f"no trained autoencoder in {workdir} ({INFO_FILE} missing); train "
-                                "it with `python -m imgsynth.train_autoencoder --config=... "
-                                f"--workdir={workdir}`")
+        raise cli.MissingStage(f"no trained autoencoder in {workdir} ({INFO_FILE} missing)")
     info = io.read_json(info_path)
     if kind is not None and info["kind"] != kind:
         raise ValueError(f"{workdir} holds a {info['kind']!r} autoencoder; this needs {kind!r}")
@@ -112,7 +109,7 @@ def load(workdir: str, kind: str | None = None) -> tuple[ae_lib.Autoencoder, dic
     info = load_info(workdir, kind)
     # Built abstractly: initialising the weights eagerly only to overwrite them costs ~15 s of
     # per-shape compilation on CPU, paid by every evaluation.
-    model = _weights.restore_state(
+    model = weights_lib.restore_state(
         lambda: ae_lib.build_autoencoder(info["config"]["autoencoder"], nnx.Rngs(0)),
         os.path.join(workdir, WEIGHTS_FILE), what=f"autoencoder in {workdir}")
     return model, info

@@ -1,7 +1,7 @@
 """A frozen pretrained caption encoder from local weights (`text.encoder=clip`).
 
 `trained` (the default) is the caption encoder of `models/text.py`, trained with the generator.
-`clip` is OpenAI CLIP's text tower — the module CLIP score uses (`metrics/clip_score.ClipText`) —
+`clip` is OpenAI CLIP's text tower (`models/clip.ClipText`, the one the CLIP score uses too) —
 read from a converted .npz (`text.weights`) with its BPE vocabulary (`text.vocab`), and checked
 key by key against the architecture the config names (`text.clip`). Its per-token states are
 computed once per caption in the encode stage and stored with the latents; the generator trains
@@ -20,9 +20,9 @@ import os
 import numpy as np
 from flax import nnx
 
-from imgsynth import config as config_lib, flops
-from imgsynth.metrics import _weights, clip_score
-from imgsynth.metrics.clip_tokenizer import ClipTokenizer
+from imgsynth import config as config_lib, flops, weights as weights_lib
+from imgsynth.models import clip as clip_lib
+from imgsynth.models.clip_tokenizer import ClipTokenizer
 from imgsynth.models.transformer import TransformerConfig
 
 ENCODERS = ("trained", "clip", "t5")
@@ -49,7 +49,7 @@ def width(config) -> int:
     return config.text.clip.width
 
 
-def clip_config(config) -> clip_score.ClipConfig:
+def clip_config(config) -> clip_lib.ClipConfig:
     """The text tower `text.clip` names, for captions of `text.max_len` tokens."""
     a = config.text.clip
     if a.width % a.heads:
@@ -58,7 +58,7 @@ def clip_config(config) -> clip_score.ClipConfig:
     if config.text.max_len > a.context_length:
         raise config_lib.ConfigError(f"text.max_len={config.text.max_len} (data.text_max_len) "
                                      f"exceeds the CLIP context length {a.context_length}")
-    return clip_score.ClipConfig(text_width=a.width, text_layers=a.depth,
+    return clip_lib.ClipConfig(text_width=a.width, text_layers=a.depth,
                                  head_width=a.width // a.heads, vocab_size=a.vocab_size,
                                  context_length=a.context_length)
 
@@ -96,7 +96,7 @@ def identity(config) -> str:
         return ""
     t = config.text
     cfg = clip_config(config)
-    for key, help_text in (("weights", clip_score.WEIGHTS_HELP), ("vocab", "")):
+    for key, help_text in (("weights", clip_lib.WEIGHTS_HELP), ("vocab", "")):
         path = t.get(key, "")
         if not path:
             raise config_lib.ConfigError(f"text.encoder='clip' needs text.{key}=PATH (no "
@@ -115,11 +115,11 @@ def identity(config) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _checked_identity(weights_key: str, weights: tuple, vocab_key: str, vocab: tuple,
-                      cfg: clip_score.ClipConfig, max_len: int) -> str:
+                      cfg: clip_lib.ClipConfig, max_len: int) -> str:
     """`identity` once per process for files of a given (path, size, mtime) (hashing a real
     CLIP file takes seconds)."""
     try:
-        clip_score.check_text_tower(_weights.shape_stand_ins(weights[0]), cfg)
+        clip_lib.check_text_tower(weights_lib.shape_stand_ins(weights[0]), cfg)
     except (ValueError, OSError) as e:   # a zip error is an OSError
         raise config_lib.ConfigError(f"text.weights={weights_key}: {e} (text.clip names the "
                                      "architecture)") from None
@@ -147,7 +147,7 @@ class FrozenTextEncoder:
         self.identity = identity_hash
         self.max_len = config.text.max_len
         self.tokenizer = ClipTokenizer(os.path.expanduser(config.text.vocab))
-        self.model = clip_score.load_text_tower(os.path.expanduser(config.text.weights),
+        self.model = clip_lib.load_text_tower(os.path.expanduser(config.text.weights),
                                                 clip_config(config))
         self._states = nnx.jit(lambda model, tokens: model.states(tokens))
         self.num_truncated = 0

@@ -1,9 +1,11 @@
-"""Loading PyTorch-named weight files (.npz) into NNX modules, with a complete-coverage check.
+"""Weight files (.npz) read into NNX modules and written from them, with a complete-coverage check.
 
-The optional real-world evaluators keep the original state_dict names in their weight files so a
-file can be checked against the published checkpoint key by key. Loading is strict in both
-directions: a key the model does not use and a model variable no key fills are both errors, so a
-wrong or truncated file can never silently give a half-random network.
+A core module: models (CLIP's towers, the autoencoders' files) and metrics (Inception, the
+trained instruments) read weights the same way, and neither layer imports the other for it.
+The pretrained ports keep the original state_dict names in their weight files so a file can be
+checked against the published checkpoint key by key. Loading is strict in both directions: a key
+the model does not use and a model variable no key fills are both errors, so a wrong or
+truncated file can never silently give a half-random network.
 """
 from __future__ import annotations
 
@@ -125,7 +127,7 @@ def import_torch(kind: str):
 
 
 def conversion_main(convert: Callable[[str, str], None], source: str, argv=None) -> None:
-    """`python -m imgsynth.metrics.<evaluator> --convert=CHECKPOINT --out=FILE.npz`."""
+    """`python -m <module> --convert=CHECKPOINT --out=FILE.npz` of a pretrained model's port."""
     parser = argparse.ArgumentParser(description=f"Converts {source} to an .npz of its weights.")
     parser.add_argument("--convert", required=True, help=source)
     parser.add_argument("--out", required=True, help="output .npz")

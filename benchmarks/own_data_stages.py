@@ -1,0 +1,78 @@
+"""How long the stages of an own-data study take before any generator trains, and per step.
+
+    python benchmarks/own_data_stages.py [--images=300] [--workdir=DIR]
+
+A folder of generated captioned, labelled images (coloured squares on noise) is built as the
+README's own-data section does, then the stages the quickstart grid (`runlocal`) needs on it are
+prepared one by one, each timed: the KL autoencoder (flow) and the FSQ one (masked-token and
+next-token), their encoded data, the alignment model and the label classifier. Each training
+stage's status.json gives its per-step time; its start-up (compiling, reading data) is the rest.
+`launch --dry_run` estimates the stages of a dataset without shipped instruments from these
+(launch/stage_estimate.py). Last line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=300)
+    p.add_argument("--workdir", help="keep the data and stages here (default: a temporary one)")
+    args = p.parse_args()
+    from imgsynth import config as config_lib, io, perf, stages
+    from imgsynth.data import build
+    from test_anydata import make_folder   # the generated folder the own-data tests use
+
+    tmp = args.workdir or tempfile.mkdtemp(prefix="own-data-stages-")
+    data_dir, cache = os.path.join(tmp, "data"), os.path.join(tmp, "cache")
+    t0 = time.perf_counter()
+    src = make_folder(os.path.join(tmp, "images"), n=args.images)
+    build.build_folder(data_dir, src, "squares", 32, validation_fraction=0.1, test_fraction=0.2)
+    out = {"images": args.images, "data_s": round(time.perf_counter() - t0, 1)}
+
+    def config(paradigm):
+        c = config_lib.default_config(paradigm, "runlocal")
+        c.cache_dir = cache
+        c.data.update({"name": "folder", "folder_name": "squares", "data_dir": data_dir})
+        return c
+
+    def timed(name, fn, c, steps=None, run_dir=None):
+        t = time.perf_counter()
+        fn(c)
+        out[f"{name}_s"] = round(time.perf_counter() - t, 1)
+        if steps:
+            timing = io.read_status(run_dir).get("timing") or {}
+            step_s = (timing["end"] - timing["first_step"]) / max(steps - 1, 1)
+            out[f"{name}_steps"], out[f"{name}_step_s"] = steps, round(step_s, 4)
+            out[f"{name}_startup_s"] = round(out[f"{name}_s"] - steps * step_s, 1)
+        print(f"{name}: {out}", flush=True)
+
+    flow, maskgit = config("flow"), config("maskgit")
+    for c, kind in ((flow, "kl"), (maskgit, "fsq")):
+        ae = stages.autoencoder_config(c)
+        timed(f"autoencoder_{kind}", stages.autoencoder, c, ae.total_steps,
+              stages.autoencoder_dir(c))
+        timed(f"encoded_{kind}", stages.encoded, c)
+    data = stages._data.Dataset.of(stages.data_config(flow))
+    for what, fn in (("alignment", stages.alignment), ("labels", stages.labels)):
+        timed(what, fn, flow, stages.instrument_settings(flow, what).steps,
+              data.instrument_dir(what) + "-training")
+    out.update(total_s=round(time.perf_counter() - t0, 1), cores=perf.cores(),
+               load_1min=round(os.getloadavg()[0], 1))
+    if not args.workdir:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
