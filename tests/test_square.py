@@ -195,6 +195,19 @@ def test_discrete_paradigms_refuse_the_continuous_autoencoder(paradigm):
         registry.plan(c)
 
 
+def test_square_grid_has_every_corner_and_fits_the_hour():
+    from launch import grid as grid_lib
+    sq = grid_lib.load("square")
+    evaluated = [r for r in sq.runs if r.evaluate]
+    assert {r.paradigm for r in evaluated} == set(registry.PARADIGMS)
+    for paradigm in registry.PARADIGMS:
+        mine = {(r.size, r.budget) for r in evaluated if r.paradigm == paradigm}
+        assert mine == {("T", 1e12), ("T", 3.2e12), ("XS", 1e12), ("XS", 3.2e12), ("XS", 1e13)}
+        assert {r.role for r in sq.runs if r.paradigm == paradigm} == {"trunk", "branch"}
+    # The sequential estimate from an empty cache (README, "The square").
+    assert sum(grid_lib.estimate_seconds(r) for r in sq.runs) <= 60 * 60
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("cache"))
