@@ -2,8 +2,9 @@
 config with their defaults, the size ladder, durations and the `runlocal` shrink.
 
 A paradigm's own file (flow.py, maskgit.py, ar.py, ar_continuous.py, mar.py) calls
-`generator(...)`, sets what is its own (autoencoder kind, heads, sampler), then `finish(...)`. Every key any run reads is listed here or
-in a paradigm file, so `config.json` shows a run's whole configuration.
+`generator(...)`, sets what is its own (autoencoder kind, heads, sampler), then `finish(...)`.
+Every key any run reads is listed here or in a paradigm file, so `config.json` shows a run's
+whole configuration.
 """
 import json
 import os

@@ -84,7 +84,8 @@ def test_head_sampler_at_init_returns_the_scaled_noise():
     c = tiny("ar_continuous", guidance=1.0, temperature=0.5)
     model = ar_continuous.build(c, nnx.Rngs(0))
     ids, mask = captions(c, 2)
-    x = nnx.jit(lambda m, i, k: ar_continuous.sample(m, i, k, jax.random.key(3), c))(model, ids, mask)
+    run = nnx.jit(lambda m, i, k: ar_continuous.sample(m, i, k, jax.random.key(3), c))
+    x = run(model, ids, mask)
     noise = jnp.stack([ar_continuous._noise(jax.random.key(3), t, 2, 4) for t in range(64)], 1)
     np.testing.assert_allclose(x.reshape(2, 64, 4), 0.5 * noise, atol=1e-6)
 

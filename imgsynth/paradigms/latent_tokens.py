@@ -96,18 +96,18 @@ def head_costs(config) -> tuple[flops.Cost, flops.Cost]:
                             config.head.depth, token_head.TIME_FREQS)
 
 
-def model_cost(config, *, causal: bool, trained_tokens: int | None = None) -> flops.ModelCost:
+def model_cost(config, *, causal: bool) -> flops.ModelCost:
     """Training forward cost per example: the head runs `head.time_steps` velocity evaluations
-    per trained token (`trained_tokens`, all T by default) on one condition projection each."""
+    on one condition projection for every one of the T tokens (MAR's loss too is computed on all
+    tokens and masked)."""
     check(config)
     gh, gw = base.latent_grid(config)
     T, d = gh * gw, config.model.width
-    trained = T if trained_tokens is None else trained_tokens
     backbone = flops.transformer(base.backbone_config(config, causal=causal), T,
                                  config.text.max_len)
     condition, evaluation = head_costs(config)
-    head = flops.Cost(condition.params + evaluation.params, 0,
-                      trained * (condition.fwd_flops + config.head.time_steps * evaluation.fwd_flops))
+    per_token = condition.fwd_flops + config.head.time_steps * evaluation.fwd_flops
+    head = flops.Cost(condition.params + evaluation.params, 0, T * per_token)
     return flops.ModelCost({"generator": backbone,
                             "heads": flops.dense(channels(config), d, T) + flops.embedding(1, d),
                             "token_head": head, **base.text_costs(config)},

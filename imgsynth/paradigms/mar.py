@@ -94,7 +94,8 @@ def eval_loss(model, batch, rng, config):
 
 def sample(model, text_ids, text_mask, rng, config, return_history: bool = False):
     """Latents [B, h, w, C]; every token is filled exactly once over `sampler.steps` steps."""
-    B, T, C, K = text_ids.shape[0], model.gh * model.gw, model.x_in.in_features, config.sampler.steps
+    B, T, C = text_ids.shape[0], model.gh * model.gw, model.x_in.in_features
+    K = config.sampler.steps
     fills = fill_counts(T, K)
     n = max(fills)                                     # every step's head batch, padded to it
     starts = jnp.asarray([sum(fills[:k]) for k in range(K)])
