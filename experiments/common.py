@@ -1,9 +1,10 @@
 """What every generator experiment shares (big_vision's configs/common.py): the keys of a run
 config with their defaults, the size ladder, durations and the `runlocal` shrink.
 
-A paradigm's own file (flow.py, maskgit.py, ar.py) calls `generator(...)`, sets what is its own
-(autoencoder kind, heads, sampler), then `finish(...)`. Every key any run reads is listed here or
-in a paradigm file, so `config.json` shows a run's whole configuration.
+A paradigm's own file (flow.py, maskgit.py, ar.py, ar_continuous.py, mar.py) calls
+`generator(...)`, sets what is its own (autoencoder kind, heads, sampler), then `finish(...)`.
+Every key any run reads is listed here or in a paradigm file, so `config.json` shows a run's
+whole configuration.
 """
 import json
 import os
@@ -104,6 +105,20 @@ TOKENIZER = dict(kind="fsq", fsq_levels=(8, 8, 8, 5, 5, 5), factors=2)
 def tokens(c: ml_collections.ConfigDict) -> None:
     """Sets the token paradigms' autoencoder (`TOKENIZER`)."""
     c.autoencoder.update(TOKENIZER)
+
+
+def continuous_tokens(c: ml_collections.ConfigDict, runlocal: bool) -> None:
+    """The continuous-token paradigms' autoencoder (KL) and per-token flow-matching head: MAR's
+    small MLP (3 adaLN blocks, here the backbone's width), 4 training times per token, and an
+    Euler sampler of the head with a temperature on its starting noise."""
+    c.autoencoder.kind = "kl"
+    c.head = ml_collections.ConfigDict(dict(
+        width=0,           # 0: the backbone's width
+        depth=3,           # adaLN residual blocks
+        time_steps=4))     # flow-matching times drawn per token in training (MAR: 4)
+    c.sampler.head_steps = 8 if runlocal else 25   # head integration steps per token
+    c.sampler.head_method = "euler"                # or "heun"
+    c.sampler.temperature = 1.0                    # scales the head's starting noise
 
 
 def finish(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict,

@@ -63,6 +63,19 @@ def transformer(cfg: TransformerConfig, tokens: int, ctx_tokens: int = 0) -> Cos
     return total
 
 
+def token_head(channels: int, cond_width: int, width: int, depth: int,
+               time_freqs: int = 256) -> tuple[Cost, Cost]:
+    """The per-token flow-matching head (`models/token_head.py`) on one token: the projection of
+    its condition (once per token) and one velocity evaluation (time embedding, input, `depth`
+    adaLN residual blocks, output) — times per token in training, sampler steps at inference."""
+    condition = dense(cond_width, width)
+    block = dense(width, width) + dense(width, width) + dense(width, 3 * width)
+    evaluation = (dense(time_freqs, width) + dense(width, width) + dense(channels, width)
+                  + Cost(block.params * depth, 0, block.fwd_flops * depth)
+                  + dense(width, 2 * width) + dense(width, channels))
+    return condition, evaluation
+
+
 def text_encoder(cfg: TransformerConfig, vocab_size: int, max_len: int,
                  positions: int | None = None) -> Cost:
     """A caption encoder run on `max_len` tokens: embeddings (free) + a Transformer stack. The

@@ -39,6 +39,9 @@ SIZES: dict[str, Size] = {
     "4XL": Size(width=1536, depth=32, heads=24, text_depth=8),
 }
 CPU_SIZES = ("T", "XS", "S", "M")
+# Every paradigm module in imgsynth/paradigms/: the paper's three, then the two that complete the
+# {discrete, continuous} × {raster, random order} square (docs/square.md).
+PARADIGMS = ("flow", "maskgit", "ar", "ar_continuous", "mar")
 
 
 def get_size(name: str) -> Size:

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from imgsynth import registry
 from imgsynth.paradigms import base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,7 +138,7 @@ def test_config_imports_nothing_from_the_suite():
     assert _imports("imgsynth.io", modules["imgsynth.io"], modules) == set()
 
 
-@pytest.mark.parametrize("name", ["flow", "maskgit", "ar"])
+@pytest.mark.parametrize("name", registry.PARADIGMS)
 def test_paradigm_modules_satisfy_the_interface(name):
     module = importlib.import_module(f"imgsynth.paradigms.{name}")
     for method, spec in inspect.getmembers(base.Paradigm, inspect.isfunction):

@@ -100,3 +100,45 @@ def test_autoencoder_claim_binds_only_where_the_best_run_reaches_the_floor():
     assert c["verdict"] == "no clear lead" and "reaches its autoencoder's floor" in c["evidence"]
     token = [run("flow", 900, 15), run("maskgit", 302, 300)]
     assert _by(claims.check(token, _fits([])), "best FD")["verdict"] == "refuted"
+
+
+def test_square_contrasts_duel_each_pair_and_name_both_ceilings():
+    fd, pf = "fd_judge", "prompt_following/overall"
+    findings = [_row(fd, 1e12, {"ar": 500.0, "ar_continuous": 300.0, "maskgit": 450.0,
+                                "mar": 200.0, "flow": 100.0}, half=20),
+                _row(pf, 1e12, {"ar": 0.3, "ar_continuous": 0.3, "maskgit": 0.5, "mar": 0.31,
+                                "flow": 0.9}, half=0.02)]
+    runs = [_run(p, "T", **{"ceilings/autoencoder_fd_judge": v,
+                            "ceilings/autoencoder_prompt_following": 0.8})
+            for p, v in (("ar", 40.0), ("maskgit", 40.0), ("mar", 10.0), ("ar_continuous", 10.0),
+                         ("flow", 10.0))]
+    cs = claims.check(runs, _fits(findings))
+    assert [c["finding"].split(" —")[0] for c in cs[-2:]] == ["square: token type", "square: order"]
+    token, order = cs[-2:]
+    assert token["verdict"] == "reproduced"
+    assert "ar_continuous vs ar: ar_continuous clearly ahead at 1/1 budgets" in token["evidence"]
+    assert "mar vs maskgit" in token["evidence"] and "KL 10, discrete 40" in token["evidence"]
+    # maskgit clearly ahead of ar, mar and ar_continuous tied: random order leads where it is clear.
+    assert order["verdict"] == "reproduced" and "mar vs ar_continuous: mar clearly ahead at 0/1" \
+        in order["evidence"]
+    # The paper's claims still compare the paper's three paradigms: flow leads both.
+    assert _by(cs, "prompt following")["verdict"] == "refuted"
+    flipped = [_row(fd, 1e12, {"ar": 100.0, "ar_continuous": 300.0}, half=20)]
+    assert claims.check(runs, _fits(flipped))[-2]["verdict"] == "refuted"
+    missing = claims.check([], _fits([]))[-1]
+    assert missing["verdict"] == "not measured" and "KL not measured" in missing["evidence"]
+
+
+def test_report_draws_the_square_at_the_budget_most_corners_share():
+    from imgsynth.scaling import square
+    fd = "fd_judge"
+    findings = [_row(fd, 1e12, {"ar": 500.0, "ar_continuous": 300.0, "maskgit": 450.0,
+                                "mar": 200.0, "flow": 100.0}, half=20),
+                _row(fd, 1e13, {"ar": 400.0, "flow": 90.0, "mar": 150.0}, half=20)]
+    f = _fits(findings)
+    f["claims"] = claims.check([], f)
+    page = square.html(f)
+    assert "at 1e12 FLOPs" in page and "1e13" not in page.split("<table>")[0]
+    assert "ar_continuous: <b>300</b>" in page and "flow: <b>100</b>" in page
+    assert "square: token type" in page and "square: order" in page
+    assert "not measured here" in square.html(_fits([_row(fd, 1e12, {"ar": 1.0, "flow": 2.0})]))

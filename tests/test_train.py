@@ -21,6 +21,8 @@ GOLDEN = {
     "flow": {"train/loss": 2.031953811645508, "train/grad_norm": 0.5745542049407959},
     "maskgit": {"train/loss": 5.545279502868652, "train/grad_norm": 0.6413897275924683},
     "ar": {"train/loss": 5.544490814208984, "train/grad_norm": 0.4844661355018616},
+    "ar_continuous": {"train/loss": 2.0323243141174316, "train/grad_norm": 0.24306784570217133},
+    "mar": {"train/loss": 2.0285980701446533, "train/grad_norm": 0.2971910834312439},
 }
 
 
@@ -49,7 +51,7 @@ def rows(workdir):
         return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("paradigm", ["flow", "maskgit", "ar"])
+@pytest.mark.parametrize("paradigm", list(GOLDEN))
 def test_golden_one_step(paradigm, tmp_path):
     row = train.train(tiny(paradigm, steps=2), str(tmp_path))
     got = {k: row[k] for k in GOLDEN[paradigm]}

@@ -43,7 +43,7 @@ def mask_schedule(r):
     return jnp.cos(0.5 * jnp.pi * r)
 
 
-def _random_mask(rng, B, T, ratio_B):
+def random_mask(rng, B, T, ratio_B):
     """Exactly ceil(ratio·T) (at least one) uniformly chosen positions per row."""
     n_B = jnp.clip(jnp.ceil(ratio_B * T), 1, T).astype(jnp.int32)
     ranks = jnp.argsort(jnp.argsort(jax.random.uniform(rng, (B, T)), axis=-1), axis=-1)
@@ -60,7 +60,7 @@ def loss(model, batch, rng, config):
     tokens = batch["tokens"].reshape(batch["tokens"].shape[0], -1)
     B, T = tokens.shape
     k_r, k_mask, k_drop = jax.random.split(rng, 3)
-    mask = _random_mask(k_mask, B, T, mask_schedule(jax.random.uniform(k_r, (B,))))
+    mask = random_mask(k_mask, B, T, mask_schedule(jax.random.uniform(k_r, (B,))))
     ids, tmask = base.drop_captions(batch["text_ids"], batch["text_mask"], config.cfg_dropout, k_drop)
     value = jnp.mean(_masked_ce(model, tokens, mask, ids, tmask, model.special))
     return value, {"loss": value}
@@ -73,7 +73,7 @@ def eval_loss(model, batch, rng, config):
     B, T = tokens.shape
     out = {}
     for i, ratio in enumerate(EVAL_MASK_RATIOS):
-        mask = _random_mask(jax.random.fold_in(rng, i), B, T, jnp.full((B,), ratio))
+        mask = random_mask(jax.random.fold_in(rng, i), B, T, jnp.full((B,), ratio))
         name = "mean" if i == len(EVAL_MASK_RATIOS) - 1 else f"{ratio:.2f}"
         out[f"loss_mask{name}"] = _masked_ce(model, tokens, mask, batch["text_ids"],
                                              batch["text_mask"], model.special)

@@ -1,4 +1,5 @@
-"""The paper's five published findings (DESIGN.md §1), each checked against a study.
+"""The paper's five published findings (DESIGN.md §1), each checked against a study, and the two
+contrasts of the {discrete, continuous} × {raster, random order} square after them.
 
 The findings table says who leads each metric at each budget; a reader comparing with Kilian et
 al. wants one answer per claim. Each claim gets a verdict — reproduced, partly reproduced,
@@ -17,12 +18,18 @@ from imgsynth.scaling.markup import ci as _ci, num as _num
 from imgsynth.scaling.replicates import separated
 
 DIFFUSION, TOKENS, NEXT_TOKEN = "flow", ("maskgit", "ar"), "ar"
+PAPER = (DIFFUSION, *TOKENS)          # the paper's findings compare these three only
+# The square's contrasts: (a, b) pairs at fixed order (token type) and at fixed token type
+# (order); `a` is the side the contrast's hypothesis says leads (docs/square.md).
+TOKEN_TYPE = (("ar_continuous", "ar"), ("mar", "maskgit"))
+ORDER = (("maskgit", "ar"), ("mar", "ar_continuous"))
+CONTINUOUS = ("ar_continuous", "mar")
 HEADERS = ("finding (paper)", "metric", "verdict", "evidence")
 REPRODUCED, PARTLY, REFUTED, UNCLEAR, NOT_MEASURED = (
     "reproduced", "partly reproduced", "refuted", "no clear lead", "not measured")
 
 
-def _observed(f: dict, metric: str) -> list[dict]:
+def observed(f: dict, metric: str) -> list[dict]:
     """The findings rows trained (not extrapolated) for a headline metric, ascending budget."""
     return [x for x in f["findings"] if x["kind"] == "observed"
             and x["metric"].split("/", 1)[1] == metric]
@@ -55,7 +62,7 @@ def _tally(verdicts: Sequence[str | None], a_wins: str, b_wins: str) -> str:
 
 def _prompt_claim(f: dict, metric: str, label: str) -> dict:
     claim = "1. token methods, led by next-token prediction, beat diffusion on prompt following"
-    pairs = [(x, _duel(x, TOKENS, [DIFFUSION], True)) for x in _observed(f, metric)]
+    pairs = [(x, _duel(x, TOKENS, [DIFFUSION], True)) for x in observed(f, metric)]
     rows, duels = [x for x, d in pairs if d], [d for _, d in pairs if d]
     if not rows:
         return dict(finding=claim, metric=label, verdict=NOT_MEASURED,
@@ -78,7 +85,7 @@ def _quality_claim(f: dict) -> dict:
     claim = ("2. next-token prediction leads image quality at small budgets; diffusion improves "
              "faster and its fitted trend catches up")
     label = "FD on judge features"
-    rows = [x for x in _observed(f, "fd_judge") if _duel(x, [NEXT_TOKEN], [DIFFUSION], False)]
+    rows = [x for x in observed(f, "fd_judge") if _duel(x, [NEXT_TOKEN], [DIFFUSION], False)]
     if not rows:
         return dict(finding=claim, metric=label, verdict=NOT_MEASURED,
                     evidence="no budget has both next-token prediction and diffusion evaluated")
@@ -186,10 +193,68 @@ def _autoencoder_claim(runs, primary: str) -> dict:
     return dict(finding=claim, metric=label, verdict=verdict, evidence="; ".join(parts) + note)
 
 
+def _ceilings(runs, column: str) -> str:
+    """The two autoencoders' reconstruction ceilings (median over runs): the token-type contrast
+    is also a KL-vs-FSQ contrast, so its reader needs both."""
+    parts = []
+    for name, side in (("KL", CONTINUOUS), ("discrete", TOKENS)):
+        v = [r[f"ceilings/{column}"] for r in runs if r["paradigm"] in side
+             and math.isfinite(r.get(f"ceilings/{column}", math.nan))]
+        parts.append(f"{name} {_num(float(np.median(v)))}" if v else f"{name} not measured")
+    return f"autoencoder ceilings ({column.replace('autoencoder_', '')} of reconstructions): " + \
+        ", ".join(parts)
+
+
+def _square_claim(runs, f: dict, claim: str, metric: str, label: str, higher: bool, pairs,
+                  a_name: str, b_name: str, ceiling: str) -> dict:
+    """One contrast of the square: at every budget, each (a, b) pair's duel; a verdict from the
+    clear leads as for the paper's findings."""
+    duels = [(x, a, b, _duel(x, [a], [b], higher)) for x in observed(f, metric)
+             for a, b in pairs]
+    duels = [(x, a, b, d) for x, a, b, d in duels if d]
+    if not duels:
+        return dict(finding=claim, metric=label, verdict=NOT_MEASURED, evidence=(
+            "no budget has both paradigms of a pair evaluated; " + _ceilings(runs, ceiling)))
+    clear = [(a_name if d[0] == "a" else b_name) if d[1] else None for _, _, _, d in duels]
+    verdict = _tally(clear, a_name, b_name)
+    verdict = {a_name: REPRODUCED, b_name: REFUTED}.get(verdict, verdict)
+    per_pair = []
+    for a, b in pairs:
+        mine = [(x, d) for x, pa, _, d in duels if pa == a]
+        if mine:
+            x = mine[-1][0]
+            per_pair.append(f"{a} vs {b}: {a} clearly ahead at "
+                            f"{sum(d[0] == 'a' and d[1] for _, d in mine)}/{len(mine)} budgets, "
+                            f"{b} at {sum(d[0] == 'b' and d[1] for _, d in mine)}; at "
+                            f"{_num(x['budget'], 2)} FLOPs {_cell(x, a)} vs {_cell(x, b)}")
+    return dict(finding=claim, metric=label, verdict=verdict,
+                evidence="; ".join(per_pair + [_ceilings(runs, ceiling)]))
+
+
+def square(runs: Sequence[dict], f: dict) -> list[dict]:
+    """The square's two contrasts (beyond the paper): token type at fixed order, order at fixed
+    token type."""
+    return [
+        _square_claim(runs, f, "square: token type — continuous tokens beat discrete ones on "
+                      "image quality at fixed order", "fd_judge", "FD on judge features", False,
+                      TOKEN_TYPE, "continuous", "discrete", "autoencoder_fd_judge"),
+        _square_claim(runs, f, "square: order — random order beats raster order on prompt "
+                      "following at fixed token type", "prompt_following/overall",
+                      "prompt following (judge)", True, ORDER, "random", "raster",
+                      "autoencoder_prompt_following"),
+    ]
+
+
 def check(runs: Sequence[dict], f: dict) -> list[dict]:
     """One entry per published claim (finding, metric, verdict, evidence) from the finished
-    main-grid runs and the study's fits (`fits.fit_study` without this key)."""
+    main-grid runs and the study's fits (`fits.fit_study` without this key), then the square's
+    two contrasts. The paper's claims read the paper's three paradigms only."""
     primary = f["meta"]["primary_weights"]
+    paper = [r for r in runs if r["paradigm"] in PAPER]
+    return _paper(paper, f, primary) + square(runs, f)
+
+
+def _paper(runs: Sequence[dict], f: dict, primary: str) -> list[dict]:
     return [
         _prompt_claim(f, "prompt_following/overall", "prompt following (judge)"),
         _prompt_claim(f, "alignment_score", "alignment score (the CLIP-score analogue)"),

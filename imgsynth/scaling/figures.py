@@ -23,7 +23,9 @@ from imgsynth.scaling.fits import PRIMARY_WEIGHTS, main_runs
 from imgsynth.scaling.table import PROMPT_CATEGORIES
 
 PARADIGM_STYLE = {"flow": ("#1f77b4", "flow matching"), "maskgit": ("#2ca02c", "MaskGIT"),
-                  "ar": ("#d62728", "autoregressive")}
+                  "ar": ("#d62728", "autoregressive"),
+                  "ar_continuous": ("#ff7f0e", "autoregressive, continuous"),
+                  "mar": ("#9467bd", "MAR (continuous)")}
 MARKERS = "os^DvPX*h"
 METRIC_AXES = {
     "prompt_following": "prompt following (fraction of prompts satisfied)",

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from imgsynth.scaling import claims, controls, figures, fits as fitting, table
+from imgsynth.scaling import claims, controls, figures, fits as fitting, square, table
 from imgsynth.scaling.markup import (ci as _ci, esc as _esc, num as _num, num0 as _num0,
                                       table as _table, warn as _warn)
 from imgsynth.scaling.estimators import LOSS_HUBER_DELTA, FitError
@@ -38,7 +38,9 @@ figcaption{font-size:.88em;color:#444;margin-top:.3em}
 code{background:#f4f4f4;padding:0 3px}
 """
 PARADIGM_NAMES = {"flow": "flow matching (diffusion)", "maskgit": "MaskGIT (masked tokens)",
-                  "ar": "autoregressive (next token)"}
+                  "ar": "autoregressive (next token)",
+                  "ar_continuous": "autoregressive on continuous tokens (next token, flow head)",
+                  "mar": "MAR (random order, continuous tokens, flow head)"}
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +302,8 @@ def _ceilings_sentence(rows) -> str:
         return float(np.median(v)) if v else None
 
     recon = [f"{label} at {_num(v, 2)}" for label, v in (
-        ("the continuous autoencoder's (flow)", med("autoencoder_prompt_following", ("flow",))),
+        ("the continuous autoencoder's (flow, continuous tokens)",
+         med("autoencoder_prompt_following", (claims.DIFFUSION, *claims.CONTINUOUS))),
         ("the tokenizer's (MaskGIT, next-token)",
          med("autoencoder_prompt_following", ("maskgit", "ar")))) if v is not None]
     parts = [text.format(_num(v, 2)) for text, v in (
@@ -391,6 +394,11 @@ def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) ->
             "the intervals separate (FLOP counts are exact; timings are one measurement each).</p>"
             + _table(claims.HEADERS, claims.rows(f["claims"], lambda t: f"<b>{t}</b>", _esc),
                      left=2))),
+        ("square", "The square: token type × order", (
+            "<p>Beyond the paper: the four corners of {discrete, continuous} tokens × {raster, "
+            "random} order on one backbone and one FLOP count, beside whole-image diffusion. The "
+            "token-type contrast is also an FSQ-vs-KL autoencoder contrast: each verdict names "
+            "both autoencoders' ceilings.</p>" + square.html(f))),
         ("prompt", "Prompt following", fig(
             figures.metric_vs_flops(rows, f, "prompt_following/overall"), "prompt_following",
             "Share of prompts whose generated image the judge reads back as satisfying the prompt, "
