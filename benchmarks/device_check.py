@@ -13,8 +13,8 @@ grid    the nine training runs of experiments/grids/gpu_study.py through `python
         on synthetic records (no data, autoencoder or evaluation stages)
 
 `--smoke` runs every part at tiny sizes (size T at 64 tokens, sampling at batch 1 with its
-latency, one 2-step grid run): on a CPU in a few minutes, so the script is exercised by the test suite and cannot
-rot. The parts reuse benchmarks/backbone_throughput.py, benchmarks/sampling.py and
+latency, one 2-step grid run): on a CPU in a few minutes, so the script is exercised by the test
+suite and cannot rot. The parts reuse benchmarks/backbone_throughput.py, benchmarks/sampling.py and
 imgsynth/perf.py.
 """
 from __future__ import annotations

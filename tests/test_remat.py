@@ -18,7 +18,8 @@ def loss_and_grads(remat: str, scan_layers: bool):
                             cond_dim=D, scan_layers=scan_layers, remat=remat)
     model = Transformer(cfg, rngs=nnx.Rngs(0))
     for _, p in nnx.to_flat_state(nnx.state(model, nnx.Param)):   # adaLN off its zero init
-        p.set_value(p.get_value() + 0.05 * jax.random.normal(jax.random.key(3), p.get_value().shape))
+        noise = jax.random.normal(jax.random.key(3), p.get_value().shape)
+        p.set_value(p.get_value() + 0.05 * noise)
     r = np.random.default_rng(0)
     x, cond, ctx = (jnp.asarray(r.normal(size=shape), jnp.float32)
                     for shape in ((B, T, D), (B, D), (B, S, D)))
