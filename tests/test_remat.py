@@ -1,6 +1,8 @@
 """Rematerialisation (`model.remat`): every policy computes the same loss and gradients as none,
 `auto` takes the least recomputation whose compiled step fits the memory it is given, and a bad
 value is a config error."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,3 +105,23 @@ def test_compile_only_reports_every_policy_and_the_choice(monkeypatch):
 def test_bad_remat_is_a_config_error():
     with pytest.raises(ValueError, match="model.remat='sometimes'; choose one of"):
         registry.plan(tiny_flow("sometimes"))
+
+
+def test_training_with_auto_builds_the_chosen_policy_and_keeps_auto_in_config(tmp_path,
+                                                                               monkeypatch):
+    from test_train import GOLDEN, tiny
+    chosen = []
+
+    def choose(config, plan, limit, **kw):
+        chosen.append(limit)
+        return "full", {}
+    monkeypatch.setattr(train, "choose_remat", choose)
+    built, module = [], registry.paradigm_module(tiny("flow"))
+    build = module.build
+    monkeypatch.setattr(module, "build", lambda config, rngs: built.append(config.model.remat)
+                        or build(config, rngs))
+    row = train.train(tiny("flow", steps=2, **{"model.remat": "auto"}), str(tmp_path))
+    assert chosen == [train.device_memory_limit()] and set(built) == {"full"}
+    for k, v in GOLDEN["flow"].items():   # recomputation changes no number
+        np.testing.assert_allclose(row[k], v, rtol=2e-4, err_msg=k)
+    assert json.load(open(tmp_path / "config.json"))["model"]["remat"] == "auto"
