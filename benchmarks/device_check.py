@@ -4,13 +4,15 @@
 
 env     the device, jax/jaxlib/CUDA/cuDNN versions, and the measured bfloat16 matmul peak
 train   training MFU (against that peak) of a ~300M-parameter model, flow and next-token,
-        at 256 image tokens (width 1024, 16 layers, 16 heads; caption encoder 4 layers)
-sample  images/s at a batch of 64 and batch-1 latency per paradigm at 256 tokens, and the
-        next-token KV-cache speedup (cached decoding vs recomputing the prefix every token)
+        at 256 image tokens (width 1024, 16 layers, 16 heads; caption encoder 4 layers), batch
+        128; then flow at batch 256 and 512 with the rematerialisation `model.remat=auto`
+        chooses for the device's memory (`train_remat`)
+sample  images/s at a batch of 256 per paradigm at 256 tokens, and the next-token KV-cache
+        speedup at a batch of 64 (cached decoding vs recomputing the prefix every token)
 
 The study itself (data, grid, evaluation, report) is benchmarks/device_run.sh's. `--smoke` runs
-every part at tiny sizes (size T at 64 tokens, sampling at batch 1): on a CPU in a few minutes,
-so the script is exercised by the test suite and cannot rot. The parts reuse
+every part at tiny sizes (size T at 64 tokens, sampling at batch 1 with its latency): on a CPU in
+a few minutes, so the script is exercised by the test suite and cannot rot. The parts reuse
 benchmarks/backbone_throughput.py, benchmarks/sampling.py and imgsynth/perf.py.
 """
 from __future__ import annotations
@@ -93,6 +95,27 @@ def part_train(args) -> None:
         emit("train_mfu", measure_or_xla(
             "train_mfu", config,
             lambda c: backbone_throughput.measure(c, steps=2 if args.smoke else 10, peak=peak)))
+    for batch in (16,) if args.smoke else (256, 512):   # beyond what fits without remat
+        config = model_config("flow", args.smoke, batch)
+        emit("train_remat", measure_or_xla("train_remat", config, lambda c: remat_and_mfu(
+            c, steps=2 if args.smoke else 5, peak=peak)))
+
+
+def remat_and_mfu(config, steps: int, peak: float) -> dict:
+    """`model.remat=auto`'s choice for this device (from the compiled step's memory, before any
+    weights exist), then the training MFU under that choice."""
+    import backbone_throughput
+    from imgsynth import registry, train
+    limit = train.device_memory_limit()
+    remat, peaks = train.choose_remat(config, registry.plan(config), limit)
+    config.model.remat = remat
+    return {**backbone_throughput.measure(config, steps=steps, peak=peak), "remat": remat,
+            "memory_limit_bytes": limit, "remat_peak_bytes_per_device": peaks}
+
+
+# Sampling is measured at this batch (guidance doubles it), the KV-cache speedup at the smaller
+# one: recomputing the prefix at 256 costs five times flow's 50 steps.
+SAMPLE_BATCH, KV_BATCH = 256, 64
 
 
 def part_sample(args) -> None:
@@ -102,11 +125,13 @@ def part_sample(args) -> None:
         if args.smoke and paradigm == "flow":
             config.sampler.steps = 2
         result = measure_or_xla("sampling", config, lambda c: sampling.measure(
-            c, batch=1 if args.smoke else 64, repeats=1))   # smoke: batch 1, one compilation
+            c, batch=1 if args.smoke else SAMPLE_BATCH, repeats=1, latency=args.smoke,
+            kv_batch=1 if args.smoke else KV_BATCH))   # smoke: batch 1, one compilation
         emit("sampling", result)
         if "kv_cache_speedup" in result:
-            emit("kv_cache", {k: result[k] for k in ("paradigm", "size", "batch", "image_tokens",
-                                                     "images_per_s", "uncached_images_per_s",
+            emit("kv_cache", {k: result[k] for k in ("paradigm", "size", "kv_batch",
+                                                     "image_tokens", "kv_images_per_s",
+                                                     "uncached_images_per_s",
                                                      "kv_cache_speedup", "attention", "device")})
 
 
@@ -136,6 +161,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    elif "train" in args.parts:   # remat=auto chooses for 95 % of the GPU, not JAX's default 75 %
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     for part in args.parts:
         globals()[f"part_{part}"](args)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The accelerator check: what matters about a device in under 5 minutes, each part ending with
-# one JSON line ("part": env, peak, train_mfu, sampling, kv_cache). The study itself (data,
+# The accelerator check: what matters about a device in under 8 minutes, each part ending with
+# one JSON line ("part": env, peak, train_mfu, train_remat, sampling, kv_cache). The study (data,
 # grid, evaluation, report) is benchmarks/device_run.sh's.
 #
 #   benchmarks/device_check.sh [--smoke] [--workdir=DIR]      (PYTHON=... picks the interpreter)
 #
 # Parts run in their own processes, each under a time cap, so one failing part reports an error
 # line and the rest still run; the exit status is non-zero if any part failed. Caps on one
-# H100/H200-class GPU: env and peak 40 s, training MFU 100 s, sampling and KV cache 120 s.
+# H100/H200-class GPU: env and peak 40 s, training MFU and remat 240 s, sampling and KV cache
+# 180 s.
 # --smoke runs every part at tiny sizes on a CPU, uncapped, in one process (the test suite
 # does, so the script cannot rot).
 set -uo pipefail
@@ -45,7 +46,7 @@ if [ $smoke -eq 1 ]; then   # one process: the tiny parts share their compilatio
   part 0 "env train sample"
 else
   part 40 env
-  part 100 train
-  part 120 sample
+  part 240 train
+  part 180 sample
 fi
 exit $failed

@@ -99,7 +99,7 @@ def train_job(run, compiled: set) -> Job:
     steps = run.steps - run.fork_step
     batch = run.config.global_batch_size
     gpu_s = (steps * run.flops_per_step / TRAIN_FLOPS_PER_S
-             * (REMAT_WORK if run.config.model.remat else 1.0))
+             * (REMAT_WORK if run.config.model.remat != "none" else 1.0))
     floor_s = steps * max(batch / PIPELINE_IMAGES_PER_S, _layers(run) * STEP_FLOOR_S_PER_LAYER)
     return Job(name=run.name, kind="train", key=key,
                start_s=START_S + (COMPILE_S[run.paradigm] if first else CACHED_COMPILE_S),

@@ -44,7 +44,10 @@ def generator(paradigm: str, args: ml_collections.ConfigDict) -> ml_collections.
     c.grid = ml_collections.ConfigDict({"name": "", "budget": 0.0, "ablation": {}})
 
     c.model = ml_collections.ConfigDict(dict(
-        width=0, depth=0, heads=0, mlp_dim=0, dtype="float32", scan_layers=True, remat=False,
+        width=0, depth=0, heads=0, mlp_dim=0, dtype="float32", scan_layers=True,
+        # rematerialisation per block: none | dots | dots_no_batch | full | auto (the least that
+        # fits the device's memory, chosen from the compiled step before any weights exist)
+        remat="none",
         attention="auto"))   # dot_product_attention kernel: auto (cuDNN on GPUs) | xla | cudnn
     c.text = ml_collections.ConfigDict(dict(   # the caption encoder (docs/text.md)
         encoder="trained",   # trained (with the generator) | clip (frozen, from text.weights)

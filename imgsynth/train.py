@@ -97,7 +97,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     fork = fork_source(resolved(config, plan), workdir)   # a branch's errors before any work
     sources = (sources_lib.synthetic(plan.module, config) if config.data.name == "synthetic"
                else stages.generator_sources(config))   # may train the autoencoder first
-    return loop.run(resolved(config, plan), workdir, task(config, sources, plan, fork))
+    built = config   # config.json keeps "auto"; the model is built with the policy it chose
+    if config.model.remat == "auto":
+        built = with_remat(config, choose_remat(config, plan, device_memory_limit())[0])
+    return loop.run(resolved(config, plan), workdir, task(built, sources, plan, fork))
 
 
 # Keys in which a cooldown branch may differ from its trunk: the schedule's end and the grid's
@@ -170,13 +173,28 @@ def resolved(config, plan: registry.Plan) -> ml_collections.ConfigDict:
     return out
 
 
-def compile_only(config: ml_collections.ConfigDict) -> dict:
+def compile_only(config: ml_collections.ConfigDict, memory_limit: int | None = None) -> dict:
     """Lowers and compiles the update step for the configured mesh without creating any weights.
 
     Reports the memory the step needs per device, so a configuration that does not fit is found
-    before a pod is paid for.
+    before a pod is paid for. With `model.remat=auto` it compiles every rematerialisation policy,
+    reports each one's memory and the one training would choose for `memory_limit` bytes per
+    device (this device's own limit when None).
     """
     plan = registry.plan(config)
+    remat = config.model.remat
+    if remat == "auto":
+        limit = memory_limit or device_memory_limit()
+        remat, peaks = choose_remat(config, plan, limit, every=True)
+        report = {"remat": remat, "memory_limit_bytes": limit,
+                  "remat_peak_bytes_per_device": peaks}
+    else:
+        report = {"remat": remat}
+    return {**compile_step(with_remat(config, remat), plan), **report}
+
+
+def compile_step(config: ml_collections.ConfigDict, plan: registry.Plan) -> dict:
+    """Compiles the update step from abstract shapes (no weights) and reports its memory."""
     module = plan.module
     mesh = sharding.make_mesh(config.mesh)
     config_lib.validate(config, data_parallel=sharding.data_parallel_size(mesh),
@@ -211,13 +229,59 @@ def compile_only(config: ml_collections.ConfigDict) -> dict:
     return report
 
 
+# Share of a device's memory limit the compiled step may ask for: the rest absorbs the
+# allocator's fragmentation and the buffers outside the step (a batch in flight, metrics).
+FIT_FRACTION = 0.9
+
+
+def with_remat(config: ml_collections.ConfigDict, remat: str) -> ml_collections.ConfigDict:
+    out = ml_collections.ConfigDict(config.to_dict())
+    out.model.remat = remat
+    return out
+
+
+def device_memory_limit(device=None) -> int:
+    """Bytes one device may hold: the allocator's limit on an accelerator, else (a CPU) the
+    host's physical memory shared among its local devices."""
+    device = device or jax.local_devices()[0]
+    stats = device.memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // jax.local_device_count()
+
+
+def choose_remat(config: ml_collections.ConfigDict, plan: registry.Plan, memory_limit: int, *,
+                 every: bool = False, compile_fn=None) -> tuple[str, dict[str, int | None]]:
+    """The least rematerialisation (in `transformer.REMAT_POLICIES` order) whose compiled update
+    step needs at most FIT_FRACTION of `memory_limit` bytes per device, and the peak bytes of each
+    policy compiled (all of them with `every`). Decided from XLA's memory analysis of the compiled
+    program, before any weights exist; a step that fits under no policy is a config error."""
+    compile_fn = compile_fn or compile_step
+    peaks, choice = {}, None
+    for remat in transformer.REMAT_POLICIES:
+        if choice is not None and not every:
+            break
+        peaks[remat] = compile_fn(with_remat(config, remat), plan).get("peak_bytes_per_device")
+        fits = peaks[remat] is None or peaks[remat] <= FIT_FRACTION * memory_limit
+        if choice is None and fits:
+            choice = remat
+    if choice is None:
+        raise config_lib.ConfigError(
+            f"model.remat=auto: the update step needs {peaks['full'] / 2**30:.1f} GiB per device "
+            f"even with full rematerialisation, more than {FIT_FRACTION:.0%} of the device's "
+            f"{memory_limit / 2**30:.1f} GiB; lower global_batch_size or shard the model (mesh)")
+    logging.info("model.remat=auto: %s (peak GiB per device: %s)", choice,
+                 {k: None if v is None else round(v / 2**30, 2) for k, v in peaks.items()})
+    return choice, peaks
+
+
 def main(argv) -> None:
     del argv
     logging.basicConfig(level=logging.INFO)
     with cli.usage_errors(KeyError, ValueError):   # unknown size or paradigm, a bad budget
         registry.plan(_CONFIG.value)
     if _COMPILE_ONLY.value:
-        report = compile_only(_CONFIG.value)
+        report = compile_only(_CONFIG.value, int(_DEVICE_MEMORY_GB.value * 2**30) or None)
         for k, v in report.items():
             print(f"{k:<32} {v}")
         print(json.dumps(report))
@@ -238,5 +302,9 @@ if __name__ == "__main__":
     _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed if present).")
     _COMPILE_ONLY = flags.DEFINE_bool(
         "compile_only", False, "Only lower and compile the update step; print its memory needs.")
+    _DEVICE_MEMORY_GB = flags.DEFINE_float(
+        "device_memory_gb", 0.0, "--compile_only with model.remat=auto: the memory (GiB) one "
+        "device may hold, e.g. 133 for an H200 at XLA_PYTHON_CLIENT_MEM_FRACTION=0.95; 0: this "
+        "device's own")
     flags.mark_flags_as_required(["config"])
     cli.run_absl(main)

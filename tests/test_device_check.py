@@ -39,6 +39,8 @@ def test_device_check_smoke_runs_every_part(tmp_path):
     assert [r["paradigm"] for r in by_part["train_mfu"]] == ["flow", "ar"]
     for r in by_part["train_mfu"]:
         assert r["dtype"] == "bfloat16" and 0 < r["mfu"] and math.isfinite(r["loss"])
+    remat = by_part["train_remat"][0]   # remat=auto's choice: a CPU's memory holds size T whole
+    assert remat["remat"] == "none" and remat["remat_peak_bytes_per_device"]["none"] > 0
     assert [r["paradigm"] for r in by_part["sampling"]] == ["flow", "maskgit", "ar"]
     assert all(r["images_per_s"] > 0 and r["latency_s"] > 0 for r in by_part["sampling"])
     assert by_part["kv_cache"][0]["kv_cache_speedup"] > 0

@@ -80,7 +80,7 @@ def test_shipped_grids():
     assert {r.size for r in paper.runs} == {"L", "XL", "XXL", "3XL"}
     assert min(r.budget for r in paper.runs) == 1e17 and max(r.budget for r in paper.runs) == 1e20
     for r in paper.runs:
-        assert r.config.model.dtype == "bfloat16" and r.config.model.remat
+        assert r.config.model.dtype == "bfloat16" and r.config.model.remat == "full"
         assert r.config.global_batch_size == 256 and len(r.config.mesh) == 3
         assert grid_lib.estimate_seconds(r) is None          # no CPU rate for pod sizes
         assert math.isclose(grid_lib.estimate_seconds(r, 1e15), r.train_flops / 1e15)

@@ -32,7 +32,8 @@ OVERRIDES = {
     # 8 runs share one GPU, 0.9/8 of its memory each (9 GB on an H100): L's update step at batch
     # 256 asks 22.2 GiB without rematerialisation, 3.3 GiB with it (M 1.1 GiB; `--compile_only`,
     # CPU layouts). S and M wait on their input pipeline, so its recomputation costs L alone.
-    "model.remat": True,
+    # `full`, not `auto`: auto's choice costs up to four more compilations per process.
+    "model.remat": "full",
     "optimizer.warmup_steps": 50,    # capped at 10 % of the shortest run of a trunk
     "ema_decay": 0.99,               # a ~100-step average; branches are 206-1,213 steps
     "log_every_steps": 25,
@@ -47,7 +48,7 @@ OVERRIDES = {
 # paradigm (each process costs tens of seconds of start-up and compilation on a CPU).
 REHEARSAL = {"T": (6e10,)}
 REHEARSAL_OVERRIDES = {**OVERRIDES, "global_batch_size": 16, "model.dtype": "float32",
-                       "model.remat": False,
+                       "model.remat": "none",
                        "optimizer.warmup_steps": 2, "log_every_steps": 5, "eval_examples": 32,
                        "eval.num_samples": 60}
 

@@ -25,7 +25,7 @@ MESH = {"L": (-1, 1, 1), "XL": (-1, 1, 1), "XXL": (1, -1, 1), "3XL": (1, -1, 1)}
 COMMON = {
     "global_batch_size": 256,
     "model.dtype": "bfloat16",
-    "model.remat": True,
+    "model.remat": "full",
     "data.resolution": 64,
     "data.builder_config": "r64",
     "optimizer.warmup_steps": 1000,

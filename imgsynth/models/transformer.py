@@ -26,6 +26,19 @@ from imgsynth.sharding import constrain
 Cache = dict[str, jax.Array]
 ATTENTION_CHOICES = ("auto", "xla", "cudnn")
 PARAM_DTYPE = jnp.float32
+# Rematerialisation of each block in the backward pass, from least recomputation (most memory) to
+# most: `jax.checkpoint` policies naming what a block keeps from its forward pass. "dots" keeps
+# every matmul output, "dots_no_batch" only those without batch dimensions (the weight matmuls:
+# attention scores are recomputed), "full" only the block's input.
+REMAT_POLICIES = {
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+# "auto": the least of these whose compiled update step fits the device (chosen by the trainer,
+# `imgsynth.train.choose_remat`, before any weights exist); a forward pass alone runs it as "none".
+REMAT_CHOICES = (*REMAT_POLICIES, "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +51,7 @@ class TransformerConfig:
     ctx_width: int = 0        # 0: no cross-attention
     cond_dim: int = 0         # 0: no adaLN modulation
     scan_layers: bool = True  # False unrolls (XLA cost analysis counts a scan body once)
-    remat: bool = False
+    remat: str = "none"         # one of REMAT_CHOICES
     dtype: Any = jnp.float32    # compute dtype of matmuls; parameters are always float32
     norm_eps: float = 1e-6
     attention: str = "auto"     # "auto" | "xla" | "cudnn": the dot_product_attention kernel
@@ -46,6 +59,8 @@ class TransformerConfig:
     def __post_init__(self):
         if self.attention not in ATTENTION_CHOICES:
             raise ValueError(f"model.attention={self.attention!r}; choose one of {ATTENTION_CHOICES}")
+        if self.remat not in REMAT_CHOICES:
+            raise ValueError(f"model.remat={self.remat!r}; choose one of {REMAT_CHOICES}")
 
     @property
     def head_dim(self) -> int:
@@ -211,8 +226,13 @@ class Block(nnx.Module):
         self.cfg = cfg
 
     def __call__(self, x_BTD, cond_BC, ctx_BSD, ctx_lengths_B, self_attn: dict, cache: Cache,
-                 index, implementation: str):
-        """One block on the float32 residual stream `x_BTD`; `self_attn` holds `attend`'s masking."""
+                 layer, index, implementation: str, cross_kv=None):
+        """One block on the float32 residual stream `x_BTD`; `self_attn` holds `attend`'s masking.
+
+        Decoding: `cache` is every layer's keys/values [depth, B, L, H, K]; this block writes its
+        chunk at (`layer`, `index`) in place and attends to its layer's first `self_attn["keys"]`
+        positions. `cross_kv` is its cached cross-attention keys/values (else from `ctx_BSD`).
+        """
         cfg = self.cfg
         if cfg.cond_dim:
             mods = self.modulation(jax.nn.silu(cond_BC)).astype(jnp.float32)
@@ -223,17 +243,21 @@ class Block(nnx.Module):
 
         h = self.norm1(x_BTD) * (1 + scale1) + shift1
         k, v = self.attn.kv(h)
-        if cache:  # incremental decoding: write this chunk at `index`, attend to the whole cache
-            k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, 1)
-            v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, 1)
-            cache = {**cache, "k": k, "v": v}
-        x_BTD = x_BTD + gate1 * self.attn.attend(h, k, v, implementation, **self_attn)
+        attn_kw = self_attn
+        if cache:  # write the chunk first, then read the layer back: the update stays in place
+            keys = self_attn["keys"]
+            cache = {name: jax.lax.dynamic_update_slice(
+                cache[name], new[None].astype(cache[name].dtype), (layer, 0, index, 0, 0))
+                for name, new in (("k", k), ("v", v))}
+            k, v = (jax.lax.dynamic_slice(cache[name], (layer, 0, 0, 0, 0),
+                                          (1, *cache[name].shape[1:2], keys,
+                                           *cache[name].shape[3:]))[0]
+                    for name in ("k", "v"))
+            attn_kw = {"mask": self_attn["mask"]}
+        x_BTD = x_BTD + gate1 * self.attn.attend(h, k, v, implementation, **attn_kw)
 
         if cfg.ctx_width:
-            if cache and "ck" in cache:
-                ck, cv = cache["ck"], cache["cv"]
-            else:
-                ck, cv = self.cross.kv(ctx_BSD)
+            ck, cv = cross_kv if cross_kv is not None else self.cross.kv(ctx_BSD)
             x_BTD = x_BTD + self.cross.attend(self.norm_ctx(x_BTD), ck, cv, implementation,
                                               lengths_B=ctx_lengths_B)
 
@@ -283,46 +307,54 @@ class Transformer(nnx.Module):
         return cache
 
     def __call__(self, x_BTD, *, mask_BT=None, cond_BC=None, ctx_BSD=None, ctx_mask_BS=None,
-                 cache: Cache | None = None, index=0):
+                 cache: Cache | None = None, index=0, keys: int | None = None):
         """Runs the stack. With `cache`, `x_BTD` is the chunk at positions [index, index + T).
 
         `mask_BT` hides padding keys from self-attention (the caption encoder's padded captions),
         `ctx_mask_BS` the caption's padding from cross-attention. Padding masks are prefixes (True
         on the first n tokens, as every tokenizer here writes them): they reach the attention
-        kernel as per-example lengths, the form cuDNN's fused kernel takes. Returns the final
-        normalised states in float32 and the updated cache.
+        kernel as per-example lengths, the form cuDNN's fused kernel takes. Decoding attends to
+        the cache's first `keys` positions only (static; all of them when None): a decoder that
+        knows `index + T ≤ keys` reads no more of the cache than it has written. Returns the
+        final normalised states in float32 and the updated cache.
         """
         cfg = self.cfg
         T = x_BTD.shape[1]
+        kv_cache, cross = {}, {}
         if cache is None:
-            cache = {}
             self_attn = {"causal": cfg.causal, "lengths_B": _lengths(mask_BT)}
             implementation = attention_implementation(cfg)
         else:  # keys beyond the written prefix (and the future, if causal) are hidden
-            key_pos = jnp.arange(cache["k"].shape[2])
+            kv_cache = {"k": cache["k"], "v": cache["v"]}
+            cross = {name: cache[name] for name in ("ck", "cv") if name in cache}
+            keys = keys or cache["k"].shape[2]
+            key_pos = jnp.arange(keys)
             query_pos = index + jnp.arange(T)
             visible = key_pos[None, :] <= (query_pos[:, None] if cfg.causal else index + T - 1)
-            self_attn = {"mask": visible[None, None]}
+            self_attn = {"mask": visible[None, None], "keys": keys}
             implementation = "xla"   # decoding a token is memory-bound; no fused kernel needed
         ctx_lengths_B = _lengths(ctx_mask_BS)
         x_BTD = constrain(x_BTD.astype(jnp.float32), "batch", "seq", "act_embed")
 
-        def body(block, x, layer_cache):
-            return block(x, cond_BC, ctx_BSD, ctx_lengths_B, self_attn, layer_cache, index,
-                         implementation)
+        def body(block, carry, cross):
+            x, kv, layer = carry
+            x, kv = block(x, cond_BC, ctx_BSD, ctx_lengths_B, self_attn, kv, layer, index,
+                          implementation, (cross["ck"], cross["cv"]) if cross else None)
+            return x, kv, layer + 1
 
-        if cfg.remat:
-            body = nnx.remat(body)
-        if cfg.scan_layers:
-            x_BTD, cache = nnx.scan(
-                body, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0),
-                transform_metadata={nnx.PARTITION_NAME: "layers"})(self.blocks, x_BTD, cache)
+        if REMAT_POLICIES.get(cfg.remat):   # prevent_cse: unneeded inside a scan, costly
+            body = nnx.remat(body, policy=REMAT_POLICIES[cfg.remat],
+                             prevent_cse=not cfg.scan_layers)
+        carry = (x_BTD, kv_cache, jnp.int32(0))
+        if cfg.scan_layers:   # the cache travels in the carry, so each step updates it in place
+            carry = nnx.scan(body, in_axes=(0, nnx.Carry, 0), out_axes=nnx.Carry,
+                             transform_metadata={nnx.PARTITION_NAME: "layers"})(
+                self.blocks, carry, cross)
         else:
-            new = []
             for i, block in enumerate(self.blocks):
-                x_BTD, c = body(block, x_BTD, jax.tree.map(lambda a: a[i], cache))
-                new.append(c)
-            cache = jax.tree.map(lambda *a: jnp.stack(a), *new) if cache else {}
+                carry = body(block, carry, jax.tree.map(lambda a: a[i], cross))
+        x_BTD, kv_cache, _ = carry
+        cache = {**cache, **kv_cache} if cache is not None else {}
 
         h = self.final_norm(x_BTD)
         if cfg.cond_dim:

@@ -108,11 +108,13 @@ class TokenModel(nnx.Module):
         ctx = self.text(text_ids, text_mask)
         return self.backbone.init_cache(text_ids.shape[0], self.gh * self.gw, ctx)
 
-    def decode_step(self, tokens_B, index, cache, text_mask):
-        """Logits for position `index` given the token fed there; returns the updated cache."""
+    def decode_step(self, tokens_B, index, cache, text_mask, keys: int | None = None):
+        """Logits for position `index` given the token fed there; returns the updated cache.
+        `keys` (static, > index): attend to the cache's first `keys` positions only."""
         pos_D = jax.lax.dynamic_index_in_dim(self.positions(), index, keepdims=False)
         x_B1D = self.embed_tokens(tokens_B)[:, None] + pos_D
-        h, cache = self.backbone(x_B1D, ctx_mask_BS=text_mask, cache=cache, index=index)
+        h, cache = self.backbone(x_B1D, ctx_mask_BS=text_mask, cache=cache, index=index,
+                                 keys=keys)
         return self.head(h[:, 0]).astype(jnp.float32), cache
 
 
