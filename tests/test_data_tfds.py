@@ -80,5 +80,5 @@ def test_config_errors_are_clear(tmp_path):
 
 
 def test_unprepared_dataset_says_how_to_prepare_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="ArrayRecord"):
+    with pytest.raises(FileNotFoundError, match=r"ArrayRecord.*TensorFlow.*\.\[tf\]"):
         pipeline.load_split(_cifar(tmp_path), "train")

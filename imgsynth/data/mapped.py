@@ -83,8 +83,10 @@ def raw_source(spec: DataSpec, split: str):
         raise FileNotFoundError(
             f"TFDS dataset {spec.tfds_name!r} split {split!r} is not available for random access "
             f"in data_dir={spec.data_dir or '(TFDS default)'}: prepare it in ArrayRecord format "
-            f"where it can be downloaded (`tfds build {spec.tfds_name} "
-            f"--file_format=array_record`) and copy it there. ({e})") from e
+            f"where it can be downloaded (TFDS's preparation needs TensorFlow: "
+            f"`pip install -e \".[tf]\"`, then `tfds build {spec.tfds_name} "
+            f"--file_format=array_record`, or `tfds convert_format` for a TFRecord copy) and "
+            f"copy it there. ({e})") from e
 
 
 def source(spec: DataSpec, split: str) -> grain.MapDataset:
