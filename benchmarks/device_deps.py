@@ -39,7 +39,7 @@ def requirements() -> list[tuple[str, str]]:
 
 
 def _release(version: str) -> tuple[int, ...]:
-    """The numeric release of a version ('0.12.0.1' → (0, 12, 0, 1); '2.21.0rc1' → (2, 21, 0))."""
+    """The numeric release: "0.12.0.1" → (0, 12, 0, 1), "2.21.0rc1" → (2, 21, 0)."""
     return tuple(int(re.match(r"\d+", part)[0]) for part in version.split(".")
                  if re.match(r"\d+", part))
 
