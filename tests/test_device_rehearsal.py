@@ -83,6 +83,12 @@ def test_rehearsal_on_python312_with_the_bundle_alone(tmp_path):
     if not glob.glob(os.path.join(REPO, ".whl", "*.whl")):
         _missing("no wheels in .whl/: run benchmarks/device_bundle.sh")
     venv_python = _image_venv(python)
+    # The image alone lacks the data packages: without .whl/ that is one line naming them.
+    bare = subprocess.run(["bash", "-c", f"source {ENV_SCRIPT}"], cwd=_fake_repo(tmp_path / "bare"),
+                          env=_env(PYTHON=venv_python, IMGSYNTH_BUNDLE_DIR=str(tmp_path / "b")),
+                          capture_output=True, text=True, timeout=300)
+    assert bare.returncode != 0 and len(bare.stderr.strip().splitlines()) == 1, bare.stderr
+    assert "grain>=" in bare.stderr and "benchmarks/device_bundle.sh" in bare.stderr
     hidden = tmp_path / "no_tensorflow" / "tensorflow"
     hidden.mkdir(parents=True)
     (hidden / "__init__.py").write_text(NO_TENSORFLOW)
@@ -106,15 +112,18 @@ def test_rehearsal_on_python312_with_the_bundle_alone(tmp_path):
     assert not attempts.exists(), f"TensorFlow was imported:\n{attempts.read_text()[-4000:]}"
 
 
-def _fake_repo(tmp_path, dependency: str):
+def _fake_repo(root, dependency: str | None = None):
     """benchmarks/device_env.sh and device_deps.py beside a pyproject.toml asking for one
-    dependency, and no .whl/."""
-    (tmp_path / "benchmarks").mkdir()
+    dependency (None: the suite's own), and no .whl/."""
+    (root / "benchmarks").mkdir(parents=True)
     for name in ("device_env.sh", "device_deps.py"):
-        shutil.copy(os.path.join(REPO, "benchmarks", name), tmp_path / "benchmarks" / name)
-    (tmp_path / "pyproject.toml").write_text(
-        f'[project]\nname = "x"\ndependencies = ["{dependency}"]\n')
-    return tmp_path
+        shutil.copy(os.path.join(REPO, "benchmarks", name), root / "benchmarks" / name)
+    if dependency is None:
+        shutil.copy(os.path.join(REPO, "pyproject.toml"), root / "pyproject.toml")
+    else:
+        (root / "pyproject.toml").write_text(
+            f'[project]\nname = "x"\ndependencies = ["{dependency}"]\n')
+    return root
 
 
 @pytest.mark.parametrize("dependency,named", [("numpy>=999", "numpy>=999 (found "),
