@@ -14,6 +14,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
+source benchmarks/device_env.sh || exit 2   # packages checked (and carried) before any work
 args=()
 workdir=""
 smoke=0

@@ -1,10 +1,12 @@
 """Public TFDS datasets mapped by config (mocked: nothing is downloaded)."""
+import importlib.util
 import os
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from imgsynth import cli
 from imgsynth.data import build, mapped, pipeline, records
 from imgsynth.data.spec import DataSpec
 
@@ -48,10 +50,32 @@ def test_class_names_fill_the_template_with_spaces_for_underscores():
     assert record["image"].shape == (32, 32, 3)
 
 
+def _coco_captions(tmp_path):
+    return {"name": "tfds", "data_dir": str(tmp_path), "tfds_name": "coco_captions",
+            "image_key": "image", "text_key": "captions/text", "resolution": 32,
+            "text_max_len": 24}
+
+
+def test_nested_text_key_takes_the_first_caption():
+    spec = DataSpec.of({"name": "tfds", "tfds_name": "coco_captions", "image_key": "image",
+                        "text_key": "captions/text"})
+    record = {"image": np.zeros((20, 40, 3), np.uint8),
+              "captions": {"text": np.array([b"a cat on a mat", b"a mat"], dtype=object)}}
+    assert mapped.RecordMapper(spec)(record)["caption"] == "a cat on a mat"
+
+
+def test_builder_that_imports_tensorflow_names_the_extra(tmp_path):
+    if importlib.util.find_spec("tensorflow") is not None:
+        pytest.skip("TensorFlow is installed here: coco_captions's builder constructs")
+    with tfds.testing.mock_data(num_examples=2):
+        with pytest.raises(cli.UsageError, match=r"coco_captions.*TensorFlow.*\.\[tf\]"):
+            pipeline.load_split(_coco_captions(tmp_path), "train")
+
+
 def test_text_key_with_nested_captions_and_vocabulary_file(tmp_path):
-    config = {"name": "tfds", "data_dir": str(tmp_path), "tfds_name": "coco_captions",
-              "image_key": "image", "text_key": "captions/text", "resolution": 32,
-              "text_max_len": 24}
+    pytest.importorskip("tensorflow", reason="coco_captions's TFDS builder imports TensorFlow: "
+                        "pip install -e '.[tf]'")
+    config = _coco_captions(tmp_path)
     with tfds.testing.mock_data(num_examples=6):
         src = pipeline.load_split(config, "train")
         r = src[0]
@@ -80,5 +104,5 @@ def test_config_errors_are_clear(tmp_path):
 
 
 def test_unprepared_dataset_says_how_to_prepare_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="ArrayRecord"):
+    with pytest.raises(FileNotFoundError, match=r"ArrayRecord.*TensorFlow.*\.\[tf\]"):
         pipeline.load_split(_cifar(tmp_path), "train")

@@ -12,6 +12,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from imgsynth import cli
 from imgsynth.data import records
 from imgsynth.data.spec import DataSpec
 
@@ -65,7 +66,14 @@ class RecordMapper:
 
 
 def builder(spec: DataSpec) -> tfds.core.DatasetBuilder:
-    return tfds.builder(spec.tfds_name, data_dir=spec.data_dir or None)
+    try:
+        return tfds.builder(spec.tfds_name, data_dir=spec.data_dir or None)
+    except ImportError as e:   # some of TFDS's own builders (coco_captions) import TensorFlow
+        if "No module named 'tensorflow'" not in str(e):
+            raise
+        raise cli.UsageError(
+            f"TFDS's {spec.tfds_name!r} builder imports TensorFlow, which the base install leaves "
+            f"out: `pip install -e \".[tf]\"`") from e
 
 
 def label_names(spec: DataSpec) -> list[str] | None:
@@ -77,14 +85,17 @@ def label_names(spec: DataSpec) -> list[str] | None:
 
 
 def raw_source(spec: DataSpec, split: str):
+    dataset = builder(spec)
     try:
-        return builder(spec).as_data_source(split)
+        return dataset.as_data_source(split)
     except Exception as e:  # TFDS raises several types for "not prepared as ArrayRecord"
         raise FileNotFoundError(
             f"TFDS dataset {spec.tfds_name!r} split {split!r} is not available for random access "
             f"in data_dir={spec.data_dir or '(TFDS default)'}: prepare it in ArrayRecord format "
-            f"where it can be downloaded (`tfds build {spec.tfds_name} "
-            f"--file_format=array_record`) and copy it there. ({e})") from e
+            f"where it can be downloaded (TFDS's preparation needs TensorFlow: "
+            f"`pip install -e \".[tf]\"`, then `tfds build {spec.tfds_name} "
+            f"--file_format=array_record`, or `tfds convert_format` for a TFRecord copy) and "
+            f"copy it there. ({e})") from e
 
 
 def source(spec: DataSpec, split: str) -> grain.MapDataset:

@@ -1,0 +1,146 @@
+"""The device run rehearsed on the CPU as the GPU image would run it: a Python 3.12 virtualenv
+holding only benchmarks/gpu_image.txt's packages (CPU builds of JAX), the .whl/ bundle installed
+by benchmarks/device_env.sh, and `import tensorflow` failing.
+
+The rehearsal needs a Python 3.12 (`python3.12` on PATH, pyenv's, or IMGSYNTH_PY312) and the
+bundle (benchmarks/device_bundle.sh); without them it is skipped with a message naming what is
+missing, except where IMGSYNTH_REQUIRE_PY312=1 (CI) makes that a failure. The virtualenv is kept
+in the cache dir under the image file's hash, so reruns skip building it.
+"""
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE = os.path.join(REPO, "benchmarks", "gpu_image.txt")
+ENV_SCRIPT = os.path.join("benchmarks", "device_env.sh")
+# Where the image has no TensorFlow: every attempt to import it is recorded (a guarded one too)
+# and fails.
+NO_TENSORFLOW = """import os, traceback
+with open(os.environ.get("IMGSYNTH_TENSORFLOW_ATTEMPTS", os.devnull), "a") as f:
+    f.write("".join(traceback.format_stack()) + "\\n")
+raise ModuleNotFoundError("No module named 'tensorflow' (the GPU image has none)")
+"""
+
+
+def _python312() -> str | None:
+    candidates = [os.environ.get("IMGSYNTH_PY312"), shutil.which("python3.12"),
+                  *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")))]
+    for path in filter(None, candidates):
+        try:
+            ok = subprocess.run([path, "-c", "import sys; assert sys.version_info[:2] == (3, 12)"],
+                                capture_output=True, timeout=60).returncode == 0
+        except OSError:
+            ok = False
+        if ok:
+            return path
+    return None
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("IMGSYNTH_REQUIRE_PY312", "") not in ("", "0"):
+        pytest.fail(f"the device rehearsal is required here but {what}")
+    pytest.skip(f"device rehearsal: {what}")
+
+
+def _image_venv(python: str) -> str:
+    """The cached virtualenv holding exactly the image file's packages, built once per file."""
+    with open(IMAGE, "rb") as f:
+        key = hashlib.sha256(f.read()).hexdigest()[:16]
+    cache = os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache")),
+                         "imgsynth", f"gpu-image-venv-{key}")
+    if not os.path.exists(os.path.join(cache, "complete")):
+        tmp = f"{cache}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run([python, "-m", "venv", tmp], check=True)
+        # --no-deps: exactly the file, which lists the image's packages with their dependencies.
+        subprocess.run([os.path.join(tmp, "bin", "python"), "-m", "pip", "install", "-q",
+                        "--disable-pip-version-check", "--no-deps", "-r", IMAGE], check=True)
+        open(os.path.join(tmp, "complete"), "w").close()
+        shutil.rmtree(cache, ignore_errors=True)
+        os.rename(tmp, cache)   # the venv's python is always run as bin/python: renaming is safe
+    return os.path.join(cache, "bin", "python")
+
+
+def _env(**extra) -> dict:
+    """The caller's environment without the suite's fake devices and import path."""
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                     if not f.startswith("--xla_force_host_platform_device_count"))
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
+    return {**env, **({"XLA_FLAGS": flags} if flags else {}), **extra}
+
+
+@pytest.mark.slow
+def test_rehearsal_on_python312_with_the_bundle_alone(tmp_path):
+    python = _python312()
+    if python is None:
+        _missing("no Python 3.12 was found: put python3.12 on PATH or set IMGSYNTH_PY312")
+    if not glob.glob(os.path.join(REPO, ".whl", "*.whl")):
+        _missing("no wheels in .whl/: run benchmarks/device_bundle.sh")
+    venv_python = _image_venv(python)
+    # The image alone lacks the data packages: without .whl/ that is one line naming them.
+    bare = subprocess.run(["bash", "-c", f"source {ENV_SCRIPT}"], cwd=_fake_repo(tmp_path / "bare"),
+                          env=_env(PYTHON=venv_python, IMGSYNTH_BUNDLE_DIR=str(tmp_path / "b")),
+                          capture_output=True, text=True, timeout=300)
+    assert bare.returncode != 0 and len(bare.stderr.strip().splitlines()) == 1, bare.stderr
+    assert "grain>=" in bare.stderr and "benchmarks/device_bundle.sh" in bare.stderr
+    hidden = tmp_path / "no_tensorflow" / "tensorflow"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text(NO_TENSORFLOW)
+    attempts = tmp_path / "tensorflow_imports.txt"
+    env = _env(PYTHON=venv_python, PYTHONPATH=str(hidden.parent),
+               IMGSYNTH_TENSORFLOW_ATTEMPTS=str(attempts),
+               IMGSYNTH_BUNDLE_DIR=str(tmp_path / "bundle"))
+    out = tmp_path / "out"
+    if os.path.exists(os.path.join(REPO, "benchmarks", "device_run.sh")):
+        command = ["benchmarks/device_run.sh", "--rehearse", f"--out={out}"]
+    else:   # until the study's script exists, its predecessor rehearses the same machinery
+        command = ["benchmarks/device_check.sh", "--smoke", f"--workdir={out}"]
+    proc = subprocess.run(["bash", *command], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=1800)
+    if proc.returncode:
+        print(proc.stdout, proc.stderr[-8000:])   # shown whole in the failure report
+    assert proc.returncode == 0
+    assert "wheels of .whl/ into" in proc.stderr   # the image lacked them: the bundle was used
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines and not [line for line in lines if '"error"' in line], proc.stdout
+    assert not attempts.exists(), f"TensorFlow was imported:\n{attempts.read_text()[-4000:]}"
+
+
+def _fake_repo(root, dependency: str | None = None):
+    """benchmarks/device_env.sh and device_deps.py beside a pyproject.toml asking for one
+    dependency (None: the suite's own), and no .whl/."""
+    (root / "benchmarks").mkdir(parents=True)
+    for name in ("device_env.sh", "device_deps.py"):
+        shutil.copy(os.path.join(REPO, "benchmarks", name), root / "benchmarks" / name)
+    if dependency is None:
+        shutil.copy(os.path.join(REPO, "pyproject.toml"), root / "pyproject.toml")
+    else:
+        (root / "pyproject.toml").write_text(
+            f'[project]\nname = "x"\ndependencies = ["{dependency}"]\n')
+    return root
+
+
+@pytest.mark.parametrize("dependency,named", [("numpy>=999", "numpy>=999 (found "),
+                                              ("no-such-package>=1", "no-such-package>=1 (")])
+def test_missing_package_is_one_line_naming_it_and_the_bundle(tmp_path, dependency, named):
+    repo = _fake_repo(tmp_path, dependency)
+    proc = subprocess.run(["bash", "-c", f"source {ENV_SCRIPT} && echo reached"], cwd=repo,
+                          env=_env(PYTHON=sys.executable, IMGSYNTH_BUNDLE_DIR=str(tmp_path / "b")),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "reached" not in proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert named in proc.stderr and "benchmarks/device_bundle.sh" in proc.stderr
+
+
+def test_nothing_changes_where_every_package_imports(tmp_path):
+    repo = _fake_repo(tmp_path, "numpy>=1.26")
+    proc = subprocess.run(["bash", "-c", f"source {ENV_SCRIPT} && echo \"[$PYTHONPATH]\""],
+                          cwd=repo, env=_env(PYTHON=sys.executable), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
