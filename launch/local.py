@@ -37,7 +37,7 @@ class LaunchError(RuntimeError):
 
 def thread_env(threads: int) -> dict[str, str]:
     """Thread counts for one child: PJRT_NPROC sizes XLA's CPU thread pool; the rest cover
-    TensorFlow (data loading, TFDS) and any BLAS the child touches."""
+    the data loading (grain, TFDS) and any BLAS the child touches."""
     t = str(max(1, threads))
     return {"PJRT_NPROC": t, "OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t,
             "OPENBLAS_NUM_THREADS": t, "TF_NUM_INTRAOP_THREADS": t, "TF_NUM_INTEROP_THREADS": "1"}
