@@ -114,7 +114,8 @@ def reach(procs, workdir: str, step: int) -> None:
 
 def peer_kill_drill(tmp: str, steps: int, reference: futures.Future, victim: int = 1) -> dict:
     """kill -9 of process `victim` after step KILL_AT; the survivor must end itself."""
-    work, log = os.path.join(tmp, f"peer-kill-{victim}"), os.path.join(tmp, f"peer-kill-{victim}.log")
+    work = os.path.join(tmp, f"peer-kill-{victim}")
+    log = work + ".log"
     procs = start_pod(work, steps, log)
     reach(procs, work, KILL_AT)
     procs[victim].send_signal(signal.SIGKILL)

@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 
 from imgsynth import config as config_lib, io
 
+# The launchers set these (launch/runs.py names them too: it imports no jax).
 PEER_TIMEOUT_ENV, INIT_TIMEOUT_ENV = "IMGSYNTH_PEER_TIMEOUT_S", "IMGSYNTH_INIT_TIMEOUT_S"
 DEFAULT_PEER_TIMEOUT_S, DEFAULT_INIT_TIMEOUT_S = 30, 300
 PROCESSES_DIR = "processes"
@@ -91,7 +92,10 @@ def _agree(topic: str, mine: dict) -> tuple[int, dict, dict] | None:
     client, me = _client(), distributed.global_state.process_id
     client.key_value_set(f"{_KEY}/{topic}/{me}", json.dumps(mine, sort_keys=True))
     wait_ms = 1000 * _seconds(INIT_TIMEOUT_ENV, DEFAULT_INIT_TIMEOUT_S)
-    read = lambda i: json.loads(client.blocking_key_value_get(f"{_KEY}/{topic}/{i}", wait_ms))  # noqa: E731
+
+    def read(i: int) -> dict:
+        return json.loads(client.blocking_key_value_get(f"{_KEY}/{topic}/{i}", wait_ms))
+
     if me != 0:
         zero = read(0)
         return (me, mine, zero) if zero != mine else None
@@ -142,7 +146,7 @@ def _differing_keys(a: dict, b: dict, prefix: str = ""):
             yield prefix + key
 
 
-# ---- Pre-emption: one step for every process ------------------------------------------------------
+# ---- Pre-emption: one step for every process -------------------------------------------------
 
 def stop_agreed(step: int) -> bool:
     """Whether every process is to checkpoint `step` and stop: JAX's preemption sync point, which
@@ -163,7 +167,7 @@ def record(workdir: str, status: str, **fields) -> None:
         "host": socket.gethostname(), "heartbeat": time.time(), "updated": io.now(), **fields})
 
 
-# ---- Lost peers -----------------------------------------------------------------------------------
+# ---- Lost peers ---------------------------------------------------------------------------------
 
 class Watchdog:
     """Ends this process, with status `failed` naming the lost process, once a peer has sent no

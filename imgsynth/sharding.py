@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from imgsynth import config as config_lib, multihost
+from imgsynth import cli, config as config_lib, multihost
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -173,7 +173,7 @@ def initialize_distributed() -> None:
         where = arguments.get("coordinator_address", "the detected coordinator")
         raise config_lib.ConfigError(
             f"could not join the job at {where} as process {arguments.get('process_id', '?')} "
-            f"within {arguments['initialization_timeout']} s: {' '.join(str(e).split())[:300]}") from e
+            f"within {arguments['initialization_timeout']} s: {cli.message(e)[:300]}") from e
     multihost.check_job()
     logging.info("joined distributed job: process %d of %d, %d global devices",
                  jax.process_index(), jax.process_count(), jax.device_count())
