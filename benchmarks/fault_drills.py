@@ -10,10 +10,13 @@
   the previous checkpoint and end bit-exact too;
 - a second trainer on a run another one is training must be refused (and the first one, sent
   SIGTERM, checkpoints and stops as `pending`);
-- each bad input must be answered in one line with exit code 2.
+- each bad input must be answered in one line with exit code 2;
+- the faults of a 2-process job (a lost peer, SIGTERM to one process, settings that differ):
+  benchmarks/pod_drills.py.
 
 Last line: one JSON object (kills, bit_exact, corruptions_recovered, corruptions_tried,
-duplicate_trainers_refused, bad_inputs_one_line, bad_inputs_tried, ...).
+duplicate_trainers_refused, bad_inputs_one_line, bad_inputs_tried, peer_kill_stopped_s,
+peer_kill_resume_bit_exact, preempt_one_host_same_step, preempt_one_host_resume_bit_exact, ...).
 """
 from __future__ import annotations
 
@@ -142,8 +145,11 @@ def checkpoint_arrays(workdir: str) -> dict:
     out = {}
     root = os.path.join(workdir, "checkpoints")
     for step in sorted(int(s) for s in os.listdir(root) if s.isdigit()):
-        with ocp.PyTreeCheckpointer() as c:
-            tree = c.restore(os.path.join(root, str(step), "state"))
+        with ocp.StandardCheckpointer() as c:   # onto this process's device: a checkpoint of
+            path = os.path.join(root, str(step), "state")   # several processes restores too
+            one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            tree = c.restore(path, jax.tree.map(lambda m: jax.ShapeDtypeStruct(
+                m.shape, m.dtype, sharding=one), c.metadata(path).item_metadata.tree))
         flat = {jax.tree_util.keystr(k): np.asarray(v)
                 for k, v in jax.tree_util.tree_leaves_with_path(tree)}
         data_dir = os.path.join(root, str(step), "data")
@@ -372,13 +378,15 @@ def main() -> None:
               "arrays)", flush=True)
         recovered, tried = corruptions.result()
     answered, bad_tried, failures = bad_input_drills(tmp, reference)
+    import pod_drills   # the multi-process drills (it imports this module's helpers)
+    pod = pod_drills.run(os.path.join(tmp, "pod"))
     result = {"kills": kills, "kill_points": plan, "bit_exact": bit_exact,
               "arrays_compared": arrays, "corruptions_recovered": recovered,
               "corruptions_tried": tried,
               "duplicate_trainers_refused": duplicate["duplicate_trainers_refused"],
               "sigterm_checkpointed": duplicate["sigterm_checkpointed"],
               "bad_inputs_one_line": answered, "bad_inputs_tried": bad_tried,
-              "bad_inputs_failed": sorted(failures), "seed": args.seed, "steps": steps,
+              "bad_inputs_failed": sorted(failures), **pod, "seed": args.seed, "steps": steps,
               "seconds": round(time.monotonic() - t0, 1)}
     if not args.workdir:
         shutil.rmtree(tmp, ignore_errors=True)

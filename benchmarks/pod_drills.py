@@ -113,7 +113,10 @@ def reach(procs, workdir: str, step: int) -> None:
 # ---- The drills ---------------------------------------------------------------------------------
 
 def peer_kill_drill(tmp: str, steps: int, reference: futures.Future, victim: int = 1) -> dict:
-    """kill -9 of process `victim` after step KILL_AT; the survivor must end itself."""
+    """kill -9 of process `victim` after step KILL_AT; the survivor must end itself. Process 1
+    lost: process 0's watchdog records it. Process 0 (the coordinator) lost: JAX's runtime aborts
+    process 1 at once, before it can write anything (the local launcher then names the lost
+    process from the exit codes)."""
     work = os.path.join(tmp, f"peer-kill-{victim}")
     log = work + ".log"
     procs = start_pod(work, steps, log)
@@ -131,6 +134,7 @@ def peer_kill_drill(tmp: str, steps: int, reference: futures.Future, victim: int
     finish_pod(work, steps, log)
     same, arrays = drills.same_run(reference.result(), work)
     return {"stopped_s": round(stopped_s, 1), "status_names_lost_process": named,
+            "exit_codes": codes,
             "resume_step": resume, "resume_bit_exact": same, "arrays_compared": arrays}
 
 
@@ -189,21 +193,27 @@ def bad_settings_drill(tmp: str, steps: int) -> tuple[int, int, dict]:
 def run(tmp: str, steps: int = 16) -> dict:
     """Every drill of this module; the keys fault_drills.py reports."""
     t0 = time.monotonic()
+    os.makedirs(tmp, exist_ok=True)
+    os.environ.setdefault(CACHE_ENV, os.path.join(tmp, "jax-cache"))
     with futures.ThreadPoolExecutor(2) as pool:
         reference = pool.submit(lambda: (finish_pod(os.path.join(tmp, "pod-reference"), steps,
                                                     os.path.join(tmp, "pod-reference.log"))
                                          or os.path.join(tmp, "pod-reference")))
         kill = peer_kill_drill(tmp, steps, reference)
+        coordinator = peer_kill_drill(tmp, steps, reference, victim=0)
         preempt = preempt_drill(tmp, steps, reference)
     answered, tried, failures = bad_settings_drill(tmp, steps)
     return {"peer_kill_stopped_s": kill["stopped_s"],
             "peer_kill_status_names_lost_process": kill["status_names_lost_process"],
             "peer_kill_resume_step": kill["resume_step"],
             "peer_kill_resume_bit_exact": kill["resume_bit_exact"],
+            "coordinator_kill_stopped_s": coordinator["stopped_s"],
+            "coordinator_kill_survivor_exit": coordinator["exit_codes"][1],
+            "coordinator_kill_resume_bit_exact": coordinator["resume_bit_exact"],
             "preempt_one_host_same_step": preempt["same_step"],
             "preempt_one_host_step": preempt["step"],
             "preempt_one_host_resume_bit_exact": preempt["resume_bit_exact"],
-            "pod_arrays_compared": kill["arrays_compared"] + preempt["arrays_compared"],
+            "pod_arrays_compared": sum(d["arrays_compared"] for d in (kill, coordinator, preempt)),
             "pod_bad_inputs_one_line": answered, "pod_bad_inputs_tried": tried,
             "pod_bad_inputs_failed": sorted(failures),
             "pod_seconds": round(time.monotonic() - t0, 1)}
@@ -216,7 +226,6 @@ def main() -> None:
     args = p.parse_args()
     tmp = args.workdir or tempfile.mkdtemp(prefix="pod-drills-")
     os.makedirs(tmp, exist_ok=True)
-    os.environ.setdefault(CACHE_ENV, os.path.join(tmp, "jax-cache"))
     result = run(tmp, args.steps)
     if not args.workdir:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -111,6 +111,20 @@ class _Job:
         for p in self.procs:
             _signal_group(p, sig)
 
+    def lost(self) -> str | None:
+        """Which process of a multi-process job was lost, when it ended without saying so: one
+        killed by a signal other than SIGABRT. (When the coordinator, process 0, dies, JAX's
+        runtime aborts every other process at once, before it can write a status.)"""
+        killed = [i for i, p in enumerate(self.procs) if len(self.procs) > 1
+                  and p.returncode is not None and -p.returncode in set(signal.Signals) - {
+                      signal.SIGABRT}]
+        if not killed:
+            return None
+        how = ", ".join(f"{i} ({signal.Signals(-self.procs[i].returncode).name})" for i in killed)
+        return (f"lost process {how} of {len(self.procs)}; the others were ended by JAX's "
+                "distributed runtime. Rerun to resume from the last checkpoint every process "
+                "completed")
+
 
 class LocalLauncher:
     def __init__(self, grid: grid_lib.Grid, workdir: str, *, parallel: int = 1,
@@ -402,7 +416,7 @@ class LocalLauncher:
             self.state.update_run(run.name, train="pending", reason=status.get("reason"),
                                   returncode=0)
             return False
-        reason = runs_lib.failure_reason(tail, rc)
+        reason = job.lost() or runs_lib.failure_reason(tail, rc)
         if status["status"] == "failed" and status.get("reason"):
             reason = f"exit code {rc}: {status['reason']}"
         else:
