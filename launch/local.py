@@ -9,7 +9,8 @@ half-done one resumes from its checkpoint (train.py does that), a failed one is 
 `retry_failed`. A failure is recorded (status.json, launch_status.json, the log tail) and the grid
 goes on. Ctrl-C or SIGTERM is forwarded to the runs, which checkpoint and stop; every status is
 left "pending" and the next launch resumes them. A second Ctrl-C kills them (they still resume,
-from their last periodic checkpoint).
+from their last periodic checkpoint). With `processes` > 1 each training run is that many
+processes of one JAX job on this machine (a pod's code paths; imgsynth/multihost.py).
 """
 from __future__ import annotations
 
