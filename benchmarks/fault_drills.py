@@ -160,13 +160,16 @@ def checkpoint_arrays(workdir: str) -> dict:
     return out
 
 
-def same_run(a: str, b: str) -> tuple[bool, int]:
-    """(bit-exact, arrays compared): every row and every array of every checkpoint equal."""
+def same_run(a: str, b: str, steps=None) -> tuple[bool, int]:
+    """(bit-exact, arrays compared): every row and every array of every checkpoint equal
+    (`steps`: of those checkpoints only, which both must have)."""
     import numpy as np
 
     if rows(a) != rows(b):
         return False, 0
     ca, cb = checkpoint_arrays(a), checkpoint_arrays(b)
+    if steps is not None:
+        ca, cb = ({s: c[s] for s in steps if s in c} for c in (ca, cb))
     if sorted(ca) != sorted(cb):
         return False, 0
     n = 0

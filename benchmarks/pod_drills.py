@@ -99,6 +99,10 @@ def status_of(workdir: str) -> dict:
         return {"status": "missing", "reason": "no status.json"}
 
 
+def checkpoint_steps(workdir: str) -> list[int]:
+    return [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
+
+
 def records(workdir: str) -> list[dict]:
     """processes/<i>.json: what each process last recorded."""
     return [json.load(open(os.path.join(workdir, "processes", f"{i}.json")))
@@ -154,7 +158,10 @@ def preempt_drill(tmp: str, steps: int, reference: futures.Future, victim: int =
     print(f"  SIGTERM to process {victim}: exit codes {codes}, status {status['status']} at step "
           f"{status.get('step')}, processes saved steps {steps_saved}", flush=True)
     finish_pod(work, steps, log)
-    same, arrays = drills.same_run(reference.result(), work)
+    # The stopped-at step is kept as one of the last checkpoints: compare those both runs kept.
+    both = sorted(set(checkpoint_steps(work)) & set(checkpoint_steps(reference.result())))
+    same, arrays = drills.same_run(reference.result(), work, steps=both)
+    same = same and steps in both
     return {"same_step": same_step, "step": status.get("step"), "resume_bit_exact": same,
             "arrays_compared": arrays}
 
