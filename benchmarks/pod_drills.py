@@ -133,12 +133,13 @@ def peer_kill_drill(tmp: str, steps: int, reference: futures.Future, victim: int
     named = (status["status"] == "failed"
              and f"lost process {victim} of {PROCESSES}" in (status.get("reason") or ""))
     resume = status.get("resume_step")
+    completed = max(checkpoint_steps(work), default=None)   # what the rerun will start from
     print(f"  kill -9 of process {victim}: the other exited {stopped_s:.1f} s later "
           f"(exit codes {codes}); status {status['status']}: {status.get('reason')}", flush=True)
     finish_pod(work, steps, log)
     same, arrays = drills.same_run(reference.result(), work)
     return {"stopped_s": round(stopped_s, 1), "status_names_lost_process": named,
-            "exit_codes": codes,
+            "exit_codes": codes, "last_complete_checkpoint": completed,
             "resume_step": resume, "resume_bit_exact": same, "arrays_compared": arrays}
 
 

@@ -124,11 +124,12 @@ def test_a_lost_peer_ends_the_job_and_the_rerun_is_bit_exact(tmp_path, compile_c
     naming the lost process when it can), and the rerun of both ends equal to an uninterrupted
     run, from the checkpoint both completed."""
     out = pod_drills.peer_kill_drill(str(tmp_path), DRILL_STEPS, _reference(tmp_path), victim)
-    if victim == 1:   # process 0's watchdog records it
+    assert out["last_complete_checkpoint"] == 4, out   # the one both processes completed
+    if victim == 1:   # process 0's watchdog records it, and where a rerun resumes
         assert out["status_names_lost_process"] and out["exit_codes"] == [1, -9], out
+        assert out["resume_step"] == 4, out
     else:             # the coordinator: JAX's runtime aborts process 1 (see launch/local.py)
         assert out["exit_codes"] == [-9, -6], out
-    assert out["resume_step"] == 4, out     # the checkpoint both processes completed
     assert out["resume_bit_exact"] and out["arrays_compared"] > 50, out
 
 
