@@ -13,10 +13,14 @@
 - each bad input must be answered in one line with exit code 2;
 - a workdir on a 3 MB tmpfs (mounted as root; skipped with the reason elsewhere): the first
   checkpoint does not fit, the trainer answers in one `error:` line naming the path and its free
-  space, exit 1, no half-written checkpoint; once the tmpfs is enlarged the rerun finishes.
+  space, exit 1, no half-written checkpoint; once the tmpfs is enlarged the rerun finishes;
+- the faults of a 2-process job (a lost peer, SIGTERM to one process, settings that differ):
+  benchmarks/pod_drills.py.
 
 Last line: one JSON object (kills, bit_exact, corruptions_recovered, corruptions_tried,
-duplicate_trainers_refused, bad_inputs_one_line, bad_inputs_tried, disk_full_one_line, ...).
+duplicate_trainers_refused, bad_inputs_one_line, bad_inputs_tried, disk_full_one_line,
+peer_kill_stopped_s, peer_kill_resume_bit_exact, preempt_one_host_same_step,
+preempt_one_host_resume_bit_exact, ...).
 """
 from __future__ import annotations
 
@@ -145,8 +149,11 @@ def checkpoint_arrays(workdir: str) -> dict:
     out = {}
     root = os.path.join(workdir, "checkpoints")
     for step in sorted(int(s) for s in os.listdir(root) if s.isdigit()):
-        with ocp.PyTreeCheckpointer() as c:
-            tree = c.restore(os.path.join(root, str(step), "state"))
+        with ocp.StandardCheckpointer() as c:   # onto this process's device: a checkpoint of
+            path = os.path.join(root, str(step), "state")   # several processes restores too
+            one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            tree = c.restore(path, jax.tree.map(lambda m: jax.ShapeDtypeStruct(
+                m.shape, m.dtype, sharding=one), c.metadata(path).item_metadata.tree))
         flat = {jax.tree_util.keystr(k): np.asarray(v)
                 for k, v in jax.tree_util.tree_leaves_with_path(tree)}
         data_dir = os.path.join(root, str(step), "data")
@@ -157,13 +164,16 @@ def checkpoint_arrays(workdir: str) -> dict:
     return out
 
 
-def same_run(a: str, b: str) -> tuple[bool, int]:
-    """(bit-exact, arrays compared): every row and every array of every checkpoint equal."""
+def same_run(a: str, b: str, steps=None) -> tuple[bool, int]:
+    """(bit-exact, arrays compared): every row and every array of every checkpoint equal
+    (`steps`: of those checkpoints only, which both must have)."""
     import numpy as np
 
     if rows(a) != rows(b):
         return False, 0
     ca, cb = checkpoint_arrays(a), checkpoint_arrays(b)
+    if steps is not None:
+        ca, cb = ({s: c[s] for s in steps if s in c} for c in (ca, cb))
     if sorted(ca) != sorted(cb):
         return False, 0
     n = 0
@@ -400,13 +410,16 @@ def main() -> None:
         recovered, tried = corruptions.result()
     answered, bad_tried, failures = bad_input_drills(tmp, reference)
     disk = disk_full_drill(tmp)
+    import pod_drills   # the multi-process drills (it imports this module's helpers)
+    pod = pod_drills.run(os.path.join(tmp, "pod"))
     result = {"kills": kills, "kill_points": plan, "bit_exact": bit_exact,
               "arrays_compared": arrays, "corruptions_recovered": recovered,
               "corruptions_tried": tried,
               "duplicate_trainers_refused": duplicate["duplicate_trainers_refused"],
               "sigterm_checkpointed": duplicate["sigterm_checkpointed"],
               "bad_inputs_one_line": answered, "bad_inputs_tried": bad_tried,
-              "bad_inputs_failed": sorted(failures), **disk, "seed": args.seed, "steps": steps,
+              "bad_inputs_failed": sorted(failures), **disk, **pod, "seed": args.seed,
+              "steps": steps,
               "seconds": round(time.monotonic() - t0, 1)}
     if not args.workdir:
         shutil.rmtree(tmp, ignore_errors=True)

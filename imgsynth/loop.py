@@ -28,8 +28,8 @@ import ml_collections
 import optax
 from flax import nnx
 
-from imgsynth import (checkpoint as ckpt_lib, config as config_lib, io, optim, perf, sharding,
-                      summaries)
+from imgsynth import (checkpoint as ckpt_lib, config as config_lib, io, multihost, optim, perf,
+                      sharding, summaries)
 
 METRICS_FILE, CONFIG_FILE = "metrics.jsonl", "config.json"
 
@@ -155,6 +155,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> dict:
     ema_decay, log/eval/checkpoint intervals, keep_checkpoints, peak_flops_per_s.
     """
     check_config(workdir, config)
+    multihost.check_consistent(config)   # every process of a job: the same settings
     done = finished(workdir)
     if done:
         return done
@@ -183,7 +184,10 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
                                          keep_steps=task.keep_steps)
     writer = summaries.ScalarWriter(workdir, enabled=io.is_writer())
     stop = _StopFlag()
+    watchdog = multihost.Watchdog(workdir, lambda: (row.get("step", start),
+                                                    checkpointer.latest_step() or 0))
     try:
+        watchdog.start()   # from here a lost peer ends the job, saying so (imgsynth/multihost.py)
         # ---- Model, optimizer, sharded state, update step ------------------------------------
         model = sharding.create_sharded(task.build, mesh)
         graphdef, params = nnx.split(model)
@@ -261,7 +265,8 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
                         window.restart(row["step"])
                 pending = (step, metrics)
                 last = step == task.total_steps
-                save = step % save_every == 0 or step in task.keep_steps or last or stop.requested
+                stopping = stop.at(step)
+                save = step % save_every == 0 or step in task.keep_steps or last or stopping
                 evaluate_now = task.evaluate is not None and (
                     step % eval_every == 0 or step in task.keep_steps or last)
                 if save or evaluate_now:
@@ -274,21 +279,25 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
                         checkpointer.save(step, state, train_iter)
                         heartbeat.beat(saved=step)
                     window.restart(step)
-                if stop.requested:
+                if stopping:
                     io.write_status(workdir, "pending", reason=f"pre-empted at step {step}; run "
                                     "the same command again to resume", step=step)
+                    multihost.record(workdir, "pending", step=step)
                     return row
         if task.finish is not None:
             final = task.finish(state, graphdef)
             write({"step": task.total_steps, **final})
             row.update(final)
     except BaseException as e:
+        if isinstance(e, jax.errors.JaxRuntimeError):   # a collective with a peer gone?
+            watchdog.wait_for_verdict()
         resume = checkpointer.latest_step() or 0
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:2000]   # one line
         io.write_status(workdir, "failed", reason=reason,
                         step=row.get("step", start), resume_step=resume)
         raise
     finally:
+        watchdog.stop()
         checkpointer.close()
         writer.close()
         stop.restore()
@@ -296,6 +305,7 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
     timing.update(end=time.time(), cores=perf.cores(), peak_flops_per_s=peak,
                   flops=timing["steps"] * flops_per_step)
     io.write_status(workdir, "done", step=task.total_steps, timing=timing)
+    multihost.record(workdir, "done", step=task.total_steps)
     return row
 
 
@@ -346,22 +356,34 @@ class _Heartbeat:
         self.t = time.monotonic()
         io.write_status(self.workdir, "running", step=self.step, heartbeat=time.time(),
                         **self.running)
+        multihost.record(self.workdir, "running", step=self.step)
 
 
 class _StopFlag:
-    """SIGTERM/SIGINT ask the loop to checkpoint and stop cleanly (pre-emption)."""
+    """SIGTERM/SIGINT ask the loop to checkpoint and stop cleanly (pre-emption).
+
+    With several processes, one signalled process must not stop alone: SIGTERM is left to JAX's
+    preemption notifier (installed by `jax.distributed.initialize`) and SIGINT is passed on to
+    it, and `at(step)` is then the step every process agreed on."""
 
     def __init__(self):
         self.requested = False
+        self.multiprocess = multihost.multiprocess()
         self._old = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGINT,) if self.multiprocess else (signal.SIGTERM, signal.SIGINT):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:   # not the main thread
                 pass
 
     def _handle(self, signum, frame):
+        if self.multiprocess:
+            os.kill(os.getpid(), signal.SIGTERM)
         self.requested = True
+
+    def at(self, step: int) -> bool:
+        """Whether to checkpoint `step` and stop; called once per step."""
+        return multihost.stop_agreed(step) if self.multiprocess else self.requested
 
     def restore(self):
         for sig, handler in self._old.items():

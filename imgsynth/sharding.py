@@ -18,6 +18,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from imgsynth import cli, config as config_lib, multihost
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical axis -> mesh axes. Batch is split over both data-parallel axes; weights are split over
@@ -141,7 +143,8 @@ def initialize_distributed() -> None:
     TPU-VM workers and SLURM tasks are auto-detected by `jax.distributed.initialize()`; a manual
     job sets IMGSYNTH_COORDINATOR, IMGSYNTH_NUM_PROCESSES and IMGSYNTH_PROCESS_ID. TPU VMs made by
     `gcloud` describe their pod in metadata, not in the environment: IMGSYNTH_DISTRIBUTED=auto
-    (set by the launcher on every worker) asks for auto-detection.
+    (set by the launcher on every worker) asks for auto-detection. The timeouts (a lost peer,
+    start-up) are `imgsynth.multihost`'s. A process that cannot join is refused in one line.
     """
     if jax.distributed.is_initialized():
         return
@@ -149,17 +152,29 @@ def initialize_distributed() -> None:
     if "IMGSYNTH_COORDINATOR" in env:
         if env.get("JAX_PLATFORMS", "") == "cpu":
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(
-            coordinator_address=env["IMGSYNTH_COORDINATOR"],
-            num_processes=int(env["IMGSYNTH_NUM_PROCESSES"]),
-            process_id=int(env["IMGSYNTH_PROCESS_ID"]))
+        try:
+            described = (env["IMGSYNTH_COORDINATOR"], int(env["IMGSYNTH_NUM_PROCESSES"]),
+                         int(env["IMGSYNTH_PROCESS_ID"]))
+        except (KeyError, ValueError) as e:
+            raise config_lib.ConfigError(
+                "IMGSYNTH_COORDINATOR needs IMGSYNTH_NUM_PROCESSES and IMGSYNTH_PROCESS_ID as "
+                f"whole numbers ({type(e).__name__}: {e})") from None
+        arguments = multihost.initialize_arguments(*described)
     elif env.get("IMGSYNTH_DISTRIBUTED") == "auto" or (
             any(k in env for k in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES",
                                    "MEGASCALE_COORDINATOR_ADDRESS"))
             and int(env.get("SLURM_NTASKS", "2")) > 1):
-        jax.distributed.initialize()
+        arguments = multihost.initialize_arguments()
     else:
         return
+    try:
+        jax.distributed.initialize(**arguments)
+    except (RuntimeError, ValueError) as e:   # unreachable coordinator, a taken process id
+        where = arguments.get("coordinator_address", "the detected coordinator")
+        raise config_lib.ConfigError(
+            f"could not join the job at {where} as process {arguments.get('process_id', '?')} "
+            f"within {arguments['initialization_timeout']} s: {cli.message(e)[:300]}") from e
+    multihost.check_job()
     logging.info("joined distributed job: process %d of %d, %d global devices",
                  jax.process_index(), jax.process_count(), jax.device_count())
 

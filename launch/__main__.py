@@ -53,6 +53,14 @@ def parser() -> argparse.ArgumentParser:
     tpu.add_argument("--skip_setup", action="store_true")
     tpu.add_argument("--local_dir", help="TPU: where this machine keeps logs and the grid status "
                      "(default ./tpu-<tpu_name>)")
+    pod = p.add_argument_group("multi-process runs (local --processes, tpu, slurm)")
+    pod.add_argument("--processes", type=int, default=1, help="local: train each run as this "
+                     "many processes of one JAX job (IMGSYNTH_NUM_PROCESSES; set XLA_FLAGS for "
+                     "their devices)")
+    pod.add_argument("--peer_timeout_s", type=int, help="end a run as failed once one of its "
+                     "processes has been silent this long (default 30)")
+    pod.add_argument("--init_timeout_s", type=int, help="how long a run's processes wait for "
+                     "each other at start-up (default 300)")
     slurm = p.add_argument_group("slurm")
     slurm.add_argument("--nodes", type=int, default=1)
     slurm.add_argument("--gpus_per_node", type=int, default=0)
@@ -72,6 +80,12 @@ def main(argv=None) -> int:
 def _main(argv) -> int:
     args = cli.one_line(parser()).parse_args(argv)
     cli.check_workdir(args.workdir, args.parallel)
+    if args.processes < 1:
+        raise cli.UsageError(f"--processes={args.processes}: at least one process per run")
+    try:
+        args.timeouts = runs_lib.Timeouts(args.peer_timeout_s, args.init_timeout_s)
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
     if args.status and args.backend != "tpu" and args.workdir:
         try:   # run names only: no config is built, so no JAX is imported
             runs = grid_lib.load_names(args.grid).select(args.runs)
@@ -124,7 +138,8 @@ def _main(argv) -> int:
     from launch import local
     launcher = local.LocalLauncher(grid, args.workdir, parallel=args.parallel, runs=runs,
                                    retry_failed=args.retry_failed, flops_per_s=args.flops_per_s,
-                                   evaluate=not args.skip_eval)
+                                   evaluate=not args.skip_eval, processes=args.processes,
+                                   timeouts=args.timeouts)
     try:
         return launcher.run()
     except local.LaunchError as e:
@@ -145,7 +160,8 @@ def _tpu(args, grid, runs) -> int:
                            setup=args.setup_command)
     launcher = tpu.TpuLauncher(grid, target, args.workdir, runs=runs,
                                local_dir=args.local_dir or f"tpu-{args.tpu_name}",
-                               retry_failed=args.retry_failed, skip_setup=args.skip_setup)
+                               retry_failed=args.retry_failed, skip_setup=args.skip_setup,
+                               timeouts=args.timeouts)
     if args.dry_run:
         print("\n" + launcher.dry_run())
         return 0
@@ -172,7 +188,8 @@ def _slurm(args, grid, runs) -> int:
         print(runs_lib.shell(runs_lib.Commands().train_argv(
             grid.path, r.name, runs_lib.run_dir(args.workdir, r.name))))
         return 0
-    jobs = slurm.submit(grid, args.workdir, options, runs=runs, retry_failed=args.retry_failed)
+    jobs = slurm.submit(grid, args.workdir, options, runs=runs, retry_failed=args.retry_failed,
+                        timeouts=args.timeouts)
     if args.wait and jobs:
         return slurm.wait(grid, args.workdir, jobs)
     return 0

@@ -9,7 +9,8 @@ half-done one resumes from its checkpoint (train.py does that), a failed one is 
 `retry_failed`. A failure is recorded (status.json, launch_status.json, the log tail) and the grid
 goes on. Ctrl-C or SIGTERM is forwarded to the runs, which checkpoint and stop; every status is
 left "pending" and the next launch resumes them. A second Ctrl-C kills them (they still resume,
-from their last periodic checkpoint).
+from their last periodic checkpoint). With `processes` > 1 each training run is that many
+processes of one JAX job on this machine (a pod's code paths; imgsynth/multihost.py).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import functools
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -93,11 +95,36 @@ def die_with_parent(parent: int) -> None:
 class _Job:
     kind: str                      # "train", "eval" or "prepare"
     run: grid_lib.Run
-    proc: subprocess.Popen
+    procs: list[subprocess.Popen]  # several: the processes of a multi-process training run
     slot: int
     log_path: str
     log_offset: int
     started: float
+
+    def poll(self) -> int | None:
+        """None while any process runs; then the first non-zero exit code, or 0."""
+        codes = [p.poll() for p in self.procs]
+        if None in codes:
+            return None
+        return next((c for c in codes if c), 0)
+
+    def signal(self, sig: int) -> None:
+        for p in self.procs:
+            _signal_group(p, sig)
+
+    def lost(self) -> str | None:
+        """Which process of a multi-process job was lost, when it ended without saying so: one
+        killed by a signal other than SIGABRT. (When the coordinator, process 0, dies, JAX's
+        runtime aborts every other process at once, before it can write a status.)"""
+        killed = [i for i, p in enumerate(self.procs) if len(self.procs) > 1
+                  and p.returncode is not None and -p.returncode in set(signal.Signals) - {
+                      signal.SIGABRT}]
+        if not killed:
+            return None
+        how = ", ".join(f"{i} ({signal.Signals(-self.procs[i].returncode).name})" for i in killed)
+        return (f"lost process {how} of {len(self.procs)}; the others were ended by JAX's "
+                "distributed runtime. Rerun to resume from the last checkpoint every process "
+                "completed")
 
 
 class LocalLauncher:
@@ -106,9 +133,16 @@ class LocalLauncher:
                  runs: Sequence[grid_lib.Run] | None = None, flops_per_s: float | None = None,
                  out: Callable[[str], None] | None = None, poll_s: float = 0.5,
                  progress_every_s: float = 30.0, cores: Sequence[int] | None = None,
-                 evaluate: bool = True):
+                 evaluate: bool = True, processes: int = 1,
+                 timeouts: runs_lib.Timeouts = runs_lib.Timeouts()):
+        """`processes` > 1 trains each run as that many processes of one JAX job on this
+        machine (a pod's code paths: collectives, a lost or pre-empted process), waiting for a
+        silent peer and for each other at start-up as long as `timeouts` say."""
         if parallel < 1:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
+        if processes < 1:
+            raise ValueError(f"processes must be >= 1, got {processes}")
+        self.processes, self.timeouts = processes, timeouts
         self.grid, self.workdir = grid, os.path.abspath(workdir)
         self.runs = tuple(runs if runs is not None else grid.runs)
         self.parallel, self.retry_failed, self.commands = parallel, retry_failed, commands
@@ -159,7 +193,7 @@ class LocalLauncher:
                 break
             time.sleep(self.poll_s)
             for job in list(self._active):
-                rc = job.proc.poll()
+                rc = job.poll()
                 if rc is not None:
                     self._active.remove(job)
                     if self._finish(job, rc):
@@ -280,7 +314,7 @@ class LocalLauncher:
                     line = stage_progress(job.log_path.removesuffix(".log") + ".progress.json")
                     self.out(f"stages {tag}: {line or 'building the data'}")
             for tag, (job, members) in list(running.items()):
-                rc = job.proc.poll()
+                rc = job.poll()
                 if rc is None:
                     continue
                 del running[tag]
@@ -326,20 +360,28 @@ class LocalLauncher:
         cores = self.slots[slot] if slot is not None else None
         if slot is not None and self.parallel > 1:
             env.update(thread_env(self.threads))
-        with open(log_path, "ab") as log:
+        count = self.processes if kind == "train" else 1
+        if count > 1:
+            env.update(self.timeouts.env(), IMGSYNTH_NUM_PROCESSES=str(count),
+                       IMGSYNTH_COORDINATOR=f"127.0.0.1:{free_port()}")
+        with open(log_path, "ab") as log:   # every process of a job writes to the one log
             offset = log.tell()
             log.write(f"\n=== {kind} {io.now()}: {runs_lib.shell(argv)}\n".encode())
             log.flush()
-            proc = subprocess.Popen(
+            procs = [subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**env, **die_with_parent_env()}, preexec_fn=functools.partial(die_with_parent, os.getpid()),
+                env={**env, **die_with_parent_env(),
+                     **({"IMGSYNTH_PROCESS_ID": str(i)} if count > 1 else {})},
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),
                 start_new_session=True)   # Ctrl-C reaches the launcher only; it forwards it
-        if cores and hasattr(os, "sched_setaffinity"):
-            try:   # before the child's first thread: Python start-up alone takes far longer
-                os.sched_setaffinity(proc.pid, cores)
-            except OSError:
-                pass
-        return _Job(kind, run, proc, slot if slot is not None else -1, log_path, offset,
+                for i in range(count)]
+        for proc in procs:
+            if cores and hasattr(os, "sched_setaffinity"):
+                try:   # before the child's first thread: Python start-up alone takes far longer
+                    os.sched_setaffinity(proc.pid, cores)
+                except OSError:
+                    pass
+        return _Job(kind, run, procs, slot if slot is not None else -1, log_path, offset,
                     time.monotonic())
 
     def _free_slot(self) -> int:
@@ -386,7 +428,7 @@ class LocalLauncher:
             self.state.update_run(run.name, train="pending", reason=status.get("reason"),
                                   returncode=0)
             return False
-        reason = runs_lib.failure_reason(tail, rc)
+        reason = job.lost() or runs_lib.failure_reason(tail, rc)
         if status["status"] == "failed" and status.get("reason"):
             reason = f"exit code {rc}: {status['reason']}"
         else:
@@ -403,12 +445,12 @@ class LocalLauncher:
             self.out(f"\n{name}: stopping; {len(self._active)} running jobs checkpoint and stop "
                      "(send it again to kill them)")
             for job in self._active:
-                _signal_group(job.proc, signal.SIGINT)
+                job.signal(signal.SIGINT)
         elif not self._killed:
             self._killed = True
             self.out(f"\n{name} again: killing {len(self._active)} jobs")
             for job in self._active:
-                _signal_group(job.proc, signal.SIGKILL)
+                job.signal(signal.SIGKILL)
 
     # ---- progress --------------------------------------------------------------------------------
     def _estimate(self, kind: str, run: grid_lib.Run) -> float | None:
@@ -489,6 +531,13 @@ def stage_progress(path: str) -> str | None:
     eta = (f"ETA {grid_lib.format_duration(elapsed / step * (total - step))}" if step
            else "starting (compiling, reading the data)")
     return f"{p['stage']} {step}/{total} steps, {grid_lib.format_duration(elapsed)} in, {eta}"
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a multi-process job's coordinator."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -22,6 +22,7 @@ CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grid_con
 STATE_FILE = "launch_status.json"
 LOG_FILE = "launch.log"
 TAIL_LINES = 25
+PROCESSES_DIR = "processes"   # a multi-process run's per-process records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,28 @@ class Commands:
         return [self.python, *self.prepare, self.config_flag(grid_path, run)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    """What the processes of a multi-process run are told (imgsynth/multihost.py reads it from
+    the environment): how long a silent peer may stay silent before the job is ended as failed,
+    and how long processes wait for each other at start-up. None: the trainer's default."""
+    peer_s: int | None = None
+    init_s: int | None = None
+
+    def __post_init__(self):
+        for name, value in (("peer_timeout_s", self.peer_s), ("init_timeout_s", self.init_s)):
+            if value is not None and value < 1:
+                raise ValueError(f"--{name}={value}: at least 1 second")
+
+    def env(self) -> dict[str, str]:
+        return {name: str(value) for name, value in ((PEER_TIMEOUT_ENV, self.peer_s),
+                                                     (INIT_TIMEOUT_ENV, self.init_s))
+                if value is not None}
+
+
+PEER_TIMEOUT_ENV, INIT_TIMEOUT_ENV = "IMGSYNTH_PEER_TIMEOUT_S", "IMGSYNTH_INIT_TIMEOUT_S"
+
+
 def shell(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
@@ -68,6 +91,15 @@ def grid_of(directory: str) -> str | None:
     except (OSError, ValueError):
         return None
     return (config or {}).get("grid", {}).get("name") if config else None
+
+
+def gone_processes(directory: str) -> list[int]:
+    """The processes of a multi-process run whose own record (`processes/<i>.json`, written by
+    imgsynth/multihost.py) says running while the process is gone: the job's processes disagree."""
+    folder = os.path.join(directory, PROCESSES_DIR)
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    records = [io.read_json(os.path.join(folder, n)) or {} for n in names if n.endswith(".json")]
+    return sorted(r["process"] for r in records if "process" in r and io.process_gone(r))
 
 
 def last_metrics(directory: str, max_bytes: int = 65536) -> dict:
@@ -174,7 +206,9 @@ def status_rows(workdir: str, runs: Sequence[grid_lib.Run | grid_lib.RunRef]) ->
         reason = status.get("reason") or launch.get("reason") or ""
         if status["status"] == "done" and launch.get("eval") in ("failed", "unavailable"):
             reason = launch.get("eval_reason", "")
-        shown = "stale (process gone)" if io.process_gone(status) else status["status"]
+        missing = gone_processes(d) if status["status"] == "running" else []
+        shown = (f"stale (process {', '.join(map(str, missing))} gone)" if missing
+                 else "stale (process gone)" if io.process_gone(status) else status["status"])
         total = r.steps if r.steps is not None else (io.read_json(os.path.join(
             d, "config.json")) or {}).get("total_steps")
         rows.append({"run": r.name, "status": shown, "step": step, "total": total,

@@ -117,15 +117,18 @@ def make_executor(folder: str, options: SlurmOptions, name: str):
 
 
 def submit(grid, workdir: str, options: SlurmOptions, *, runs=None, commands=None,
-           retry_failed: bool = False, out=None) -> list:
-    """Submits one job per run that is not done (as one job array); returns the submitit jobs."""
+           retry_failed: bool = False, out=None, timeouts=None) -> list:
+    """Submits one job per run that is not done (as one job array); returns the submitit jobs.
+    `timeouts` (launch.runs.Timeouts): how long a node's trainer waits for a silent peer and
+    for the other nodes at start-up."""
     from launch import runs as runs_lib
     out = out or (lambda line: print(line, flush=True))
     commands = commands or runs_lib.Commands()
     workdir = os.path.abspath(workdir)
     state = runs_lib.LaunchState(workdir, grid)
     env = {"PYTHONPATH": os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), os.environ.get("PYTHONPATH")) if p)}
+        os.path.abspath(__file__))), os.environ.get("PYTHONPATH")) if p),
+           **(timeouts or runs_lib.Timeouts()).env()}
     tasks = []
     for run in runs if runs is not None else grid.runs:
         d = runs_lib.run_dir(workdir, run.name)

@@ -74,9 +74,12 @@ class TpuLauncher:
                  retry_failed: bool = False, skip_setup: bool = False,
                  runner: Callable[[list[str], str], int] | None = None,
                  query: Callable[[list[str]], tuple[int, str]] | None = None, out=None,
-                 poll_s: float = 30.0, queue_timeout_s: float = 24 * 3600):
+                 poll_s: float = 30.0, queue_timeout_s: float = 24 * 3600,
+                 timeouts: runs_lib.Timeouts = runs_lib.Timeouts()):
         """`runner(argv, log_path) -> exit code` runs a long step with its output in a log;
-        `query(argv) -> (exit code, stdout)` a short one. Both default to subprocesses."""
+        `query(argv) -> (exit code, stdout)` a short one. Both default to subprocesses.
+        `timeouts`: how long the workers' processes wait for a silent peer and for each other
+        at start-up (passed to every worker's trainer)."""
         rel = os.path.relpath(grid.path, grid_lib.REPO_ROOT)
         if rel.startswith(".."):
             raise ValueError(f"the TPU backend runs grids from the checkout on the workers; "
@@ -89,6 +92,7 @@ class TpuLauncher:
         self.query = query or _query
         self.out = out or (lambda line: print(line, flush=True))
         self.poll_s, self.queue_timeout_s = poll_s, queue_timeout_s
+        self.timeouts = timeouts
         self.commands = runs_lib.Commands(python=target.python,
                                           config_file="launch/grid_config.py")
         self._stopping = False
@@ -117,7 +121,9 @@ class TpuLauncher:
         pidfile = f"/tmp/imgsynth-{run.name}.pid"
         train = runs_lib.shell(self.commands.train_argv(self.grid_rel, run.name, d))
         # Background + wait, so that `stop` can signal exactly this run's process on each worker.
-        command = (f"cd {self.target.repo_dir} && {{ IMGSYNTH_DISTRIBUTED=auto {train} & "
+        env = "".join(f"{k}={v} " for k, v in {"IMGSYNTH_DISTRIBUTED": "auto",
+                                                 **self.timeouts.env()}.items())
+        command = (f"cd {self.target.repo_dir} && {{ {env}{train} & "
                    f"echo $! > {pidfile}; wait $!; }}")
         stop = self.target.ssh(f"kill -TERM $(cat {pidfile}) 2>/dev/null || true")
         return [Step("train", self.target.ssh(command), run.name, stop),
