@@ -13,6 +13,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from imgsynth.data import example_proto
 from imgsynth.data import scene as scene_lib
 from imgsynth.data.scene import COLORS, GRID, Scene
 
@@ -122,8 +123,9 @@ def make_record(resolution: int, seed: int, split_index: int, index: int,
             "objects": scene.to_record()}
 
 
-def make_records(task: tuple[int, int, int, int, int, int]) -> list[tuple[int, dict]]:
-    """(resolution, seed, split_index, start, stop, supersample) → keyed records; a worker task."""
+def make_records(task: tuple[int, int, int, int, int, int]) -> list[tuple[int, bytes]]:
+    """(resolution, seed, split_index, start, stop, supersample) → keyed serialized records; a
+    worker task (the worker encodes: the main process only writes)."""
     resolution, seed, split_index, start, stop, supersample = task
-    return [(i, make_record(resolution, seed, split_index, i, supersample))
+    return [(i, example_proto.record(**make_record(resolution, seed, split_index, i, supersample)))
             for i in range(start, stop)]
