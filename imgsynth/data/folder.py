@@ -196,7 +196,7 @@ class CaptionedFolder(records.OfflineBuilder):
                         "converted": collections.Counter()}
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return records.OfflineInfo(
             builder=self,
             description=f"Captioned images from {self.builder_config.src}.",
             features=tfds.features.FeaturesDict({

@@ -112,6 +112,15 @@ def fit_image(image: Image.Image | np.ndarray, resolution: int) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + resolution, top + resolution)), np.uint8)
 
 
+class OfflineInfo(tfds.core.DatasetInfo):
+    """The info of a dataset built here. TFDS looks up a builder's info in its bucket while the
+    dataset is not built yet, and leaves an empty `tmp*tfds` directory behind each time, even with
+    the bucket switched off (as it is by default); nothing built here is in the bucket."""
+
+    def initialize_from_bucket(self) -> None:
+        pass
+
+
 class _AsWritten(example_serializer.Serializer):
     """The records come serialized: the writer keeps their bytes."""
 

@@ -79,7 +79,7 @@ class CaptionedShapes(records.OfflineBuilder):
         self._chunk_size = chunk_size
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return records.OfflineInfo(
             builder=self,
             description="Images of 1-4 coloured shapes on a grid, captions in six GenEval "
                         "categories, and the scene (shape, colour, size, row, col per object).",
