@@ -2,11 +2,17 @@
 batch rate.
 
     python benchmarks/data_throughput.py [--records=5000] [--resolution=32] [--global_batch_size=64]
+        [--num_workers=N]
 
-Generation builds `--records` training records with the real TFDS builder (render, PNG, encode,
-shuffle, write ArrayRecord) and extrapolates the minutes for 100k records; `--records=100000`
-measures the full build instead. The pipeline reads that build through `train_iterator` with the
-standard transform (decode, tokenize, normalise, batch) on this process alone.
+Generation builds `--records` training records with the real TFDS builder (workers render, PNG-
+and protobuf-encode; the main process shuffles and writes ArrayRecord, then reads the captions
+back for the vocabulary) and extrapolates the minutes for 100k records; `--records=100000`
+measures the full build instead. The CPU seconds of the workers and of the main process give the
+rate one worker sustains (`per_worker_images_per_s`) and the rate the main process allows
+(`main_process_images_per_s`): a machine with N free cores builds at about the smaller of N × the
+first and the second, whatever the load was here. The pipeline reads that build through
+`train_iterator` with the standard transform (decode, tokenize, normalise, batch) on this
+process alone.
 """
 from __future__ import annotations
 
@@ -36,10 +42,10 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
-def _cpu_seconds() -> float:
-    """User + system CPU time of this process and of its finished children (workers)."""
+def _cpu_seconds() -> tuple[float, float]:
+    """User + system CPU time of this process, and of its finished children (workers)."""
     t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    return t.user + t.system, t.children_user + t.children_system
 
 
 def main() -> None:
@@ -66,12 +72,16 @@ def main() -> None:
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         path = build.build_shapes(tmp, config, num_workers=workers, log=lambda m: None)
         build_s = time.perf_counter() - start  # includes the vocabulary pass
-        build_cpu_s = _cpu_seconds() - cpu_start
+        main_cpu_s, worker_cpu_s = (b - a for a, b in zip(cpu_start, _cpu_seconds()))
+        build_cpu_s = main_cpu_s + worker_cpu_s
         images_per_s = args.records / build_s
         minutes_100k = 100_000 / images_per_s / 60
         # CPU seconds barely depend on what else runs on the machine: the minutes an idle
         # machine would need, when the build runs in one process.
         minutes_100k_cpu = 100_000 * build_cpu_s / args.records / 60
+        # With one worker the main process renders nothing, but with none it renders everything.
+        per_worker = args.records / (worker_cpu_s if workers > 1 else build_cpu_s)
+        main_rate = args.records / main_cpu_s if workers > 1 else per_worker
 
         import tensorflow_datasets as tfds
         source = tfds.builder_from_directory(path).as_data_source("train")
@@ -83,11 +93,11 @@ def main() -> None:
             process_index=0, process_count=1)
         for _ in range(10):  # warm-up: threads start, prefetch buffer fills
             next(it)
-        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        start, cpu_start = time.perf_counter(), sum(_cpu_seconds())
         for _ in range(args.batches):
             next(it)
         batches_per_s = args.batches / (time.perf_counter() - start)
-        cpu_ms_per_batch = 1000 * (_cpu_seconds() - cpu_start) / args.batches
+        cpu_ms_per_batch = 1000 * (sum(_cpu_seconds()) - cpu_start) / args.batches
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -101,6 +111,9 @@ def main() -> None:
         ("100k records at this rate" + (" (extrapolated)" if extrapolated else " (measured)"),
          f"{minutes_100k:.2f} min"),
         ("CPU time of the build", f"{build_cpu_s:.1f} s = {minutes_100k_cpu:.2f} CPU-min per 100k"),
+        ("one worker's rate (its CPU time, start-up included)", f"{per_worker:,.0f} records/s"),
+        ("the main process's rate (its CPU time)", f"{main_rate:,.0f} records/s"),
+        ("16 free cores (estimated)", f"{min(16 * per_worker, main_rate):,.0f} records/s"),
         (f"grain pipeline, global_batch_size {args.global_batch_size}",
          f"{batches_per_s:.1f} batches/s = {batches_per_s * args.global_batch_size:,.0f} images/s"),
         ("CPU time per batch", f"{cpu_ms_per_batch:.1f} ms"),
@@ -117,6 +130,9 @@ def main() -> None:
         "minutes_per_100k": round(minutes_100k, 2),
         "minutes_per_100k_extrapolated": extrapolated,
         "cpu_minutes_per_100k": round(minutes_100k_cpu, 2),
+        "per_worker_images_per_s": round(per_worker, 1),
+        "main_process_images_per_s": round(main_rate, 1),
+        "images_per_s_16_cores_estimated": round(min(16 * per_worker, main_rate), 1),
         "records": args.records, "resolution": args.resolution,
         "global_batch_size": args.global_batch_size, "num_workers": workers,
         "cpu": _cpu(), "cores": len(os.sched_getaffinity(0)), "load_average_1min": round(load, 2),

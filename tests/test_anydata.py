@@ -110,10 +110,10 @@ def _tiny_generator(cache, data):
 
 
 @pytest.mark.slow
-def test_mock_tfds_label_dataset_is_evaluated(tmp_path):
+def test_tfds_offline_label_dataset_is_evaluated(tmp_path, tfds_offline):
     data = {"name": "tfds", "tfds_name": "cifar10", "label_key": "label",
             "data_dir": str(tmp_path / "tfds"), "builder_config": ""}
-    with tfds.testing.mock_data(num_examples=24):
+    with tfds_offline(num_examples=24):
         c = _tiny_generator(str(tmp_path / "cache"), data)
         run = str(tmp_path / "run")
         train.train(c, run)

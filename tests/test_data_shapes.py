@@ -76,6 +76,19 @@ def test_fast_record_source_decodes_exactly_like_tfds(built):
             assert np.asarray(value).dtype == b["objects"][key].dtype
 
 
+@pytest.mark.parametrize("shape", [(16, 16), (64, 64), (3, 7)])
+def test_png_bytes_decode_to_the_image(shape):
+    import io
+
+    from PIL import Image
+
+    from imgsynth.data.render import png_bytes
+    image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    with Image.open(io.BytesIO(png_bytes(image))) as decoded:
+        assert decoded.format == "PNG" and decoded.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(decoded), image)
+
+
 def test_named_configs_cover_resolutions_and_sizes():
     configs = {c.name: c for c in shapes.CaptionedShapes.BUILDER_CONFIGS}
     for r in (16, 32, 64):

@@ -15,8 +15,8 @@ def _cifar(tmp_path, **overrides):
             "image_key": "image", "label_key": "label", "resolution": 16, **overrides}
 
 
-def test_label_template_becomes_the_caption(tmp_path):
-    with tfds.testing.mock_data(num_examples=12):
+def test_label_template_becomes_the_caption(tmp_path, tfds_offline):
+    with tfds_offline(num_examples=12):
         src = pipeline.load_split(_cifar(tmp_path), "train")
         assert len(src) == 12
         r = src[3]
@@ -64,19 +64,19 @@ def test_nested_text_key_takes_the_first_caption():
     assert mapped.RecordMapper(spec)(record)["caption"] == "a cat on a mat"
 
 
-def test_builder_that_imports_tensorflow_names_the_extra(tmp_path):
+def test_builder_that_imports_tensorflow_names_the_extra(tmp_path, tfds_offline):
     if importlib.util.find_spec("tensorflow") is not None:
         pytest.skip("TensorFlow is installed here: coco_captions's builder constructs")
-    with tfds.testing.mock_data(num_examples=2):
+    with tfds_offline(num_examples=2):
         with pytest.raises(cli.UsageError, match=r"coco_captions.*TensorFlow.*\.\[tf\]"):
             pipeline.load_split(_coco_captions(tmp_path), "train")
 
 
-def test_text_key_with_nested_captions_and_vocabulary_file(tmp_path):
+def test_text_key_with_nested_captions_and_vocabulary_file(tmp_path, tfds_offline):
     pytest.importorskip("tensorflow", reason="coco_captions's TFDS builder imports TensorFlow: "
                         "pip install -e '.[tf]'")
     config = _coco_captions(tmp_path)
-    with tfds.testing.mock_data(num_examples=6):
+    with tfds_offline(num_examples=6):
         src = pipeline.load_split(config, "train")
         r = src[0]
         assert r["image"].shape == (32, 32, 3)  # mocked images have random sizes
@@ -89,7 +89,7 @@ def test_text_key_with_nested_captions_and_vocabulary_file(tmp_path):
         assert tok.num_truncated == 0 and (ids != 1).all()  # no <unk>: vocabulary from train
 
 
-def test_config_errors_are_clear(tmp_path):
+def test_config_errors_are_clear(tmp_path, tfds_offline):
     with pytest.raises(ValueError, match="exactly one of text_key and label_key"):
         DataSpec.of({"name": "tfds", "tfds_name": "cifar10", "label_key": "label",
                      "text_key": "id"})
@@ -97,12 +97,12 @@ def test_config_errors_are_clear(tmp_path):
         DataSpec.of(_cifar(tmp_path, caption_template="a photo"))
     with pytest.raises(ValueError, match="name="):
         DataSpec.of({"name": "imagenet"})
-    with tfds.testing.mock_data(num_examples=2):
+    with tfds_offline(num_examples=2):
         src = pipeline.load_split(_cifar(tmp_path, image_key="img"), "train")
         with pytest.raises(KeyError, match="no field 'img'"):
             src[0]
 
 
-def test_unprepared_dataset_says_how_to_prepare_it(tmp_path):
+def test_unprepared_dataset_says_how_to_prepare_it(tmp_path, tfds_offline):
     with pytest.raises(FileNotFoundError, match=r"ArrayRecord.*TensorFlow.*\.\[tf\]"):
         pipeline.load_split(_cifar(tmp_path), "train")

@@ -169,8 +169,9 @@ def _ensure(final_dir: str, make_builder: Callable[[str], tfds.core.DatasetBuild
 
 
 def build_shapes(data_dir: str, config: str | shapes.ShapesConfig = "r32", *,
-                 text_max_len: int = 16, num_workers: int | None = None, chunk_size: int = 1_000,
-                 log: Log = logging.info, wait_timeout_s: float = 7200.0) -> str:
+                 text_max_len: int = 16, num_workers: int | None = None,
+                 chunk_size: int = shapes.CHUNK_SIZE, log: Log = logging.info,
+                 wait_timeout_s: float = 7200.0) -> str:
     """The captioned shapes dataset for a named config (or a ShapesConfig, e.g. tiny test sizes)."""
     name = config if isinstance(config, str) else config.name
     final_dir = os.path.join(data_dir, shapes.NAME, name, shapes.VERSION)
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text_key", default="")
     parser.add_argument("--text_max_len", type=int, default=16)
     parser.add_argument("--num_workers", type=int, default=None,
-                        help="shapes: generation processes (default: cores - 1)")
+                        help="shapes: generation processes (default: one per core)")
     args = parser.parse_args(argv)
     with cli.usage_errors(ValueError, FileNotFoundError, NotADirectoryError, FileExistsError):
         _build(parser, args)

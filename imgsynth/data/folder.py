@@ -32,7 +32,7 @@ import re
 import tensorflow_datasets as tfds
 from PIL import Image, ImageOps
 
-from imgsynth.data import records
+from imgsynth.data import example_proto, records
 from imgsynth.data.render import png_bytes
 
 NAME = "captioned_folder"
@@ -196,7 +196,7 @@ class CaptionedFolder(records.OfflineBuilder):
                         "converted": collections.Counter()}
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return records.OfflineInfo(
             builder=self,
             description=f"Captioned images from {self.builder_config.src}.",
             features=tfds.features.FeaturesDict({
@@ -237,9 +237,8 @@ class CaptionedFolder(records.OfflineBuilder):
             if conversion:
                 self.summary["converted"][conversion] += 1
             written += 1
-            yield rel, {"image": png_bytes(records.fit_image(image, c.resolution)),
-                        "caption": caption, "category": "none",
-                        "objects": records.empty_objects(), "label": label}
+            yield rel, example_proto.record(png_bytes(records.fit_image(image, c.resolution)),
+                                            caption, "none", records.empty_objects(), label)
         self.summary["written"][split] = written
         if not written:
             raise ValueError(

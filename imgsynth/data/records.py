@@ -3,7 +3,9 @@
 One layout for shapes, image folders and mapped TFDS datasets means one transform, one tokenizer
 path and one pipeline downstream: `image` (uint8 HxWx3), `caption` (text), `category`
 (ClassLabel over `scene.CATEGORIES`, 'none' for real data) and `objects` (the scene; empty for
-real data).
+real data). Builders hand the writer records already serialized (`example_proto`), so they are
+encoded where they are made — in generation workers — and come out byte-identical however the
+build was parallelised, on any host.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import io
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
+from tensorflow_datasets.core import example_serializer, splits as splits_lib
+from tensorflow_datasets.core import writer as writer_lib
 from tensorflow_datasets.proto import tf_example_pb2
 
 from imgsynth.data import scene as scene_lib
@@ -108,8 +112,29 @@ def fit_image(image: Image.Image | np.ndarray, resolution: int) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + resolution, top + resolution)), np.uint8)
 
 
+class OfflineInfo(tfds.core.DatasetInfo):
+    """The info of a dataset built here. TFDS looks up a builder's info in its bucket while the
+    dataset is not built yet, and leaves an empty `tmp*tfds` directory behind each time, even with
+    the bucket switched off (as it is by default); nothing built here is in the bucket."""
+
+    def initialize_from_bucket(self) -> None:
+        pass
+
+
+class _AsWritten(example_serializer.Serializer):
+    """The records come serialized: the writer keeps their bytes."""
+
+    def serialize_example(self, example: bytes) -> bytes:
+        return example
+
+
 class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """A builder that downloads nothing and writes ArrayRecord files.
+    """A builder that downloads nothing and writes ArrayRecord files of serialized records.
+
+    `_split_generators` maps each split to an iterable of (key, `example_proto` bytes), consumed
+    split after split in its order. TFDS's writer shuffles them by key (the order every build
+    of a dataset shares) and writes them as they are: TFDS would encode and serialize each record
+    in this process, in an order protobuf does not fix.
 
     Nothing is downloaded, so there are no URL checksums to look up; saying so up front also
     keeps TFDS from probing the builder's source location (which needs `importlib_resources`,
@@ -124,3 +149,21 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def __init__(self, **kwargs):
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
+
+    def _generate_splits(self, dl_manager, download_config) -> list[splits_lib.SplitInfo]:
+        infos = []
+        for split, serialized in self._split_generators(dl_manager).items():
+            template = self._get_filename_template(split_name=split)
+            writer = writer_lib.Writer(
+                serializer=_AsWritten(self.info.features.get_serialized_info()),
+                filename_template=template, hash_salt=split,
+                disable_shuffling=self.info.disable_shuffling,
+                shard_config=download_config.get_shard_config(),
+                example_writer=self._example_writer(),
+                ignore_duplicates=download_config.ignore_duplicates)
+            for key, raw in serialized:
+                writer.write(key, raw)
+            shard_lengths, num_bytes = writer.finalize()
+            infos.append(splits_lib.SplitInfo(name=split, shard_lengths=shard_lengths,
+                                              num_bytes=num_bytes, filename_template=template))
+        return infos
