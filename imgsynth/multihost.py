@@ -11,7 +11,7 @@ has been silent for the peer timeout, records the run as failed (naming the lost
 checkpoint a rerun starts from) and ends the process. Every process also keeps
 `processes/<i>.json` in the run directory, so `--status` can say which process is missing.
 
-Timeouts come from the environment the launchers set: IMGSYNTH_PEER_TIMEOUT_S (default 30) and
+Timeouts come from the environment the launchers set: IMGSYNTH_PEER_TIMEOUT_S (default 20) and
 IMGSYNTH_INIT_TIMEOUT_S (how long processes wait for each other at start-up; default 300).
 """
 from __future__ import annotations
@@ -33,7 +33,9 @@ from imgsynth import config as config_lib, io
 
 # The launchers set these (launch/runs.py names them too: it imports no jax).
 PEER_TIMEOUT_ENV, INIT_TIMEOUT_ENV = "IMGSYNTH_PEER_TIMEOUT_S", "IMGSYNTH_INIT_TIMEOUT_S"
-DEFAULT_PEER_TIMEOUT_S, DEFAULT_INIT_TIMEOUT_S = 30, 300
+# 20 s: the watchdog must speak before a CPU job's gloo collectives give up on the lost peer
+# (about 30 s), which aborts the survivor before it can record why.
+DEFAULT_PEER_TIMEOUT_S, DEFAULT_INIT_TIMEOUT_S = 20, 300
 PROCESSES_DIR = "processes"
 LOST_EXIT = 1
 _KEY = "imgsynth"

@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
                      "many processes of one JAX job (IMGSYNTH_NUM_PROCESSES; set XLA_FLAGS for "
                      "their devices)")
     pod.add_argument("--peer_timeout_s", type=int, help="end a run as failed once one of its "
-                     "processes has been silent this long (default 30)")
+                     "processes has been silent this long (default 20)")
     pod.add_argument("--init_timeout_s", type=int, help="how long a run's processes wait for "
                      "each other at start-up (default 300)")
     slurm = p.add_argument_group("slurm")

@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from test_device_run import check_rehearsal
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = os.path.join(REPO, "benchmarks", "gpu_image.txt")
 ENV_SCRIPT = os.path.join("benchmarks", "device_env.sh")
@@ -97,18 +99,12 @@ def test_rehearsal_on_python312_with_the_bundle_alone(tmp_path):
                IMGSYNTH_TENSORFLOW_ATTEMPTS=str(attempts),
                IMGSYNTH_BUNDLE_DIR=str(tmp_path / "bundle"))
     out = tmp_path / "out"
-    if os.path.exists(os.path.join(REPO, "benchmarks", "device_run.sh")):
-        command = ["benchmarks/device_run.sh", "--rehearse", f"--out={out}"]
-    else:   # until the study's script exists, its predecessor rehearses the same machinery
-        command = ["benchmarks/device_check.sh", "--smoke", f"--workdir={out}"]
+    command = ["benchmarks/device_run.sh", "--rehearse", f"--out={out}",
+               f"--workdir={tmp_path / 'work'}"]
     proc = subprocess.run(["bash", *command], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=1800)
-    if proc.returncode:
-        print(proc.stdout, proc.stderr[-8000:])   # shown whole in the failure report
-    assert proc.returncode == 0
     assert "wheels of .whl/ into" in proc.stderr   # the image lacked them: the bundle was used
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines and not [line for line in lines if '"error"' in line], proc.stdout
+    check_rehearsal(proc, out)
     assert not attempts.exists(), f"TensorFlow was imported:\n{attempts.read_text()[-4000:]}"
 
 

@@ -37,7 +37,7 @@ def loss_and_grads(remat: str, scan_layers: bool):
     return float(value), jax.tree.leaves(nnx.state(grads))
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
+@pytest.mark.parametrize("scan_layers", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_every_policy_gives_the_loss_and_gradients_of_none(scan_layers):
     value, grads = loss_and_grads("none", scan_layers)
     assert any(float(jnp.abs(g).max()) > 0 for g in grads)
@@ -56,6 +56,7 @@ def tiny_flow(remat: str):
     return config
 
 
+@pytest.mark.slow
 def test_full_remat_needs_less_memory_than_none():
     config = tiny_flow("none")
     plan = registry.plan(config)
@@ -107,6 +108,7 @@ def test_bad_remat_is_a_config_error():
         registry.plan(tiny_flow("sometimes"))
 
 
+@pytest.mark.slow
 def test_training_with_auto_builds_the_chosen_policy_and_keeps_auto_in_config(tmp_path,
                                                                                monkeypatch):
     from test_train import GOLDEN, tiny

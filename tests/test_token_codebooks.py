@@ -28,6 +28,7 @@ def tiny(paradigm):
     return c
 
 
+@pytest.mark.slow   # end to end: trains, evaluates and samples
 @pytest.mark.parametrize("paradigm", sorted(CODEBOOKS))
 def test_large_codebook_trains_evaluates_and_samples(paradigm, tmp_path):
     c = tiny(paradigm)
