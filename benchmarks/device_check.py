@@ -64,13 +64,13 @@ def part_env(args) -> None:
               "compute_capability": getattr(device, "compute_capability", None),
               "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
               "optax": optax.__version__, "python": platform.python_version(),
-              "cudnn": _cudnn_version(), "nvidia_smi": _nvidia_smi()}
+              "cudnn": cudnn_version(), "nvidia_smi": nvidia_smi()}
     emit("env", result)
     peak = measured_peak(args.smoke)
     emit("peak", {"dtype": "bfloat16", "peak_flops_per_s": peak, "device_kind": device.device_kind})
 
 
-def _cudnn_version():
+def cudnn_version():
     try:   # jaxlib's own record of the cuDNN it loaded; absent without CUDA
         from jax._src.lib import cuda_versions
         return cuda_versions.cudnn_get_version() if cuda_versions else None
@@ -78,7 +78,7 @@ def _cudnn_version():
         return None
 
 
-def _nvidia_smi():
+def nvidia_smi():
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                               "--format=csv,noheader"], capture_output=True, text=True, timeout=20)

@@ -134,8 +134,8 @@ def step_prepare(args) -> int:
     emit("env", {"backend": jax.default_backend(), "device_kind": device.device_kind,
                  "devices": jax.device_count(), "jax": jax.__version__,
                  "flax": flax.__version__, "python": sys.version.split()[0], "cores": cores(),
-                 "cudnn": device_check._cudnn_version(),  # noqa: SLF001
-                 "nvidia_smi": device_check._nvidia_smi()})  # noqa: SLF001
+                 "cudnn": device_check.cudnn_version(),
+                 "nvidia_smi": device_check.nvidia_smi()})
     config = grid.runs[0].config
     t0 = time.perf_counter()
     peak = perf.measure_device_peak(jnp.bfloat16, n=256 if args.rehearse else None)
