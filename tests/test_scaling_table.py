@@ -81,7 +81,7 @@ def test_extra_eval_keys_become_columns_and_bad_lines_warn(tmp_path):
     with open(os.path.join(run, "eval.json")) as f:
         ev = json.load(f)
     ev["weights"]["raw"]["precision"] = 0.7
-    ev["settings"]["sampler"] = {"method": "heun", "steps": 8}
+    ev["settings"]["sampler"] = {"method": "heun", "steps": 8, "head_method": "euler"}
     ev["settings"]["eval_split"] = "test"
     del ev["weights"]["raw"]["alignment_score"]
     with open(os.path.join(run, "eval.json"), "w") as f:
@@ -92,6 +92,7 @@ def test_extra_eval_keys_become_columns_and_bad_lines_warn(tmp_path):
     assert results.rows[0]["raw/precision"] == 0.7 and "raw/precision" in results.columns
     assert results.rows[0]["settings/sampler/method"] == "heun"   # a setting, not a metric
     assert results.rows[0]["settings/sampler/steps"] == 8
+    assert results.rows[0]["settings/sampler/head_method"] == "euler"
     assert results.rows[0]["settings/eval_split"] == "test"
     assert not any("not a number" in w for w in results.warnings)
     assert math.isnan(results.rows[0]["raw/alignment_score"])
@@ -107,3 +108,17 @@ def test_refuses_when_nothing_is_usable(tmp_path):
     write_run(str(tmp_path), "ar", "S", 1e15, status="failed", reason="preempted")
     with pytest.raises(table.NoResultsError, match="none has metrics.jsonl"):
         table.collect(str(tmp_path))
+
+
+def test_an_unevaluated_trunk_is_no_warning_but_another_run_is(tmp_path):
+    """A cooldown grid's trunk is never evaluated by design (its branches are); any other run done
+    without eval.json is reported as not evaluated yet."""
+    for name, fork_budgets in (("flow_S_1e15", [1e14, 1e15]), ("ar_S_1e15", None)):
+        run = write_run(str(tmp_path), name.split("_")[0], "S", 1e15, evaluate=False)
+        with open(os.path.join(run, "config.json")) as f:
+            config = json.load(f)
+        config["fork_budgets"] = fork_budgets
+        with open(os.path.join(run, "config.json"), "w") as f:
+            json.dump(config, f)
+    warnings = [w for w in table.collect(str(tmp_path)).warnings if "not evaluated yet" in w]
+    assert len(warnings) == 1 and "ar_S_1e15" in warnings[0]

@@ -61,6 +61,7 @@ CURVE_COLUMNS = ("run", "paradigm", "size", "budget", "ablation", "params_non_em
 STRING_COLUMNS = frozenset(
     {"run", "paradigm", "size", "grid", "ablation", "status", "reason", "samples_png",
      "settings/sampler/method",   # flow's ODE solver (euler | heun); the token samplers have none
+     "settings/sampler/head_method",   # the per-token head's solver (ar_continuous, mar)
      "settings/eval_split",       # the split the prompts and reference images come from
      "dataset", "unavailable"})
 STATUSES = ("pending", "running", "done", "failed")
@@ -225,7 +226,7 @@ def _run_row(run_dir: str, workdir: str, warn) -> tuple[dict, list[dict], bool]:
 
     if evaluation is not None:
         _add_evaluation(row, evaluation, name, run_dir, workdir, warn)
-    elif row["status"] == "done":
+    elif row["status"] == "done" and not config.get("fork_budgets"):   # trunks never are
         warn(f"{name}: done but no eval.json (not evaluated yet); its metrics are NaN")
     # Eval rows carry the step and FLOPs; examples seen come from the training row of that step.
     examples = {_number(r.get("step")): _number(r["examples_seen"]) for r in metrics
