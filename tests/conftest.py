@@ -27,7 +27,11 @@ _TMP = tempfile.gettempdir()
 _KEPT = {"imgsynth-test-jax-cache", f"pytest-of-{getpass.getuser()}"}
 _BEFORE, _LEFT = pytest.StashKey[set](), pytest.StashKey[list]()
 
-jax.config.update("jax_compilation_cache_dir", os.path.join(_TMP, "imgsynth-test-jax-cache"))
+# Set through the environment, so the training and evaluation processes tests start share it too.
+os.environ.update(JAX_COMPILATION_CACHE_DIR=os.path.join(_TMP, "imgsynth-test-jax-cache"),
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

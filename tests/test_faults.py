@@ -48,8 +48,11 @@ def test_second_trainer_is_refused_naming_the_holder(tmp_path):
             train.train(tiny("flow"), str(tmp_path))
 
 
-def test_changed_config_on_a_finished_run_is_refused(tmp_path):
+def test_changed_config_on_a_finished_or_unfinished_run_is_refused(tmp_path):
     train.train(tiny("flow"), str(tmp_path))
+    with pytest.raises(config_lib.ConfigError, match="different config"):
+        train.train(tiny("flow", **{"optimizer.lr": 1.0}), str(tmp_path))
+    os.remove(tmp_path / "status.json")          # an unfinished run is refused the same way
     with pytest.raises(config_lib.ConfigError, match="different config"):
         train.train(tiny("flow", **{"optimizer.lr": 1.0}), str(tmp_path))
     (tmp_path / "file").write_text("")
