@@ -7,6 +7,7 @@ all a run leaves in the temporary directory; the session fails naming anything e
 """
 import getpass
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -46,6 +47,22 @@ def tfds_offline(monkeypatch):
     return tfds.testing.mock_data
 
 
+_STAGE_CACHE = "IMGSYNTH_TEST_STAGE_CACHE"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):   # the controller, or a run without xdist
+        os.environ[_STAGE_CACHE] = tempfile.mkdtemp(prefix="imgsynth-test-stage-cache-")
+
+
+@pytest.fixture(scope="session")
+def stage_cache():
+    """One stage cache (the r32_tiny data, its autoencoders, judge and alignment model) for the
+    end-to-end tests of every module and worker: each entry is built once per run, under the
+    stages' own file locks, not once per module and worker. Removed when the run ends."""
+    return os.environ[_STAGE_CACHE]
+
+
 def pytest_sessionstart(session):
     session.stash[_BEFORE] = set(os.listdir(_TMP))
 
@@ -53,6 +70,7 @@ def pytest_sessionstart(session):
 def pytest_sessionfinish(session, exitstatus):
     if hasattr(session.config, "workerinput"):
         return   # an xdist worker: the controller checks once every worker is done
+    shutil.rmtree(os.environ.pop(_STAGE_CACHE, ""), ignore_errors=True)
     left = sorted(set(os.listdir(_TMP)) - session.stash.get(_BEFORE, set()) - _KEPT)
     session.config.stash[_LEFT] = left
     if left:

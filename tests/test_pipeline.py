@@ -33,14 +33,9 @@ def tiny(paradigm, cache, steps=12):
     return c
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
 @pytest.mark.slow
-def test_runlocal_flow_trains_checkpoints_and_evaluates(cache, tmp_path):
-    c = tiny("flow", cache)
+def test_runlocal_flow_trains_checkpoints_and_evaluates(stage_cache, tmp_path):
+    c = tiny("flow", stage_cache)
     row = train.train(c, str(tmp_path))                 # builds data, autoencoder, latents
     assert json.load(open(tmp_path / "status.json"))["status"] == "done"
     assert {"6", "12"} <= set(os.listdir(tmp_path / "checkpoints"))
@@ -80,8 +75,8 @@ def test_runlocal_flow_trains_checkpoints_and_evaluates(cache, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("paradigm", ["maskgit", "ar"])
-def test_token_paradigms_end_to_end(cache, tmp_path, paradigm):
-    c = tiny(paradigm, cache, steps=4)
+def test_token_paradigms_end_to_end(stage_cache, tmp_path, paradigm):
+    c = tiny(paradigm, stage_cache, steps=4)
     c.eval.weights = ("ema",) if paradigm == "ar" else ("raw", "ema")
     train.train(c, str(tmp_path))
     stages.prepare(c)
@@ -96,8 +91,8 @@ def test_token_paradigms_end_to_end(cache, tmp_path, paradigm):
         evaluate.evaluate(str(tmp_path), num_samples=8)
 
 
-def test_precompute_reads_back_as_direct_encoding(cache):
-    c = tiny("maskgit", cache)
+def test_precompute_reads_back_as_direct_encoding(stage_cache):
+    c = tiny("maskgit", stage_cache)
     path = stages.encoded(c)
     model, info = autoencoder_files.load(stages.autoencoder_dir(c), kind="fsq")
     source = encode.load_encoded(path, "validation", autoencoder_hash=info["hash"])
@@ -115,8 +110,8 @@ def test_precompute_reads_back_as_direct_encoding(cache):
         autoencoder_files.load(stages.autoencoder_dir(c), kind="kl")
 
 
-def test_autoencoder_weights_must_cover_the_model(cache, tmp_path):
-    c = tiny("maskgit", cache)
+def test_autoencoder_weights_must_cover_the_model(stage_cache, tmp_path):
+    c = tiny("maskgit", stage_cache)
     src = stages.autoencoder(c)
     broken = tmp_path / "ae"
     shutil.copytree(src, broken)
@@ -154,8 +149,8 @@ def test_evaluate_refuses_unfinished_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_autoencoder_resumes_after_a_crash(cache, tmp_path, monkeypatch):
-    c = stages.autoencoder_config(tiny("flow", cache))
+def test_autoencoder_resumes_after_a_crash(stage_cache, tmp_path, monkeypatch):
+    c = stages.autoencoder_config(tiny("flow", stage_cache))
     c.total_steps, c.checkpoint_every_steps, c.eval_examples = 4, 2, 16
     straight = train_autoencoder.train(c, str(tmp_path / "a"))
     with killed_after_checkpoint(monkeypatch, 2):

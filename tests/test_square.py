@@ -209,16 +209,11 @@ def test_square_grid_has_every_corner_and_fits_the_hour():
     assert sum(grid_lib.estimate_seconds(r) for r in sq.runs) <= 60 * 60
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("paradigm", list(MODULES))
-def test_continuous_paradigms_end_to_end(cache, tmp_path, paradigm):
+def test_continuous_paradigms_end_to_end(stage_cache, tmp_path, paradigm):
     c = config_lib.default_config(paradigm, "runlocal,steps=4,global_batch_size=16")
-    c.cache_dir = cache
+    c.cache_dir = stage_cache
     c.data.builder_config = "r32_tiny"
     c.autoencoder.train_steps = 20
     c.instruments.judge_steps = c.instruments.alignment_steps = 20
