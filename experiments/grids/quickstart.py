@@ -17,7 +17,7 @@ BUDGETS = (3e11, 2e12)   # training FLOPs; T: ~160 / 1,060 steps
 OVERRIDES = {
     "eval_every_steps": 250,
     "checkpoint_every_steps": 500,
-    "eval.weights": ("ema",),   # half the sampling; the EMA-vs-raw comparison is cpu_study's
+    "eval.weights": ("ema",),   # half the sampling; cpu_study measures EMA against raw weights
 }
 
 
