@@ -45,9 +45,9 @@ def snapshots(workdir: str, config, abstract_params) -> tuple[list[int], list]:
         store.close()
 
 
-def reconstruct(config, steps: list[int], averages: list, sigma_rel: float, step: int):
-    """The power-function average of width `sigma_rel` at `step`, from the snapshots."""
-    sigmas = phema.check_sigma_rels(config.ema.sigma_rels, "ema.sigma_rels")
+def reconstruct(sigmas, steps: list[int], averages: list, sigma_rel: float, step: int):
+    """The power-function average of width `sigma_rel` at `step` from the snapshots: at each of
+    `steps`, one average per profile of `sigmas`."""
     in_t = np.repeat(np.float64(steps), len(sigmas))
     in_std = np.tile(np.float64(sigmas), len(steps))
     coefficients = phema.solve_coefficients(in_t, in_std, step, sigma_rel)[:, 0]
@@ -62,12 +62,13 @@ def reconstruct(config, steps: list[int], averages: list, sigma_rel: float, step
 
 def score(workdir: str, sigma_rels=None) -> dict:
     """{'sigma_rel': {σ: validation loss}, 'best': σ, 'params': the best average, 'step'}."""
+    if sigma_rels is not None:   # a bad value is refused before anything is loaded
+        sigma_rels = phema.check_sigma_rels(sigma_rels, "--sigma_rel")
     config = stages.run_config(os.path.join(workdir, loop.CONFIG_FILE))
     if config.get("ema") is None:
         raise cli.UsageError(f"{workdir} tracked a fixed-decay EMA (ema_decay), not the "
                              "power-function profiles a post-hoc EMA needs")
-    sigma_rels = phema.check_sigma_rels(config.ema.candidates if sigma_rels is None
-                                        else sigma_rels, "--sigma_rel")
+    sigma_rels = sigma_rels or phema.check_sigma_rels(config.ema.candidates, "ema.candidates")
     if io.read_status(workdir)["status"] != "done":
         raise cli.UsageError(f"{workdir} is not done; finish training first")
     plan = registry.plan(config)
@@ -85,7 +86,8 @@ def score(workdir: str, sigma_rels=None) -> dict:
     losses, best = {}, None
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
         for sigma in sigma_rels:
-            params = reconstruct(config, steps, averages, sigma, plan.total_steps)
+            params = reconstruct(config.ema.sigma_rels, steps, averages, sigma,
+                                 plan.total_steps)
             losses[sigma] = losses_of(params, mesh)["eval/loss"]
             if best is None or losses[sigma] < losses[best[0]]:
                 best = (sigma, params)
