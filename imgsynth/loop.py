@@ -155,7 +155,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> dict:
     """Trains (or resumes) `task` in `workdir`; returns the last metrics row.
 
     `config` supplies what every trainer shares: seed, global_batch_size, mesh, optimizer,
-    ema_decay, log/eval/checkpoint intervals, keep_checkpoints, peak_flops_per_s.
+    ema (power-function profiles) or ema_decay, log/eval/checkpoint intervals, keep_checkpoints,
+    peak_flops_per_s.
     """
     check_config(workdir, config)
     multihost.check_consistent(config)   # every process of a job: the same settings

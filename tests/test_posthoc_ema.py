@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from fixtures.crash import killed_after_checkpoint
-from imgsynth import config as config_lib, ema, loop, phema, registry, train
+from imgsynth import config as config_lib, ema, loop, phema, registry, stages, train
 from test_branches import family
 from test_train import tiny
 
@@ -95,8 +95,8 @@ def test_tracked_profile_is_recovered_after_training_and_the_cli_scores_sigmas(t
     c = tiny("flow", steps=40, **{"ema.sigma_rels": (0.05, 0.07, 0.10),
                                   "optimizer.lr": 3e-3})
     train.train(c, run)
-    config = train.stages.run_config(os.path.join(run, "config.json"))
-    graphdef, abstract = nnx.split(nnx.eval_shape(
+    config = stages.run_config(os.path.join(run, "config.json"))
+    _, abstract = nnx.split(nnx.eval_shape(
         lambda: registry.plan(config).module.build(config, nnx.Rngs(0))))
     steps, averages = ema.snapshots(run, config, abstract)
     assert steps == list(phema.snapshot_steps(40, 16))
