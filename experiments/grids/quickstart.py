@@ -8,6 +8,8 @@ steps to learn anything (XS: 22-150 steps), and every run pays tens of seconds o
 evaluation, so the size axis (isoFLOP curves, compute-optimal sizes) is cpu_study's. The judge,
 the alignment model and both autoencoders are the ones shipped with the package (trained on all
 of r32), so nothing but the generators trains; `--dry_run` prints the per-run estimate.
+Evaluation scores the post-hoc EMA only; cpu_study evaluates raw weights beside it, so finding 4
+(EMA helps diffusion more than the token methods) is measured there, not here.
 """
 
 PARADIGMS = ("flow", "maskgit", "ar")
