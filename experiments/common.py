@@ -82,7 +82,11 @@ def generator(paradigm: str, args: ml_collections.ConfigDict) -> ml_collections.
         warmup_steps=100, warmup_fraction=0.1,   # warm-up: at most this share of the run
         min_lr_ratio=0.1, decay_fraction=0.2,     # wsd: the cooldown's share of the run
         decay_shape="linear"))                    # wsd cooldown: linear | 1-sqrt
-    c.ema_decay = 0.999
+    # Post-hoc EMA (imgsynth.phema): two power-function profiles of relative width sigma_rels
+    # tracked (the first serves the eval-loss curve), saved at `snapshots` points of the run;
+    # evaluation rebuilds each of `candidates` and uses the one with the lowest validation loss.
+    c.ema = ml_collections.ConfigDict(dict(
+        sigma_rels=(0.05, 0.10), snapshots=16, candidates=(0.02, 0.05, 0.08, 0.12, 0.2)))
     c.cfg_dropout = 0.1          # caption dropout, for classifier-free guidance
     c.sampler = ml_collections.ConfigDict(dict(steps=0, guidance=2.0))
     c.mesh = (-1, 1, 1)
@@ -148,7 +152,6 @@ def finish(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict,
         # 1e-3 / 3e-3 / 6e-3 (its unreadable samples 0.71 / 0.42 / 0.31), MaskGIT's 7.22 / 6.58
         # at 1e-3 / 3e-3: the middle rate, safe for all three paradigms.
         c.optimizer.lr = 3e-3
-        c.ema_decay = 0.99
         c.log_every_steps = 10
         c.eval_every_steps = 100
         c.eval_examples = 64

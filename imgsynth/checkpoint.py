@@ -21,9 +21,10 @@ from imgsynth import io
 
 
 class Checkpointer:
-    def __init__(self, directory: str, *, max_to_keep: int = 2, keep_steps=(),
+    def __init__(self, directory: str, *, max_to_keep: int | None = 2, keep_steps=(),
                  read_only: bool = False):
-        """Keeps the latest `max_to_keep` checkpoints plus every step in `keep_steps` forever.
+        """Keeps the latest `max_to_keep` checkpoints (None: all) plus every step in
+        `keep_steps` forever.
 
         `read_only`: another run's checkpoints (a fork reads its trunk's), never written or
         pruned from here."""
@@ -40,6 +41,9 @@ class Checkpointer:
 
     def has_step(self, step: int) -> bool:
         return step in self.manager.all_steps()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, data_iterator=None) -> None:
         """Saves `step`. A disk without room for the state's bytes is refused before writing (a

@@ -13,7 +13,10 @@ where it has labels; Inception FID and CLIP score when their weights are given (
 `unavailable` (each metric the dataset or setup cannot support, with the reason), evaluation
 losses, analytic inference FLOPs per image, measured images/s and batch-1 latency, the settings
 and the evaluation's own timing. Every metric carries its 95% interval over the evaluated images
-as `<name>_lo` and `<name>_hi` beside it (`imgsynth.metrics.intervals`).
+as `<name>_lo` and `<name>_hi` beside it (`imgsynth.metrics.intervals`). The EMA weights are the
+post-hoc average of the σ_rel in `config.ema.candidates` with the lowest validation loss
+(`imgsynth.ema`), recorded as `ema_sigma_rel` with every candidate's loss; a run that tracked a
+fixed-decay average (`ema_decay`) is evaluated with that.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from imgsynth import checkpoint as ckpt_lib, cli, config as config_lib, io, loop, optim, perf
-from imgsynth import registry, stages
+from imgsynth import ema as ema_lib, registry, stages
 from imgsynth.data import images as images_lib
 from imgsynth.metrics import _data, alignment as alignment_lib, clip_score, frechet, inception
 from imgsynth.metrics import instruments as instruments_lib, intervals, prompt_following as pf
@@ -48,7 +51,8 @@ class NotReady(RuntimeError):
 
 
 def load_run(workdir: str):
-    """(config, paradigm module, graphdef, {'params', 'ema'}, step) of a finished run.
+    """(config, paradigm module, graphdef, {'params', 'ema'}, step) of a finished run; 'ema' is
+    the tuple of power-function profiles it tracked (a fixed-decay average: its one tree).
 
     The weights are restored onto one device: evaluation samples batches that fit one
     accelerator (or the host) for every size this suite trains on CPU or single hosts.
@@ -144,6 +148,9 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
         captions, categories, labels = list(prompts.captions), prompts.categories, None
     else:
         captions, categories, labels = real.captions, None, real.labels
+    posthoc = ema_lib.score(workdir) if config.get("ema") is not None else None
+    if posthoc:   # chosen on the validation split, never on the images scored below
+        weights["ema"] = posthoc["params"]
     decode = instruments.autoencoder.decode_latents
     text_ids, text_mask = stages.caption_inputs(config, captions)   # a frozen encoder's on the fly
 
@@ -167,6 +174,8 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
     last = next((r for r in reversed(rows) if "eval/loss" in r), {})
     for key in chosen:
         results[key]["eval_loss"] = last.get("eval/loss" + ("_ema" if key == "ema" else ""))
+    if posthoc:
+        results["ema"]["eval_loss"] = posthoc["sigma_rel"][posthoc["best"]]
 
     # Throughput from the EMA pass's batches (padded rows are work too).
     speed = {"images_per_s": batch * len(seconds) / sum(seconds),
@@ -184,6 +193,8 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
                      "seed": seed, "checkpoint_step": step,
                      "eval_split": dataset.eval_split()},
         "weights": results,
+        **({"ema_sigma_rel": posthoc["best"], "ema_validation_loss": {
+            f"{s:g}": v for s, v in posthoc["sigma_rel"].items()}} if posthoc else {}),
         "ceilings": instruments.ceilings(real.images),
         "unavailable": instruments.unavailable,
         "inference": {"flops_per_image": module.inference_flops(config),

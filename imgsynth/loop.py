@@ -31,7 +31,7 @@ from flax import nnx
 from imgsynth import (checkpoint as ckpt_lib, config as config_lib, io, multihost, optim, perf,
                       sharding, summaries)
 
-METRICS_FILE, CONFIG_FILE = "metrics.jsonl", "config.json"
+METRICS_FILE, CONFIG_FILE, SNAPSHOTS = "metrics.jsonl", "config.json", "ema_snapshots"
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -51,7 +51,9 @@ class Task:
     `optimizer` = (tx, schedule) replaces the config's AdamW. `fork` = (run directory, step): a
     run without a checkpoint of its own starts from that run's checkpoint at `step` — params,
     EMA, optimizer state, step and data position — with that run's rows up to `step` as its own
-    history (a cooldown branch of a constant-rate trunk).
+    history (a cooldown branch of a constant-rate trunk). At each of `snapshot_steps` the
+    state's averages (`state["ema"]`, parameters only) are saved to `<workdir>/ema_snapshots`
+    for the post-hoc EMA (`imgsynth.phema`); a fork copies its trunk's up to the fork step.
     """
     name: str
     build: Callable[[], nnx.Module]
@@ -65,6 +67,7 @@ class Task:
     finish: Callable | None = None
     optimizer: tuple[optax.GradientTransformation, optax.Schedule] | None = None
     fork: tuple[str, int] | None = None
+    snapshot_steps: Sequence[int] = ()
 
 
 # ---- Run files ----------------------------------------------------------------------------------
@@ -152,7 +155,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task) -> dict:
     """Trains (or resumes) `task` in `workdir`; returns the last metrics row.
 
     `config` supplies what every trainer shares: seed, global_batch_size, mesh, optimizer,
-    ema_decay, log/eval/checkpoint intervals, keep_checkpoints, peak_flops_per_s.
+    ema (power-function profiles) or ema_decay, log/eval/checkpoint intervals, keep_checkpoints,
+    peak_flops_per_s.
     """
     check_config(workdir, config)
     multihost.check_consistent(config)   # every process of a job: the same settings
@@ -182,6 +186,7 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                          max_to_keep=config.get("keep_checkpoints", 2),
                                          keep_steps=task.keep_steps)
+    snapshots = _Snapshots(workdir, task.snapshot_steps)
     writer = summaries.ScalarWriter(workdir, enabled=io.is_writer())
     stop = _StopFlag()
     watchdog = multihost.Watchdog(workdir, lambda: (row.get("step", start),
@@ -209,6 +214,7 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
             logging.info("resumed from step %d", start)
         elif task.fork is not None:
             start, state = _fork(task.fork, ckpt_lib.abstract(state), train_iter, log)
+            snapshots.copy_from(task.fork[0], start, ckpt_lib.abstract(state["ema"]))
         elif task.first_row:
             log.write({"step": 0, **task.first_row})
         row = {"step": start}
@@ -267,6 +273,7 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
                 last = step == task.total_steps
                 stopping = stop.at(step)
                 save = step % save_every == 0 or step in task.keep_steps or last or stopping
+                snapshots.save(step, state["ema"])   # first: a resumed run never skips one
                 evaluate_now = task.evaluate is not None and (
                     step % eval_every == 0 or step in task.keep_steps or last)
                 if save or evaluate_now:
@@ -299,6 +306,7 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
     finally:
         watchdog.stop()
         checkpointer.close()
+        snapshots.close()
         writer.close()
         stop.restore()
     # What this process cost (benchmarks/study_efficiency.py): from its start, so start-up counts.
@@ -324,6 +332,38 @@ def _fork(fork: tuple[str, int], abstract_state, train_iter, log: MetricsLog) ->
             log.write(row)
     logging.info("forked from %s at step %d", trunk, step)
     return step, state
+
+
+class _Snapshots:
+    """The averages at the steps a run snapshots them, through orbax like every checkpoint
+    (written to a temporary name, then renamed; never pruned). A step already on disk is kept:
+    a resumed run recomputes it bit for bit."""
+
+    def __init__(self, workdir: str, steps: Sequence[int]):
+        self.steps = frozenset(steps)
+        self.store = None
+        if self.steps:
+            self.store = ckpt_lib.Checkpointer(os.path.join(workdir, SNAPSHOTS), max_to_keep=None)
+
+    def save(self, step: int, averages) -> None:
+        if step in self.steps and not self.store.has_step(step):
+            self.store.save(step, averages)
+
+    def copy_from(self, trunk: str, fork_step: int, abstract_averages) -> None:
+        """The trunk's snapshots at steps ≤ `fork_step`: a branch's averages share its past."""
+        if self.store is None or not os.path.isdir(os.path.join(trunk, SNAPSHOTS)):
+            return
+        source = ckpt_lib.Checkpointer(os.path.join(trunk, SNAPSHOTS), read_only=True)
+        try:
+            for step in source.all_steps():
+                if step <= fork_step and not self.store.has_step(step):
+                    self.store.save(step, source.restore(abstract_averages, step=step))
+        finally:
+            source.close()
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
 
 
 class _Window:

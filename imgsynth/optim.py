@@ -16,6 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from imgsynth import phema
 from imgsynth.schedules import cooldown_start, cooldown_steps, warmup_steps
 
 SHAPES = ("linear", "1-sqrt")
@@ -95,9 +96,11 @@ def make_update(config, loss, graphdef, total_steps: int, *, optimizer=None):
     are inputs, not constants, so runs of one model that differ only in them (budgets, cooldown
     branches, seed replicates) share one compiled step.
 
-    `loss(model, batch, rng) -> (value, metrics)`. The state is a plain dict: params, their EMA
-    (decay `config.ema_decay`), optimizer state and step. `optimizer` = (tx, schedule) replaces
-    the AdamW of `config.optimizer` (its schedule inside tx).
+    `loss(model, batch, rng) -> (value, metrics)`. The state is a plain dict: params, their
+    averages, optimizer state and step. The averages: with `config.ema` (generators) a tuple of
+    power-function profiles, one per `config.ema.sigma_rels` (`imgsynth.phema`); otherwise one
+    average of fixed decay `config.ema_decay` (autoencoders, instruments). `optimizer` =
+    (tx, schedule) replaces the AdamW of `config.optimizer` (its schedule inside tx).
     """
     inputs = {"seed": np.uint32(config.seed)}
     if optimizer:
@@ -108,8 +111,13 @@ def make_update(config, loss, graphdef, total_steps: int, *, optimizer=None):
         inputs |= schedule_inputs(config.optimizer, total_steps)
         rate = functools.partial(learning_rate, decay_shape(config.optimizer))
 
+    exps = power_exponents(config)
+
     def init_state(params):
-        return {"params": params, "ema": jax.tree.map(jnp.copy, params), "opt": tx.init(params),
+        ema = jax.tree.map(jnp.copy, params)
+        if exps:
+            ema = tuple(jax.tree.map(jnp.copy, params) for _ in exps)
+        return {"params": params, "ema": ema, "opt": tx.init(params),
                 "step": jnp.zeros((), jnp.int32)}
 
     def train_step(state, batch, inputs):
@@ -125,10 +133,29 @@ def make_update(config, loss, graphdef, total_steps: int, *, optimizer=None):
         if not optimizer:   # what optax.scale_by_learning_rate does, with the rate an input
             updates = jax.tree.map(lambda u: jnp.asarray(-lr, u.dtype) * u, updates)
         params = optax.apply_updates(state["params"], updates)
-        ema = optax.incremental_update(params, state["ema"], 1.0 - config.ema_decay)
+        if exps:   # update t = step + 1; its decay makes the average the profile t^γ
+            ema = tuple(optax.incremental_update(params, e, 1.0 - phema.beta(x, state["step"] + 1))
+                        for x, e in zip(exps, state["ema"]))
+        else:
+            ema = optax.incremental_update(params, state["ema"], 1.0 - config.ema_decay)
         metrics = {f"train/{k}": v for k, v in aux.items()}
         metrics["train/grad_norm"] = optax.global_norm(grads)
         metrics["train/lr"] = lr
         return {"params": params, "ema": ema, "opt": opt, "step": state["step"] + 1}, metrics
 
     return init_state, train_step, inputs
+
+
+def power_exponents(config) -> tuple[float, ...]:
+    """γ of each power-function profile the run tracks (`config.ema.sigma_rels`); () for a run
+    with a fixed-decay average."""
+    if config.get("ema") is None:
+        return ()
+    sigmas = phema.check_sigma_rels(config.ema.sigma_rels, "ema.sigma_rels")
+    return tuple(float(x) for x in phema.std_to_exp(sigmas))
+
+
+def curve_average(state):
+    """The average the evaluation-loss curve follows: the first power-function profile, or the
+    fixed-decay average."""
+    return state["ema"][0] if isinstance(state["ema"], tuple) else state["ema"]

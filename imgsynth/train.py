@@ -19,7 +19,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from imgsynth import cli, config as config_lib, io, loop, optim, registry, sharding, stages
+from imgsynth import cli, config as config_lib, io, loop, optim, phema, registry, sharding
+from imgsynth import stages
 from imgsynth.data import pipeline, sources as sources_lib
 from imgsynth.models import transformer
 from imgsynth.paradigms import base
@@ -45,27 +46,11 @@ def task(config: ml_collections.ConfigDict, sources, plan: registry.Plan | None 
                                        seed=config.seed)
 
     def evaluate(state, graphdef, mesh) -> dict:
-        """Deterministic evaluation losses of the raw and the EMA weights."""
+        """Deterministic evaluation losses of the raw weights and the average of the curve."""
         nonlocal eval_fn
-        if eval_fn is None:
-            def eval_step(params, batch, index):
-                rng = jax.random.fold_in(jax.random.key(1234), index)   # fixed noise/masks per batch
-                valid = batch.pop("valid")
-                per_example = module.eval_loss(nnx.merge(graphdef, params), batch, rng, config)
-                return {k: jnp.sum(v * valid) for k, v in per_example.items()}, jnp.sum(valid)
-            eval_fn = jax.jit(eval_step)
-        stream = pipeline.eval_batches(eval_source, global_batch_size=config.global_batch_size,
-                                       mesh=mesh,
-                                       num_examples=min(config.eval_examples, len(eval_source)))
-        out = {}
-        for which, suffix in (("params", ""), ("ema", "_ema")):
-            sums, count = {}, 0.0
-            for i, batch in enumerate(stream):
-                totals, n = jax.device_get(eval_fn(state[which], sharding.to_global(batch, mesh), i))
-                sums = {k: sums.get(k, 0.0) + float(v) for k, v in totals.items()}
-                count += float(n)
-            out.update({f"eval/{k}{suffix}": v / count for k, v in sums.items()})
-        return out
+        eval_fn = eval_fn or eval_losses(module, config, graphdef, eval_source)
+        return {**eval_fn(state["params"], mesh),
+                **{f"{k}_ema": v for k, v in eval_fn(optim.curve_average(state), mesh).items()}}
 
     first_row = {"examples_seen": 0, "flops/train_cumulative": 0.0,
                  "n_params/all": cost.params_total, "n_params/embedding": cost.params_embedding,
@@ -81,13 +66,51 @@ def task(config: ml_collections.ConfigDict, sources, plan: registry.Plan | None 
         loss=paradigm_loss(module, config), train_iter=train_iter, total_steps=plan.total_steps,
         keep_steps=plan.keep_steps, flops_per_step=plan.flops_per_step, first_row=first_row,
         evaluate=None if config.get("fork_budgets") else evaluate,   # a trunk: not a result
-        fork=fork)
+        fork=fork, snapshot_steps=snapshot_steps(config, plan.total_steps))
+
+
+def check_ema(config: ml_collections.ConfigDict, total_steps: int) -> None:
+    """The post-hoc EMA's settings, refused with one line before anything is built."""
+    if config.get("ema") is not None:
+        optim.power_exponents(config)
+        phema.check_sigma_rels(config.ema.candidates, "ema.candidates")
+        snapshot_steps(config, total_steps)
+
+
+def snapshot_steps(config: ml_collections.ConfigDict, total_steps: int) -> tuple[int, ...]:
+    """Where a run saves its power-function profiles (`config.ema.snapshots` points)."""
+    return phema.snapshot_steps(total_steps, config.ema.snapshots) if config.get("ema") else ()
+
+
+def eval_losses(module, config: ml_collections.ConfigDict, graphdef, eval_source):
+    """`fn(params, mesh) -> {'eval/<name>': mean}`: the paradigm's evaluation losses over the
+    first `config.eval_examples` of `eval_source`, with fixed noise and masks per batch (so two
+    sets of weights are compared on the same draws)."""
+    def eval_step(params, batch, index):
+        rng = jax.random.fold_in(jax.random.key(1234), index)   # fixed noise/masks per batch
+        valid = batch.pop("valid")
+        per_example = module.eval_loss(nnx.merge(graphdef, params), batch, rng, config)
+        return {k: jnp.sum(v * valid) for k, v in per_example.items()}, jnp.sum(valid)
+    step = jax.jit(eval_step)
+
+    def fn(params, mesh) -> dict:
+        stream = pipeline.eval_batches(eval_source, global_batch_size=config.global_batch_size,
+                                       mesh=mesh,
+                                       num_examples=min(config.eval_examples, len(eval_source)))
+        sums, count = {}, 0.0
+        for i, batch in enumerate(stream):
+            totals, n = jax.device_get(step(params, sharding.to_global(batch, mesh), i))
+            sums = {k: sums.get(k, 0.0) + float(v) for k, v in totals.items()}
+            count += float(n)
+        return {f"eval/{k}": v / count for k, v in sums.items()}
+    return fn
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the last metrics row."""
     sharding.initialize_distributed()
     plan = registry.plan(config)   # config errors before anything is built or written
+    check_ema(config, plan.total_steps)
     transformer.check_compute_dtype(base.dtype(config))
     config = stages.pin(config)
     loop.check_config(workdir, resolved(config, plan))

@@ -17,15 +17,15 @@ PACKAGES = ("imgsynth", "launch")
 # ones. A name stands for the module and everything under it; the longest one that fits wins.
 LAYERS = (
     ("core", ("imgsynth", "imgsynth.config", "imgsynth.io", "imgsynth.cli", "imgsynth.schedules",
-              "imgsynth.sharding", "imgsynth.optim", "imgsynth.checkpoint", "imgsynth.perf",
-              "imgsynth.summaries", "imgsynth.weights", "imgsynth.registry")),
+              "imgsynth.sharding", "imgsynth.optim", "imgsynth.phema", "imgsynth.checkpoint",
+              "imgsynth.perf", "imgsynth.summaries", "imgsynth.weights", "imgsynth.registry")),
     ("data, models", ("imgsynth.data", "imgsynth.models", "imgsynth.flops")),
     ("paradigms, metrics", ("imgsynth.paradigms", "imgsynth.metrics", "imgsynth.scaling")),
     ("loop", ("imgsynth.loop", "imgsynth.train_autoencoder", "imgsynth.metrics.instrument_training",
               "imgsynth.metrics.train_judge", "imgsynth.metrics.train_alignment",
               "imgsynth.metrics.train_labels")),
     ("stages", ("imgsynth.stages",)),
-    ("entry points, launch", ("imgsynth.train", "imgsynth.evaluate", "launch")),
+    ("entry points, launch", ("imgsynth.train", "imgsynth.evaluate", "imgsynth.ema", "launch")),
 )
 
 

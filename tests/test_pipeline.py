@@ -15,7 +15,7 @@ from imgsynth.data import encode, pipeline
 from imgsynth.metrics import corruptions
 
 EVAL_SCHEMA = {"dataset", "settings", "weights", "ceilings", "unavailable", "inference", "timing",
-               "samples_png", "samples_raw_png"}
+               "samples_png", "samples_raw_png", "ema_sigma_rel", "ema_validation_loss"}
 METRICS = {"prompt_following", "fd_judge", "fd_align", "kid", "alignment_score", "eval_loss"}
 
 
@@ -70,6 +70,12 @@ def test_runlocal_flow_trains_checkpoints_and_evaluates(stage_cache, tmp_path):
         assert c[key] == max(c[f"{key}_per_corruption"].values()) and 0 <= c[key] <= 1
     assert 0 < c["alignment_retrieval_chance"] <= 1
     assert 0 <= report["weights"]["ema"]["judge_unreadable"] <= 1
+    # The post-hoc EMA: the candidate with the lowest validation loss, and that loss.
+    losses = report["ema_validation_loss"]
+    candidates = json.load(open(tmp_path / "config.json"))["ema"]["candidates"]
+    assert set(losses) == {f"{s:g}" for s in candidates}
+    assert report["weights"]["ema"]["eval_loss"] == losses[f"{report['ema_sigma_rel']:g}"] == \
+        min(losses.values())
     assert json.load(open(tmp_path / "eval.json")) == json.loads(json.dumps(report))
 
 

@@ -74,18 +74,53 @@ def test_inference_claims_compare_at_sizes_every_paradigm_trained():
     assert latency["verdict"] == "refuted" and "maskgit 0.5" in latency["evidence"]
 
 
+def _ema_run(p, fd=None, pf=None, half=10.0):
+    """A run with raw and EMA intervals: fd = (raw, ema) FD, pf = (raw, ema) prompt following."""
+    values = {}
+    for column, pair, h in (("fd_judge", fd, half), ("prompt_following/overall", pf, 0.02)):
+        for w, v in zip(("raw", "ema"), pair or ()):
+            values |= {f"{w}/{column}": v, f"{w}/{column}_lo": v - h, f"{w}/{column}_hi": v + h}
+    return _run(p, "T", **values)
+
+
 def test_ema_claim_is_not_measured_without_raw_evaluations():
     runs = [_run("flow", "T", **{"final/eval_loss": 1.0, "final/eval_loss_ema": 0.8}),
             _run("ar", "T", **{"final/eval_loss": 5.0, "final/eval_loss_ema": 4.9})]
-    c = _by(claims.check(runs, _fits([])), "FD on judge features, EMA")
+    c = _by(claims.check(runs, _fits([])), "EMA vs raw")
     assert c["verdict"] == "not measured" and "flow 20 %" in c["evidence"]
-    ema = lambda p, raw, e: _run(p, "T", **{"raw/fd_judge_lo": raw - 10,  # noqa: E731
-                                            "raw/fd_judge_hi": raw + 10,
-                                            "ema/fd_judge_lo": e - 10, "ema/fd_judge_hi": e + 10})
-    runs = [ema("flow", 500, 300), ema("flow", 400, 250), ema("ar", 500, 495), ema("maskgit",
-                                                                                 500, 500)]
-    c = _by(claims.check(runs, _fits([])), "FD on judge features, EMA")
-    assert c["verdict"] == "reproduced" and "flow 2/2 runs" in c["evidence"]
+    assert "cpu_study grid measures it" in c["evidence"]
+
+
+def test_ema_claim_counts_only_separated_intervals():
+    def verdict(runs):
+        c = _by(claims.check(runs, _fits([])), "EMA vs raw")
+        return c["verdict"], c["evidence"]
+    # FD: EMA clearly better for flow in both runs, no clear difference for the token methods.
+    runs = [_ema_run("flow", fd=(500, 300)), _ema_run("flow", fd=(400, 250)),
+            _ema_run("ar", fd=(500, 495)), _ema_run("maskgit", fd=(500, 500))]
+    v, evidence = verdict(runs)
+    assert v == "reproduced" and "flow 2/0 of 2 runs" in evidence and "ar 0/0 of 1" in evidence
+    # A tie (every pair of intervals overlaps) is never a lead, for anyone.
+    tie = [_ema_run(p, fd=(500, 490), pf=(0.3, 0.31)) for p in ("flow", "ar", "maskgit")]
+    assert verdict(tie)[0] == "no clear lead"
+    # The token methods clearly helped, diffusion not: refuted.
+    assert verdict([_ema_run("flow", fd=(500, 495)), _ema_run("ar", fd=(500, 300))])[0] == \
+        "refuted"
+    # Everyone clearly helped: EMA helps diffusion, but not "far more".
+    assert verdict([_ema_run("flow", fd=(500, 300)), _ema_run("ar", fd=(500, 300))])[0] == \
+        "no clear lead"
+    # FD reproduces, prompt following (higher is better) shows no clear difference: partly.
+    runs = [_ema_run("flow", fd=(500, 300), pf=(0.20, 0.21)),
+            _ema_run("ar", fd=(500, 500), pf=(0.30, 0.30))]
+    v, evidence = verdict(runs)
+    assert v == "partly reproduced" and "prompt following: EMA clearly better" in evidence
+    # The metrics disagree: FD says diffusion, prompt following says the token methods.
+    runs = [_ema_run("flow", fd=(500, 300), pf=(0.30, 0.30)),
+            _ema_run("ar", fd=(500, 500), pf=(0.20, 0.40))]
+    assert verdict(runs)[0].startswith("no clear lead (mixed")
+    # EMA clearly worse counts as worse, not as help.
+    v, evidence = verdict([_ema_run("flow", fd=(300, 500)), _ema_run("ar", fd=(500, 500))])
+    assert v == "no clear lead" and "flow 0/1 of 1 runs" in evidence
 
 
 def test_autoencoder_claim_binds_only_where_the_best_run_reaches_the_floor():

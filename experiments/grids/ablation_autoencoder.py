@@ -21,5 +21,6 @@ def sweep(add):
             for budget in BUDGETS:
                 add(paradigm=paradigm, size=size, budget=budget,
                     overrides=cpu_study.overrides(paradigm, size, **WEAK_AUTOENCODER,
-                                                  **{"optimizer.schedule": "wsd"}),
+                                                  **{"optimizer.schedule": "wsd",
+                                                     "eval.weights": ("ema",)}),
                     ablation={"autoencoder": "small"})

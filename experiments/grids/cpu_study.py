@@ -15,8 +15,10 @@ evaluations and report, train efficiency 0.43 (docs/benchmarks.md). Learning rat
 lr_sweep's (experiments/tuned_lr.json, `launch.tune`).
 Seed replicates of XS at 1e12 measure the seed-to-seed spread; one cosine run per paradigm (XS,
 1e12, labelled `schedule=cosine`) checks the branches against the usual schedule. Evaluation
-uses the EMA weights only (the EMA-vs-raw comparison is ablation_ema's). `--runs` selects a subset
-(e.g. `--runs='-XS-'`). Run the ablation grids in the same workdir: they compare against these.
+scores the raw weights beside the post-hoc EMA (the σ_rel each run's validation loss chose,
+`imgsynth.ema`): this grid measures finding 4 (EMA helps diffusion more than the token methods).
+`--runs` selects a subset (e.g. `--runs='-XS-'`). Run the ablation grids in the same workdir:
+they compare against these.
 """
 from experiments import common
 
@@ -32,12 +34,11 @@ OVERRIDES = {
     "global_batch_size": 32,
     "model.scan_layers": False,     # unrolled: 14-19 % shorter steps on a CPU at these depths
     "optimizer.warmup_steps": 50,   # capped at 10 % of the shortest run of a trunk
-    "ema_decay": 0.99,              # a ~100-step average; branches are 69-2,200 steps
     "log_every_steps": 25,
     "eval_every_steps": 1000,
     "eval_examples": 512,
     "checkpoint_every_steps": 500,
-    "eval.weights": ("ema",),
+    "eval.weights": ("raw", "ema"),   # finding 4: raw weights beside the post-hoc EMA
 }
 
 

@@ -35,7 +35,6 @@ OVERRIDES = {
     # `full`, not `auto`: auto's choice costs up to four more compilations per process.
     "model.remat": "full",
     "optimizer.warmup_steps": 50,    # capped at 10 % of the shortest run of a trunk
-    "ema_decay": 0.99,               # a ~100-step average; branches are 206-1,213 steps
     "log_every_steps": 25,
     "eval_every_steps": 100_000,     # no evaluation inside training: each branch's final one
     "eval_examples": 512,

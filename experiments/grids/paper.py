@@ -29,7 +29,6 @@ COMMON = {
     "data.resolution": 64,
     "data.builder_config": "r64",
     "optimizer.warmup_steps": 1000,
-    "ema_decay": 0.9999,
     "log_every_steps": 100,
     "eval_every_steps": 5000,
     "eval_examples": 4096,

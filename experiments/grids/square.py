@@ -15,10 +15,11 @@ from imgsynth.registry import PARADIGMS
 
 SIZES = ("T", "XS")
 BUDGETS = {"T": (1e12, 3.2e12), "XS": (1e12, 3.2e12, 1e13)}   # cpu_study's, for T and XS
+EMA_ONLY = {"eval.weights": ("ema",)}   # the contrasts read the EMA; raw weights are cpu_study's
 
 
 def sweep(add):
     for paradigm in PARADIGMS:
         for size in SIZES:
             add(paradigm=paradigm, size=size, budgets=BUDGETS[size], schedule="wsd_branches",
-                overrides=cpu_study.overrides(paradigm, size))
+                overrides=cpu_study.overrides(paradigm, size, **EMA_ONLY))

@@ -2,7 +2,7 @@
 
 `results.csv` has one row per run (configuration, size, seed, compute, every evaluation metric
 for raw and EMA weights with its 95% interval as `<metric>_lo`/`<metric>_hi`, inference cost,
-status); `curves.csv` has one row per evaluation during training (the intermediate-budget
+status, and `ema_sigma_rel`, the width of the post-hoc EMA the `ema/` columns score); `curves.csv` has one row per evaluation during training (the intermediate-budget
 losses). Seed replicates stay one row each here (`replicates.py` averages them for the report).
 Missing values become NaN with a warning that names the run and the key, so a half-finished
 study still tabulates; a workdir with nothing usable is refused. Only the standard library and
@@ -55,7 +55,7 @@ RESULT_COLUMNS = (RUN_COLUMNS + tuple(f"{w}/{m}{x}" for w in WEIGHTS for m in EV
                   + tuple(f"ceilings/{c}" for c in CEILINGS)
                   + tuple(f"inference/{k}" for k in INFERENCE)
                   + tuple(f"settings/{k}" for k in SETTINGS)
-                  + ("samples_png", "dataset", "unavailable"))
+                  + ("ema_sigma_rel", "samples_png", "dataset", "unavailable"))
 CURVE_COLUMNS = ("run", "paradigm", "size", "budget", "ablation", "params_non_embedding", "step",
                  "examples_seen", "train_flops", "eval/loss", "eval/loss_ema")
 STRING_COLUMNS = frozenset(
@@ -259,6 +259,7 @@ def _add_evaluation(row, evaluation, name, run_dir, workdir, warn) -> None:
     unavailable.update({f"{w} weights": "not evaluated (the config's eval.weights leaves them "
                         "out)" for w in WEIGHTS if weights and w not in weights})
     row["dataset"] = str(evaluation.get("dataset") or "")
+    row["ema_sigma_rel"] = _number(evaluation.get("ema_sigma_rel"))   # the post-hoc EMA's width
     row["unavailable"] = "; ".join(f"{k}: {v}" for k, v in sorted(unavailable.items()))
     missing = [c for c in RESULT_COLUMNS if c not in values and "/" in c and c.split("/")[0] in (
         *WEIGHTS, "ceilings", "inference", "settings") and not _unavailable(c, unavailable)]
