@@ -214,7 +214,7 @@ def _run(config, workdir: str, task: Task, mesh) -> dict:
             logging.info("resumed from step %d", start)
         elif task.fork is not None:
             start, state = _fork(task.fork, ckpt_lib.abstract(state), train_iter, log)
-            snapshots.copy_from(task.fork[0], start, ckpt_lib.abstract(state["ema"]))
+            snapshots.copy_from(task.fork[0], start)
         elif task.first_row:
             log.write({"step": 0, **task.first_row})
         row = {"step": start}
@@ -349,15 +349,17 @@ class _Snapshots:
         if step in self.steps and not self.store.has_step(step):
             self.store.save(step, averages)
 
-    def copy_from(self, trunk: str, fork_step: int, abstract_averages) -> None:
-        """The trunk's snapshots at steps ≤ `fork_step`: a branch's averages share its past."""
-        if self.store is None or not os.path.isdir(os.path.join(trunk, SNAPSHOTS)):
+    def copy_from(self, trunk: str, fork_step: int) -> None:
+        """The trunk's snapshots at steps ≤ `fork_step`, hard-linked: a branch's averages share
+        its past (by process 0 alone: a file operation, not a collective save)."""
+        if (self.store is None or not io.is_writer()
+                or not os.path.isdir(os.path.join(trunk, SNAPSHOTS))):
             return
         source = ckpt_lib.Checkpointer(os.path.join(trunk, SNAPSHOTS), read_only=True)
         try:
             for step in source.all_steps():
                 if step <= fork_step and not self.store.has_step(step):
-                    self.store.save(step, source.restore(abstract_averages, step=step))
+                    self.store.link_step(source.directory, step)
         finally:
             source.close()
 

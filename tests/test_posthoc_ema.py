@@ -147,3 +147,8 @@ def test_branch_carries_the_trunks_snapshots_up_to_its_fork(tmp_path):
     for step in trunks:
         if step <= fork:
             _same(mine[step], trunks[step])
+    # Shared, not copied: the branch's files of a trunk step are the trunk's (hard links).
+    step = max(s for s in trunks if s <= fork)
+    ours, theirs = (work / r.name / loop.SNAPSHOTS / str(step) for r in (branch, trunk))
+    files = [p.relative_to(ours) for p in ours.rglob("*") if p.is_file()]
+    assert files and all(os.path.samefile(ours / f, theirs / f) for f in files)
