@@ -26,7 +26,7 @@ BATCH = {"kl": 16, "lfq": 32, "fsq": 16}
 # Own data (no shipped autoencoder): at least OWN_DATA_EPOCHS passes over the training split
 # and OWN_DATA_MIN_STEPS steps, at most the default length (96,000 images), the length measured
 # to meet the quality bar on a generated 1.8k-image folder (docs/autoencoders.md#own-data).
-OWN_DATA_EPOCHS, OWN_DATA_MIN_STEPS = 20, 1_500
+OWN_DATA_EPOCHS, OWN_DATA_MIN_STEPS = 15, 1_500
 
 
 def own_data_steps(train_examples: int, global_batch_size: int) -> int:

@@ -30,7 +30,7 @@ from imgsynth.metrics.alignment import (INFO_FILE, RETRIEVAL_GROUP, Alignment, A
 
 TrainSettings = instrument_training.Settings
 # Destroyed images added to each step (models with the readable head), as a share of its pairs.
-NEGATIVE_SHARE = 0.25
+NEGATIVE_SHARE = 0.5
 
 
 def _loss(model: AlignmentNet, batch):
@@ -42,8 +42,8 @@ def _loss(model: AlignmentNet, batch):
                   + optax.softmax_cross_entropy(logits.T, targets).mean())
     if "negatives" in batch:   # the readable head: real images 1, destroyed ones 0
         real, bad = (model.readable_logits(batch[k]) for k in ("images", "negatives"))
-        loss += 0.5 * (optax.sigmoid_binary_cross_entropy(real, jnp.ones_like(real)).mean()
-                       + optax.sigmoid_binary_cross_entropy(bad, jnp.zeros_like(bad)).mean())
+        loss += (optax.sigmoid_binary_cross_entropy(real, jnp.ones_like(real)).mean()
+                 + optax.sigmoid_binary_cross_entropy(bad, jnp.zeros_like(bad)).mean())
     return loss
 
 
