@@ -55,7 +55,8 @@ def make_shape_folder(root, n: int = 200, classes: int = 10, size: int = 40, see
         image = Image.fromarray(rng.integers(0, 60, (size, size, 3), dtype=np.uint8))
         s = int(rng.integers(size * 2 // 5, size * 3 // 5))
         x, y = (int(v) for v in rng.integers(1, size - s - 1, 2))
-        _draw(ImageDraw.Draw(image), shape, x, y, s, tuple(int(c) for c in rng.integers(120, 256, 3)))
+        colour = tuple(int(c) for c in rng.integers(120, 256, 3))
+        _draw(ImageDraw.Draw(image), shape, x, y, s, colour)
         image.save(os.path.join(root, f"{i:04d}.png"))
         lines.append({"file": f"{i:04d}.png", "caption": f"a {shape}", "label": shape})
     with open(os.path.join(root, folder.CAPTIONS_FILE), "w") as f:

@@ -5,6 +5,7 @@ ceiling flagged; and the findings decided by the metrics the dataset has."""
 import math
 import os
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -59,6 +60,13 @@ def test_own_data_autoencoder_is_the_full_one_trained_to_its_bar_even_in_runloca
         assert ae.total_steps == ae_experiment.own_data_steps(train, ae.global_batch_size)
         c.autoencoder.train_steps = 20   # asked for by length: honoured
         assert stages.autoencoder_config(c).total_steps == 20
+
+
+def test_negatives_fill_whole_device_shards():
+    devices = jax.device_count()
+    for step in (devices, 3 * devices, 256):
+        n = _data.negatives_per_step(step, 0.25)
+        assert n % devices == 0 and devices <= n <= step
 
 
 def test_quality_bar_judges_by_the_instruments_and_by_psnr_only_without_them():

@@ -230,6 +230,13 @@ def step_examples(requested: int, n: int, what: str) -> int:
     return step
 
 
+def negatives_per_step(step: int, share: float) -> int:
+    """Destroyed images added to an instrument's step of `step` real ones: about `share` of it,
+    at least one per device and a multiple of the device count (the engine shards them too)."""
+    devices = jax.device_count()
+    return max(devices, round(share * step) // devices * devices)
+
+
 def as_dataset(data, builder_config: str = "r32") -> Dataset:
     """A Dataset, or a shapes (data_dir, builder_config) pair as one (the shapes CLIs' form)."""
     return data if isinstance(data, Dataset) else Dataset.shapes(data, builder_config)

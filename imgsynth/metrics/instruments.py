@@ -105,9 +105,10 @@ class Instruments:
         return out
 
     def false_positive_ceilings(self, real: _data.Split, seed: int = 0) -> dict:
-        """What the judge and the alignment model credit in images that carry no scene: the
-        real images destroyed (`corruptions.destroyed`) and as many images this autoencoder
-        decodes from random latents or tokens, each read against the real image's caption."""
+        """What the judge, the alignment model and the label classifier credit in images that
+        carry no scene: the real images destroyed (`corruptions.destroyed`) and as many images
+        this autoencoder decodes from random latents or tokens, each read against the real
+        image's caption (and label)."""
         destroyed = corruptions.destroyed(real.images, seed)
         destroyed["autoencoder_random_decodes"] = corruptions.random_decodes(
             self.autoencoder, len(real.images), self.dataset.resolution, seed)
@@ -116,6 +117,11 @@ class Instruments:
         if self.judge is not None:
             rates = prompt_following.false_positive_rates(self.judge, real, destroyed)
             out |= {f"judge_{k}": v for k, v in rates.items()}
+        if self.labels is not None:   # label following of garbage: at most chance
+            per = {k: self.labels.following(x, real.labels) for k, x in destroyed.items()}
+            out |= {"label_false_positive": max(per.values()),
+                    "label_false_positive_per_corruption": per,
+                    "label_chance": 1 / len(self.labels.names)}
         return out
 
     def real_floors(self, real_images: np.ndarray, seed: int = 0) -> dict:

@@ -71,7 +71,8 @@ def train_alignment(data, builder_config: str = "r32", *,
     caption_ids = np.unique(np.asarray(train.captions), return_inverse=True)[1]
     log(f"alignment: {len(ids)} training pairs read in {time.perf_counter() - start:.0f} s")
 
-    negatives = max(1, round(NEGATIVE_SHARE * s.per_step_examples)) if config.reject else 0
+    negatives = (_data.negatives_per_step(s.per_step_examples, NEGATIVE_SHARE) if config.reject
+                 else 0)
 
     def batch(idx):
         same = (caption_ids[idx][:, None] == caption_ids[idx][None, :]).astype(np.float32)

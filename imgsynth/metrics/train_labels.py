@@ -33,7 +33,7 @@ def train_labels(dataset: _data.Dataset, *,
     index = {n: i for i, n in enumerate(names)}
     targets = np.asarray([index[label] for label in train.labels], np.int32)
     config = LabelConfig(resolution=dataset.resolution, num_classes=len(names), unreadable=True)
-    negatives = max(1, round(NEGATIVE_SHARE * s.per_step_examples))
+    negatives = _data.negatives_per_step(s.per_step_examples, NEGATIVE_SHARE)
 
     def loss(model, batch):
         logits = model(batch["images"])
@@ -64,9 +64,10 @@ def train_labels(dataset: _data.Dataset, *,
                                           for k, x in destroyed.items()},
         "train_minutes": round((time.perf_counter() - start) / 60, 2),
         "train_settings": dataclasses.asdict(s)})
+    credited = result.info["false_positive_per_corruption"]
     log(f"labels: accuracy {accuracy:.3f} on {len(test.labels)} real {split} images "
         f"({len(names)} classes, chance {1 / len(names):.3f}; unreadable "
         f"{result.info['unreadable_real']:.3f}); on destroyed copies "
-        + ", ".join(f"{k} {v:.3f}" for k, v in result.info["false_positive_per_corruption"].items()))
+        + ", ".join(f"{k} {v:.3f}" for k, v in credited.items()))
     weights_lib.save_model(directory, model, INFO_FILE, result.info)
     return result
