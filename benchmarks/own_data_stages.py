@@ -4,7 +4,7 @@ worth: the autoencoders against their quality bar, the instruments against destr
     python benchmarks/own_data_stages.py [--images=1800] [--classes=10] [--workdir=DIR]
 
 A folder of generated captioned, labelled images (one of `classes` shapes in a random colour on
-noise: the class is the shape, `tests/own_data.py`) is built as the README's own-data section
+noise: the class is the shape, `tests/fixtures/own_data.py`) is built as the README's own-data section
 does, then the stages the quickstart grid (`runlocal`) needs on it are prepared one by one, each
 timed: the label classifier and the alignment model, the KL autoencoder (flow) and the FSQ one
 (masked-token and next-token) with their quality bar (`stages.autoencoder_bar`) and encoded
@@ -36,7 +36,7 @@ def main() -> None:
     from imgsynth.data import build
     from imgsynth.metrics import corruptions
     from imgsynth.metrics import alignment as alignment_lib, labels as labels_lib
-    from own_data import make_shape_folder   # the generated folder the own-data tests use
+    from fixtures.own_data import make_shape_folder   # the own-data tests' generated folder
 
     tmp = args.workdir or tempfile.mkdtemp(prefix="own-data-stages-")
     data_dir, cache = os.path.join(tmp, "data"), os.path.join(tmp, "cache")

@@ -16,7 +16,7 @@ from imgsynth.data import build
 from imgsynth.metrics import _data, alignment as alignment_lib, corruptions, instruments
 from imgsynth.metrics import labels as labels_lib
 from imgsynth.scaling import claims
-from own_data import make_shape_folder
+from fixtures.own_data import make_shape_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 
