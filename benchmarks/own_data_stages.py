@@ -4,8 +4,8 @@ worth: the autoencoders against their quality bar, the instruments against destr
     python benchmarks/own_data_stages.py [--images=1800] [--classes=10] [--workdir=DIR]
 
 A folder of generated captioned, labelled images (one of `classes` shapes in a random colour on
-noise: the class is the shape, `tests/fixtures/own_data.py`) is built as the README's own-data section
-does, then the stages the quickstart grid (`runlocal`) needs on it are prepared one by one, each
+noise: the class is the shape, `tests/fixtures/own_data.py`) is built as the README's own-data
+section does, then the stages the quickstart grid (`runlocal`) needs on it are prepared one by one, each
 timed: the label classifier and the alignment model, the KL autoencoder (flow) and the FSQ one
 (masked-token and next-token) with their quality bar (`stages.autoencoder_bar`) and encoded
 data. Each training stage's status.json gives its per-step time; its start-up (compiling,
