@@ -27,16 +27,16 @@ NO_LABELS = ("the dataset has no labels (a TFDS label_key, or a 'label' per reco
 NO_INCEPTION = ("no Inception weights given (--inception_weights or eval.inception_weights; "
                 "convert pytorch-fid's checkpoint once with `python -m imgsynth.metrics.inception "
                 "--convert pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz`)")
+NO_CLIP = ("no CLIP weights and vocabulary given (--clip_weights and --clip_vocab, or "
+           "eval.clip_weights and eval.clip_vocab; convert OpenAI's checkpoint once with "
+           "`python -m imgsynth.models.clip --convert ViT-B-32.pt --out clip_vit_b32.npz`)")
+
 # The autoencoder quality bar (docs/autoencoders.md#own-data): its reconstructions of real
 # evaluation images must keep the class the label classifier reads in the originals (label
 # following ≥ 0.9 × the classifier's on the originals) and sit no farther from them in the
 # alignment model's features than a second real sample does (fd_align ≤ the real-vs-real floor);
 # without either instrument, validation PSNR ≥ 25 dB.
 BAR = {"label_following_ratio": 0.9, "fd_align_ratio": 1.0, "psnr": 25.0}
-
-NO_CLIP = ("no CLIP weights and vocabulary given (--clip_weights and --clip_vocab, or "
-           "eval.clip_weights and eval.clip_vocab; convert OpenAI's checkpoint once with "
-           "`python -m imgsynth.models.clip --convert ViT-B-32.pt --out clip_vit_b32.npz`)")
 
 
 def evaluation_records(dataset: _data.Dataset, n: int) -> _data.Split:
