@@ -199,7 +199,7 @@ def _autoencoder_claim(runs, primary: str) -> dict:
         (m for m in QUALITY_METRICS if m[2] and any(
             math.isfinite(r.get(f"{primary}/{m[0]}", math.nan)) for r in runs)),
         QUALITY_METRICS[0])
-    label = f"best {name} vs {name} of the autoencoder's reconstructions"
+    label = f"best {name} vs FD of the autoencoder's reconstructions"
     col = f"{primary}/{metric}"
     binds, parts = {}, []
     for p in sorted({r["paradigm"] for r in runs}):
