@@ -177,7 +177,6 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
                             weights["ema"])
     # The decoder is convolutional, unrolled: XLA's own count is exact enough here.
     decoder_flops = jax.jit(decode).lower(latent).cost_analysis()["flops"]
-    ceilings = instruments.ceilings(real.images)
     report = {
         "dataset": dataset.name,
         "settings": {"num_samples": num_samples, "guidance": config.sampler.guidance,
@@ -185,8 +184,7 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
                      "seed": seed, "checkpoint_step": step,
                      "eval_split": dataset.eval_split()},
         "weights": results,
-        "ceilings": ceilings,
-        "above_ceiling": above_ceiling(results, ceilings),
+        "ceilings": instruments.ceilings(real.images),
         "unavailable": instruments.unavailable,
         "inference": {"flops_per_image": module.inference_flops(config),
                       "decoder_flops_per_image": decoder_flops, **speed},
@@ -197,6 +195,7 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
         "timing": {"start": perf.process_start(), "called": called, "end": time.time(),
                    "cores": perf.cores()},
     }
+    report["above_ceiling"] = above_ceiling(results, report["ceilings"])
     io.write_json(os.path.join(workdir, "eval.json"), report)
     return report
 
