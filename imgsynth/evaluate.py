@@ -206,8 +206,37 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
         "timing": {"start": perf.process_start(), "called": called, "end": time.time(),
                    "cores": perf.cores()},
     }
+    report["above_ceiling"] = above_ceiling(results, report["ceilings"])
     io.write_json(os.path.join(workdir, "eval.json"), report)
     return report
+
+
+# Scores no generator can beat in its autoencoder's latent space: (metric, its ceiling).
+RECONSTRUCTION_CEILINGS = (("label_following", "autoencoder_label_following"),
+                           ("alignment_score", "autoencoder_alignment_score"),
+                           ("prompt_following/overall", "autoencoder_prompt_following"))
+
+
+def above_ceiling(results: dict, ceilings: dict) -> dict:
+    """{"<weights>/<metric>": value, interval and ceiling} for each score whose whole 95%
+    interval lies above the same metric on the autoencoder's reconstructions of real images: an
+    instrument crediting what the generator cannot have drawn (garbage read as a class or a
+    caption), flagged in eval.json, the log and the report, never a result."""
+    out = {}
+    for weights, metrics in results.items():
+        for name, ceiling_key in RECONSTRUCTION_CEILINGS:
+            group, _, leaf = name.rpartition("/")
+            tree = metrics.get(group, {}) if group else metrics
+            value, lo = tree.get(leaf), tree.get(f"{leaf}_lo")
+            ceiling = ceilings.get(ceiling_key)
+            if None not in (value, lo, ceiling) and lo > ceiling:
+                out[f"{weights}/{name}"] = {"value": value, "lo": lo, "hi": tree.get(f"{leaf}_hi"),
+                                            "ceiling": ceiling}
+                logging.warning("%s/%s %.3g [%.3g, %.3g] is above its autoencoder's "
+                                "reconstruction ceiling %.3g: the instrument credits what the "
+                                "generator cannot draw", weights, name, value, lo,
+                                tree.get(f"{leaf}_hi"), ceiling)
+    return out
 
 
 def _reference_features(instruments, real_images) -> dict:

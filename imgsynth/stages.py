@@ -28,6 +28,9 @@ from imgsynth.models import autoencoder_files, frozen_text
 from imgsynth.paradigms import token_model
 
 
+BAR_FILE = "quality_bar.json"
+
+
 def _announce(stage: str, run_dir: str, total_steps: int) -> None:
     """Tells a launcher watching this preparation (`$IMGSYNTH_STAGE_PROGRESS` names the file)
     which stage trains now, where (its metrics.jsonl gives the step) and since when: its progress
@@ -66,8 +69,11 @@ def autoencoder_config(config) -> ml_collections.ConfigDict:
     The generator config is the source of truth for what its FLOPs depend on (kind, downsample,
     latent channels, LFQ bits, FSQ levels); `autoencoder.train_steps` (if > 0) asks for a training
     of that length. Otherwise the default settings, where an autoencoder trained with them ships
-    with the package for the run's data (`runlocal` too: it then trains nothing), else `runlocal`'s
-    small one.
+    with the package for the run's data (`runlocal` too: it then trains nothing). Own data (a
+    folder or TFDS dataset) gets the default architecture on every grid, `runlocal` included,
+    trained for `own_data_steps` of its training split (checked against the quality bar by
+    `prepare`); only the suite's own shapes variants without a shipped one get `runlocal`'s small
+    smoke-test autoencoder.
     """
     a = config.autoencoder
 
@@ -86,7 +92,14 @@ def autoencoder_config(config) -> ml_collections.ConfigDict:
         ae.total_steps = a.train_steps
         return ae
     default = settings(False)
-    return default if autoencoder_files.shipped(default) or not runlocal else settings(True)
+    if autoencoder_files.shipped(default):
+        return default
+    if config.data.name == "shapes":
+        return settings(True) if runlocal else default
+    dataset(config)   # built first: its training split sets the length
+    default.total_steps = autoencoder_experiment.own_data_steps(
+        len(pipeline.load_split(data_config(config), "train")), default.global_batch_size)
+    return default
 
 
 def autoencoder_dir(config) -> str:
@@ -237,7 +250,36 @@ def prepare(config, *, evaluation: bool = True) -> dict:
         todo.sort(key=lambda t: io.FileLock.held(t[2]()))
         for name, build_fn, _ in todo:
             out[name] = build_fn(config)
+        out["autoencoder_bar"] = autoencoder_bar(config)
     return out
+
+
+def autoencoder_bar(config) -> bool | None:
+    """Whether the run's trained autoencoder meets the quality bar (`instruments.BAR`), measured
+    once on its evaluation records with the dataset's instruments and kept beside it
+    (`quality_bar.json`); a warning line names what falls short. None for the shapes data (its
+    autoencoders ship, documented; a test variant's is a smoke-test stand-in) or one the config
+    asked for by length (`autoencoder.train_steps`)."""
+    if config.data.name == "shapes" or config.autoencoder.get("train_steps", 0):
+        return None
+    path = autoencoder_dir(config)
+    info = autoencoder_files.load_info(path)
+    data = _data.Dataset.of(data_config(config))
+    result = io.read_json(os.path.join(path, BAR_FILE))
+    if result is None or result.get("dataset_key") != data.key:
+        n = len(data.read(data.eval_split(), limit=1000, with_images=False).captions)
+        inst = instruments_lib.load(path, config.autoencoder.kind, data)
+        result = {**inst.quality_bar(n), "dataset_key": data.key, "steps": info.get("steps"),
+                  "evaluation_records": n}
+        io.write_json(os.path.join(path, BAR_FILE), result)
+    if not result["met"]:
+        short = ", ".join(f"{k} {result['measured'][k]:.3g} (bar {v:g})"
+                          for k, v in result["bar"].items() if not result["passed"][k])
+        logging.warning("autoencoder %s at %s misses its quality bar after %s steps (the cap of "
+                        "experiments/autoencoder.own_data_steps): %s; its samples will carry its "
+                        "artefacts. Train it longer: --set autoencoder.train_steps=N",
+                        config.autoencoder.kind, path, result["steps"], short)
+    return result["met"]
 
 
 def pin(config) -> ml_collections.ConfigDict:

@@ -23,6 +23,10 @@ from imgsynth.data import build, folder, mapped, pipeline, records, shapes
 from imgsynth.data import scene as scene_lib
 from imgsynth.data.spec import DataSpec
 
+# Part of every non-shapes instrument's cache name, so one trained to older rules is never
+# reused. 2: the unreadable class and the readable head, learnt from destroyed images.
+INSTRUMENT_REVISION = "v2"
+
 
 def dataset_path(data_dir: str, builder_config: str) -> str:
     """The built shapes dataset's directory; a clear error with the build command if absent."""
@@ -165,7 +169,7 @@ class Dataset:
         if self.spec.name == "shapes":
             return cache_dir(self.spec.data_dir, kind, self.spec.shapes_config)
         root = self.spec.data_dir or os.fspath(tfds.core.constants.DATA_DIR)
-        return os.path.join(root, kind, self.key)
+        return os.path.join(root, kind, f"{self.key}-{INSTRUMENT_REVISION}")
 
     def trained_dir(self, kind: str, *, info_file: str, what: str) -> str:
         """The cache directory of a trained metric model; says how to make it when there is none."""
@@ -224,6 +228,13 @@ def step_examples(requested: int, n: int, what: str) -> int:
     if step < 1:
         raise ValueError(f"{what}: {n} training examples cannot fill a step on {devices} devices")
     return step
+
+
+def negatives_per_step(step: int, share: float) -> int:
+    """Destroyed images added to an instrument's step of `step` real ones: about `share` of it,
+    at least one per device and a multiple of the device count (the engine shards them too)."""
+    devices = jax.device_count()
+    return max(devices, round(share * step) // devices * devices)
 
 
 def as_dataset(data, builder_config: str = "r32") -> Dataset:

@@ -6,6 +6,11 @@ pooled features as in the judge, so layout survives) and a small Transformer ove
 matters: "a red circle above a blue square" ≠ "a blue circle above a red square"). Trained with a
 symmetric InfoNCE loss in which pairs with identical captions count as positives.
 
+Where no judge guards the data (any dataset but shapes), the model the stages train also has a
+*readable* head on its image features, learnt from real images against destroyed copies of them
+(`corruptions.training_negatives`): an image it rejects scores 0 and is never retrieved, so
+colour noise, blur or shuffled patches cannot score as their caption's image.
+
 How good the instrument is gets measured and stored with it: image→caption retrieval accuracy on
 real held-out test pairs (`retrieval_protocol`). Trained once per dataset version (any captioned dataset: `_data.Dataset`) by the run's stages
 or, for shapes, `python -m imgsynth.metrics.train_alignment`, and cached at
@@ -57,6 +62,7 @@ class AlignmentConfig:
     layers: int = 2
     heads: int = 4
     embed_dim: int = 128
+    reject: bool = False  # a readable head: images it rejects score 0 (`Alignment.readable`)
 
 
 class ImageTower(nnx.Module):
@@ -123,6 +129,11 @@ class AlignmentNet(nnx.Module):
         self.image = ImageTower(cfg, rngs=rngs)
         self.text = TextTower(cfg, rngs=rngs)
         self.logit_scale = nnx.Param(jnp.asarray(np.log(1 / 0.07), jnp.float32))
+        self.readable = nnx.Linear(cfg.width, 1, rngs=rngs) if cfg.reject else None
+
+    def readable_logits(self, images):
+        """[B] logit that the image is a readable one (a model with the head only)."""
+        return self.readable(self.image.features(images))[:, 0]
 
     def embed(self, images, ids, mask):
         """Unit-norm image and caption embeddings."""
@@ -140,6 +151,11 @@ def _embed_images(model: AlignmentNet, images):
 @nnx.jit
 def _image_features(model: AlignmentNet, images):
     return model.image.features(images)
+
+
+@nnx.jit
+def _readable(model: AlignmentNet, images):
+    return model.readable_logits(images) > 0
 
 
 @nnx.jit
@@ -189,6 +205,13 @@ class Alignment:
         return _batched(lambda x: _embed_images(self.model, x), [self._checked(images)],
                         self.batch_size)
 
+    def readable(self, images) -> np.ndarray:
+        """[N] bool: the image is not rejected as destroyed (all True without the head)."""
+        images = self._checked(images)
+        if not self.config.reject:
+            return np.ones(len(images), bool)
+        return _batched(lambda x: _readable(self.model, x), [images], self.batch_size)
+
     def image_features(self, images) -> np.ndarray:
         """[N, width] image-tower features (float64) for fd_align and KID."""
         return _batched(lambda x: _image_features(self.model, x), [self._checked(images)],
@@ -213,8 +236,8 @@ class Alignment:
 
 
 def alignment_scores(model: Alignment, images, captions) -> np.ndarray:
-    """Per-pair 100 · max(cos, 0)."""
-    return 100.0 * np.maximum(model.cosines(images, captions), 0.0)
+    """Per-pair 100 · max(cos, 0); 0 for an image the model rejects as unreadable."""
+    return 100.0 * np.maximum(model.cosines(images, captions), 0.0) * model.readable(images)
 
 
 def alignment_score(model: Alignment, images, captions) -> float:
@@ -228,11 +251,13 @@ def retrieval_accuracy(model: Alignment, images, captions, group: int = RETRIEVA
     if n == 0:
         raise ValueError(f"retrieval needs at least {group} pairs, got {len(captions)}")
     img, txt = model.embed_images(images[:n]), model.embed_captions(captions[:n])
+    readable = model.readable(images[:n])
     hits = []
     for start in range(0, n, group):
         sims = img[start:start + group] @ txt[start:start + group].T
         best = np.argmax(sims, axis=1)
-        hits += [captions[start + b] == captions[start + i] for i, b in enumerate(best)]
+        hits += [captions[start + b] == captions[start + i] and readable[start + i]
+                 for i, b in enumerate(best)]
     return float(np.mean(hits))
 
 
@@ -258,14 +283,16 @@ def false_positive_rates(model: Alignment, images, captions,
     corruption's retrieval accuracy."""
     captions = list(captions)
     group = min(RETRIEVAL_GROUP, len(captions))
-    retrieval, score = {}, {}
+    retrieval, score, rejected = {}, {}, {}
     for name, x in destroyed.items():
         retrieval[name] = retrieval_accuracy(model, x, captions, group)
         score[name] = alignment_score(model, x, captions)
+        rejected[name] = float(1 - model.readable(x).mean())
     return {"alignment_false_positive": max(retrieval.values()),
             "alignment_retrieval_chance": retrieval_chance(captions, group),
             "alignment_false_positive_per_corruption": retrieval,
             "alignment_score_per_corruption": score,
+            "alignment_unreadable_per_corruption": rejected,
             "alignment_score_mismatched": alignment_score(model, images,
                                                           captions[-1:] + captions[:-1])}
 

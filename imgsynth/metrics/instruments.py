@@ -1,8 +1,9 @@
 """What evaluating a run needs, loaded together: the run's decoder, the dataset's metric models
 (alignment model always; judge for datasets with scenes; label classifier for labelled data;
 Inception and CLIP when their weights are given), real images, the ceilings each instrument sets
-(and the false positives it gives images that carry no scene), and, for every metric the
-dataset cannot support, the reason."""
+(and the false positives it gives images that carry no scene), whether the autoencoder meets the
+quality bar a dataset without a shipped one is held to (`quality_bar`), and, for every metric
+the dataset cannot support, the reason."""
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,13 @@ NO_INCEPTION = ("no Inception weights given (--inception_weights or eval.incepti
 NO_CLIP = ("no CLIP weights and vocabulary given (--clip_weights and --clip_vocab, or "
            "eval.clip_weights and eval.clip_vocab; convert OpenAI's checkpoint once with "
            "`python -m imgsynth.models.clip --convert ViT-B-32.pt --out clip_vit_b32.npz`)")
+
+# The autoencoder quality bar (docs/autoencoders.md#own-data): its reconstructions of real
+# evaluation images must keep the class the label classifier reads in the originals (label
+# following ≥ 0.9 × the classifier's on the originals) and sit no farther from them in the
+# alignment model's features than a second real sample does (fd_align ≤ the real-vs-real floor);
+# without either instrument, validation PSNR ≥ 25 dB.
+BAR = {"label_following_ratio": 0.9, "fd_align_ratio": 1.0, "psnr": 25.0}
 
 
 def evaluation_records(dataset: _data.Dataset, n: int) -> _data.Split:
@@ -72,7 +80,7 @@ class Instruments:
         records, computed once per (autoencoder, dataset, instruments) and cached beside the
         autoencoder."""
         path = os.path.join(self.autoencoder_dir,
-                            f"ceilings-v3-{self.dataset.key}-{n}-{self._identity()}.json")
+                            f"ceilings-v4-{self.dataset.key}-{n}-{self._identity()}.json")
         cached = io.read_json(path)
         if cached is not None:
             return cached
@@ -87,7 +95,9 @@ class Instruments:
         space can score."""
         recon = reconstructions(self.autoencoder, real.images)
         out = {"autoencoder_alignment_score": alignment_lib.alignment_score(
-            self.alignment, recon, real.captions)}
+            self.alignment, recon, real.captions),
+               "autoencoder_fd_align": frechet.fd(self.alignment.image_features(recon),
+                                                  self.alignment.image_features(real.images))}
         if self.judge is not None:
             out |= prompt_following.reconstruction_ceilings(self.judge, real, recon)
         if self.labels is not None:
@@ -95,9 +105,10 @@ class Instruments:
         return out
 
     def false_positive_ceilings(self, real: _data.Split, seed: int = 0) -> dict:
-        """What the judge and the alignment model credit in images that carry no scene: the
-        real images destroyed (`corruptions.destroyed`) and as many images this autoencoder
-        decodes from random latents or tokens, each read against the real image's caption."""
+        """What the judge, the alignment model and the label classifier credit in images that
+        carry no scene: the real images destroyed (`corruptions.destroyed`) and as many images
+        this autoencoder decodes from random latents or tokens, each read against the real
+        image's caption (and label)."""
         destroyed = corruptions.destroyed(real.images, seed)
         destroyed["autoencoder_random_decodes"] = corruptions.random_decodes(
             self.autoencoder, len(real.images), self.dataset.resolution, seed)
@@ -106,6 +117,11 @@ class Instruments:
         if self.judge is not None:
             rates = prompt_following.false_positive_rates(self.judge, real, destroyed)
             out |= {f"judge_{k}": v for k, v in rates.items()}
+        if self.labels is not None:   # label following of garbage: at most chance
+            per = {k: self.labels.following(x, real.labels) for k, x in destroyed.items()}
+            out |= {"label_false_positive": max(per.values()),
+                    "label_false_positive_per_corruption": per,
+                    "label_chance": 1 / len(self.labels.names)}
         return out
 
     def real_floors(self, real_images: np.ndarray, seed: int = 0) -> dict:
@@ -115,6 +131,20 @@ class Instruments:
         a, b = (self.alignment.image_features(x) for x in (real_images, other))
         kid = frechet.kid(a, b, subset_size=100, seed=seed)
         return {"fd_align_real_floor": frechet.fd(a, b), "kid_real_floor": kid.mean}
+
+    def quality_bar(self, n: int) -> dict:
+        """Whether the autoencoder meets `BAR` on the first `n` evaluation records: each measure
+        (`measured`), its bar and `met`."""
+        real = self.real(n)
+        recon = reconstructions(self.autoencoder, real.images)
+        measured = {"fd_align_ratio": frechet.fd(
+            self.alignment.image_features(recon), self.alignment.image_features(real.images))
+            / self.real_floors(real.images)["fd_align_real_floor"]}
+        if self.labels is not None:
+            on_real = self.labels.following(real.images, real.labels)
+            measured["label_following_ratio"] = (self.labels.following(recon, real.labels)
+                                                 / max(on_real, 1e-12))
+        return bar_verdict(measured, self.autoencoder_info["validation"].get("psnr"))
 
     def ceilings(self, real_images: np.ndarray) -> dict:
         n = len(real_images)
@@ -127,6 +157,16 @@ class Instruments:
         if self.labels is not None:
             out["label_classifier_accuracy"] = self.labels.accuracy
         return out
+
+
+def bar_verdict(measured: dict, psnr: float | None) -> dict:
+    """`measured` (ratios named as in `BAR`) against `BAR`; PSNR decides only without them."""
+    measured = {**measured, "psnr": psnr}
+    judged = [k for k in BAR if k != "psnr" and k in measured] or ["psnr"]
+    ok = {k: measured[k] is not None and (measured[k] <= BAR[k] if k == "fd_align_ratio"
+                                          else measured[k] >= BAR[k]) for k in judged}
+    return {"measured": measured, "bar": {k: BAR[k] for k in judged}, "passed": ok,
+            "met": all(ok.values())}
 
 
 def _weights_file(path: str, load):

@@ -5,8 +5,11 @@ label following is the share of samples the classifier assigns the class of thei
 record. The classifier is the alignment model's image tower with a class head, trained with
 cross-entropy through the one engine (`train_labels.py`); its accuracy on the real evaluation
 split is the ceiling a perfect generator could reach, stored with it and reported next to every
-score. Trained once per dataset version by the run's stages and cached at
-`<data_dir>/labels/<dataset key>/`.
+score. A classifier that must name a class for every image credits garbage: trained by the
+stages, it has one more class, *unreadable*, learnt (as the judge's) from real images destroyed
+beyond reading (`corruptions.training_negatives`); an image read as unreadable follows no label,
+so colour noise, blur or shuffled patches score at or below chance (1 / classes). Trained once
+per dataset version by the run's stages and cached at `<data_dir>/labels/<dataset key>/`.
 """
 from __future__ import annotations
 
@@ -30,13 +33,15 @@ class LabelConfig:
     num_classes: int = 2
     widths: tuple[int, ...] = (32, 64)
     width: int = 128
+    unreadable: bool = False   # one more output: the image carries no readable class
 
 
 class LabelNet(nnx.Module):
     def __init__(self, cfg: LabelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.tower = ImageTower(AlignmentConfig(resolution=cfg.resolution, widths=cfg.widths,
-                                                width=cfg.width, embed_dim=cfg.num_classes),
+                                                width=cfg.width,
+                                                embed_dim=cfg.num_classes + cfg.unreadable),
                                 rngs=rngs)
 
     def __call__(self, images_BHWC):
@@ -63,9 +68,15 @@ class LabelClassifier:
         """Accuracy on the real evaluation split: label following's ceiling."""
         return self.info.get("test_accuracy")
 
-    def predict(self, images) -> list[str]:
+    def predict(self, images) -> list[str | None]:
+        """Each image's class name, or None where it is read as unreadable."""
         ids = _batched(lambda x: _predict(self.model, x), [np.asarray(images)], self.batch_size)
-        return [self.names[int(i)] for i in ids]
+        names = self.names + [None]   # the unreadable class, where the model has it
+        return [names[int(i)] for i in ids]
+
+    def unreadable(self, images) -> np.ndarray:
+        """[N] bool: read as carrying no class (always False for a model without that class)."""
+        return np.array([p is None for p in self.predict(images)])
 
     def correct(self, images, labels) -> np.ndarray:
         """Per image, whether it is classified as its label (what intervals resample)."""

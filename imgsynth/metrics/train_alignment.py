@@ -4,7 +4,9 @@
 
 Retrieval accuracy on real held-out pairs (`alignment.retrieval_protocol`, groups of 100; a test
 split smaller than that is one group) is stored in alignment.json and reported next to every
-alignment score.
+alignment score. Outside shapes (where the judge guards against garbage) the model also learns a
+readable head from destroyed copies of each step's first images (`NEGATIVE_SHARE`), and its
+rejection rates on real and destroyed test images are stored beside it.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import optax
 from flax import nnx
 
 from imgsynth.data.tokenizer import WordTokenizer
-from imgsynth.metrics import _data, instrument_training
+from imgsynth.metrics import _data, corruptions, instrument_training
 from imgsynth.metrics.alignment import (INFO_FILE, RETRIEVAL_GROUP, Alignment, AlignmentConfig,
                                         AlignmentNet, alignment_dir, alignment_scores,
                                         load_alignment_from, retrieval_accuracy,
@@ -27,6 +29,8 @@ from imgsynth.metrics.alignment import (INFO_FILE, RETRIEVAL_GROUP, Alignment, A
 
 
 TrainSettings = instrument_training.Settings
+# Destroyed images added to each step (models with the readable head), as a share of its pairs.
+NEGATIVE_SHARE = 0.5
 
 
 def _loss(model: AlignmentNet, batch):
@@ -34,8 +38,13 @@ def _loss(model: AlignmentNet, batch):
     logits = jnp.exp(jnp.minimum(model.logit_scale[...], np.log(100.0))) * img @ txt.T
     same = batch["same"]
     targets = same / same.sum(axis=1, keepdims=True)  # duplicates are positives
-    return 0.5 * (optax.softmax_cross_entropy(logits, targets).mean()
+    loss = 0.5 * (optax.softmax_cross_entropy(logits, targets).mean()
                   + optax.softmax_cross_entropy(logits.T, targets).mean())
+    if "negatives" in batch:   # the readable head: real images 1, destroyed ones 0
+        real, bad = (model.readable_logits(batch[k]) for k in ("images", "negatives"))
+        loss += (optax.sigmoid_binary_cross_entropy(real, jnp.ones_like(real)).mean()
+                 + optax.sigmoid_binary_cross_entropy(bad, jnp.zeros_like(bad)).mean())
+    return loss
 
 
 def train_alignment(data, builder_config: str = "r32", *,
@@ -52,7 +61,8 @@ def train_alignment(data, builder_config: str = "r32", *,
     if not isinstance(tokenizer, WordTokenizer):
         raise ValueError(f"{dataset.name}: the alignment model needs a word vocabulary")
     config = dataclasses.replace(config or AlignmentConfig(), resolution=dataset.resolution,
-                                 vocab_size=tokenizer.vocab_size, text_max_len=tokenizer.max_len)
+                                 vocab_size=tokenizer.vocab_size, text_max_len=tokenizer.max_len,
+                                 reject=dataset.spec.name != "shapes")
     s = settings
     train = dataset.read("train", limit=s.steps * s.per_step_examples)
     s = dataclasses.replace(s, per_step_examples=_data.step_examples(
@@ -61,9 +71,16 @@ def train_alignment(data, builder_config: str = "r32", *,
     caption_ids = np.unique(np.asarray(train.captions), return_inverse=True)[1]
     log(f"alignment: {len(ids)} training pairs read in {time.perf_counter() - start:.0f} s")
 
+    negatives = (_data.negatives_per_step(s.per_step_examples, NEGATIVE_SHARE) if config.reject
+                 else 0)
+
     def batch(idx):
         same = (caption_ids[idx][:, None] == caption_ids[idx][None, :]).astype(np.float32)
-        return {"images": train.images[idx], "ids": ids[idx], "mask": mask[idx], "same": same}
+        out = {"images": train.images[idx], "ids": ids[idx], "mask": mask[idx], "same": same}
+        if negatives:   # drawn from the step's own seed: a resumed run sees the same
+            out["negatives"] = corruptions.training_negatives(
+                train.images[idx[:negatives]], np.random.default_rng([s.seed, *idx]))
+        return out
 
     directory = dataset.instrument_dir("alignment")
     model = instrument_training.train(
@@ -76,6 +93,10 @@ def train_alignment(data, builder_config: str = "r32", *,
     group = min(RETRIEVAL_GROUP, len(test.captions))
     accuracy = retrieval_accuracy(result, test.images, test.captions, group)
     train_minutes = (time.perf_counter() - start) / 60
+    rejected = {"unreadable_real": float(1 - result.readable(test.images).mean()),
+                "unreadable_per_corruption": {
+                    k: float(1 - result.readable(x).mean())
+                    for k, x in corruptions.destroyed(test.images, s.seed).items()}}
     result.info = {
         "dataset": dataset.name, "dataset_key": dataset.key,
         "retrieval_accuracy": accuracy,
@@ -84,6 +105,7 @@ def train_alignment(data, builder_config: str = "r32", *,
         "num_test": len(test.captions), "train_minutes": round(train_minutes, 2),
         "train_cpu_minutes": round((_data.cpu_seconds() - cpu_start) / 60, 2),
         "train_settings": dataclasses.asdict(s), "devices": str(jax.devices()[0].platform),
+        **(rejected if config.reject else {}),
     }
     log(f"alignment: retrieval accuracy {result.retrieval_accuracy:.4f}; score on real pairs "
         f"{result.info['real_score']:.1f}, on mismatched pairs {result.info['mismatched_score']:.1f}; "

@@ -29,6 +29,25 @@ REPRODUCED, PARTLY, REFUTED, UNCLEAR, NOT_MEASURED = (
     "reproduced", "partly reproduced", "refuted", "no clear lead", "not measured")
 
 
+# Per finding, the metrics that can decide it, the first a study measures: the judge's on the
+# shapes data; on own data label following (prompt following) and Inception FID where its
+# weights are given, else fd_align (image quality). Each: (metric, label, reconstruction ceiling).
+PROMPT_METRICS = (("prompt_following/overall", "prompt following (judge)"),
+                  ("label_following", "label following (the dataset's label classifier)"))
+QUALITY_METRICS = (("fd_judge", "FD on judge features", "autoencoder_fd_judge"),
+                   ("inception_fid", "Inception FID", None),
+                   ("fd_align", "FD on alignment-model features", "autoencoder_fd_align"))
+LACKS = {"prompt": "neither prompt following (the judge: shapes data) nor label following "
+                   "(labels in the dataset) was evaluated",
+         "quality": "no FD was evaluated (the judge's on shapes data, Inception FID with its "
+                    "weights given, or fd_align)"}
+
+
+def _first_observed(f: dict, metrics) -> tuple | None:
+    """The first of `metrics` ((metric, label, ...) tuples) with observed findings rows."""
+    return next((m for m in metrics if observed(f, m[0])), None)
+
+
 def observed(f: dict, metric: str) -> list[dict]:
     """The findings rows trained (not extrapolated) for a headline metric, ascending budget."""
     return [x for x in f["findings"] if x["kind"] == "observed"
@@ -60,8 +79,12 @@ def _tally(verdicts: Sequence[str | None], a_wins: str, b_wins: str) -> str:
     return a_wins if a_wins in verdicts else b_wins if b_wins in verdicts else UNCLEAR
 
 
+PROMPT_CLAIM = ("1. token methods, led by next-token prediction, beat diffusion on prompt "
+                "following")
+
+
 def _prompt_claim(f: dict, metric: str, label: str) -> dict:
-    claim = "1. token methods, led by next-token prediction, beat diffusion on prompt following"
+    claim = PROMPT_CLAIM
     pairs = [(x, _duel(x, TOKENS, [DIFFUSION], True)) for x in observed(f, metric)]
     rows, duels = [x for x, d in pairs if d], [d for _, d in pairs if d]
     if not rows:
@@ -84,8 +107,12 @@ def _prompt_claim(f: dict, metric: str, label: str) -> dict:
 def _quality_claim(f: dict) -> dict:
     claim = ("2. next-token prediction leads image quality at small budgets; diffusion improves "
              "faster and its fitted trend catches up")
-    label = "FD on judge features"
-    rows = [x for x in observed(f, "fd_judge") if _duel(x, [NEXT_TOKEN], [DIFFUSION], False)]
+    chosen = _first_observed(f, QUALITY_METRICS)
+    if chosen is None:
+        return dict(finding=claim, metric=QUALITY_METRICS[0][1], verdict=NOT_MEASURED,
+                    evidence=LACKS["quality"])
+    metric, label, _ = chosen
+    rows = [x for x in observed(f, metric) if _duel(x, [NEXT_TOKEN], [DIFFUSION], False)]
     if not rows:
         return dict(finding=claim, metric=label, verdict=NOT_MEASURED,
                     evidence="no budget has both next-token prediction and diffusion evaluated")
@@ -200,13 +227,17 @@ def _ema_claim(runs, primary: str) -> dict:
 
 def _autoencoder_claim(runs, primary: str) -> dict:
     claim = "5. autoencoder quality bounds image quality, mostly for diffusion"
-    label = "best FD on judge features vs FD of the autoencoder's reconstructions"
-    col = f"{primary}/fd_judge"
+    metric, name, ceiling = next(
+        (m for m in QUALITY_METRICS if m[2] and any(
+            math.isfinite(r.get(f"{primary}/{m[0]}", math.nan)) for r in runs)),
+        QUALITY_METRICS[0])
+    label = f"best {name} vs FD of the autoencoder's reconstructions"
+    col = f"{primary}/{metric}"
     binds, parts = {}, []
     for p in sorted({r["paradigm"] for r in runs}):
         rs = [r for r in runs if r["paradigm"] == p and math.isfinite(r.get(col, math.nan))]
-        floor = [r["ceilings/autoencoder_fd_judge"] for r in rs
-                 if math.isfinite(r.get("ceilings/autoencoder_fd_judge", math.nan))]
+        floor = [r[f"ceilings/{ceiling}"] for r in rs
+                 if math.isfinite(r.get(f"ceilings/{ceiling}", math.nan))]
         if not rs or not floor:
             continue
         best, floor = min(rs, key=lambda r: r[col]), float(np.median(floor))
@@ -287,8 +318,11 @@ def check(runs: Sequence[dict], f: dict) -> list[dict]:
 
 
 def _paper(runs: Sequence[dict], f: dict, primary: str) -> list[dict]:
+    prompt = _first_observed(f, PROMPT_METRICS)
     return [
-        _prompt_claim(f, "prompt_following/overall", "prompt following (judge)"),
+        _prompt_claim(f, *prompt) if prompt else dict(
+            finding=PROMPT_CLAIM, metric=PROMPT_METRICS[0][1], verdict=NOT_MEASURED,
+            evidence=LACKS["prompt"]),
         _prompt_claim(f, "alignment_score", "alignment score (the CLIP-score analogue)"),
         _quality_claim(f),
         _cheapest_claim(runs, "inference/flops_per_image", NEXT_TOKEN,

@@ -32,6 +32,11 @@ from imgsynth.scaling.table import PROMPT_CATEGORIES, WEIGHTS
 PRIMARY_WEIGHTS = "ema"  # cross-paradigm findings use EMA weights, as evaluated in the paper
 LOSS_COLUMNS = ("final/eval_loss", "raw/eval_loss")
 HEADLINE = ("prompt_following/overall", "fd_judge", "alignment_score")  # findings, crossovers
+# What a study on data without the judge (own data) measures in a headline metric's place, the
+# first its runs have: label following for prompt following; Inception FID (weights given), else
+# fd_align, for the FD on judge features.
+SUBSTITUTES = {"prompt_following/overall": ("label_following",),
+               "fd_judge": ("inception_fid", "fd_align")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,15 +59,32 @@ class Metric:
         return self.to_error(e)  # both transforms are involutions
 
 
-def study_metrics(loss_delta: float = est.LOSS_HUBER_DELTA) -> list[Metric]:
-    """Headline metrics for raw and EMA weights, prompt-following categories for the primary
-    weights, and the end-of-training eval loss (fitted with the Huber delta of L(N, D))."""
+def _measured(runs, name: str) -> bool:
+    return any(np.isfinite(r.get(f"{w}/{name}", np.nan)) for r in runs for w in WEIGHTS)
+
+
+def headline_names(runs) -> list[str]:
+    """Per headline metric, the one the runs measure: itself, else its first measured
+    `SUBSTITUTES` (itself when none is)."""
+    return [next((m for m in (h, *SUBSTITUTES.get(h, ())) if _measured(runs, m)), h)
+            for h in HEADLINE]
+
+
+def study_metrics(loss_delta: float = est.LOSS_HUBER_DELTA, runs=()) -> list[Metric]:
+    """Headline metrics for raw and EMA weights (`headline_names` of `runs`), prompt-following
+    categories for the primary weights, and the end-of-training eval loss (fitted with the Huber
+    delta of L(N, D))."""
     out = []
+    names = headline_names(runs)
     for w in WEIGHTS:
         out += [Metric(f"{w}/prompt_following/overall", f"prompt following, overall ({w})",
                        True, 1.0),
                 Metric(f"{w}/fd_judge", f"FD on judge features ({w})"),
                 Metric(f"{w}/alignment_score", f"alignment score ({w})", True, 100.0)]
+        out += [Metric(f"{w}/{n}", f"{label} ({w})", *bound) for n, label, bound in (
+            ("label_following", "label following", (True, 1.0)),
+            ("inception_fid", "Inception FID", ()), ("fd_align", "FD on alignment features", ()))
+            if n in names]
     out += [Metric(f"{PRIMARY_WEIGHTS}/prompt_following/{c}",
                    f"prompt following, {c.replace('_', ' ')} ({PRIMARY_WEIGHTS})", True, 1.0)
             for c in PROMPT_CATEGORIES[1:]]
@@ -402,7 +424,7 @@ def headline_metrics(runs, metrics, weights: str) -> list[Metric]:
     """The headline shared metrics for `weights`, falling back to raw weights per metric when no
     run has the requested ones (e.g. EMA off)."""
     out = []
-    for name in HEADLINE:
+    for name in headline_names(runs):
         cols = [f"{weights}/{name}", f"raw/{name}"]
         col = next((c for c in cols if any(np.isfinite(r[c]) for r in runs)), cols[0])
         out.append(next(m for m in metrics if m.column == col))
@@ -465,7 +487,7 @@ def fit_study(rows: Sequence[dict], *, budgets: Sequence[float] | None = None,
     if any(not (b > 0 and math.isfinite(b)) for b in budgets):
         raise ValueError(f"budgets must be positive FLOP counts, got {budgets}")
     paradigms = sorted({r["paradigm"] for r in runs})
-    metrics = study_metrics(loss_delta)
+    metrics = study_metrics(loss_delta, runs)
     compute_fits: dict[str, dict] = {}
     boots: dict[tuple[str, str], np.ndarray] = {}
     loss_fits, isoflops = {}, {}
@@ -484,7 +506,7 @@ def fit_study(rows: Sequence[dict], *, budgets: Sequence[float] | None = None,
 
     lo, hi = min(r["train_flops"] for r in runs), max(budgets + [max_flops])
     crossovers = []
-    for m in [m for m in metrics if m.column.split("/", 1)[1] in HEADLINE]:
+    for m in [m for m in metrics if m.column.split("/", 1)[1] in headline_names(runs)]:
         for p, q in itertools.combinations(paradigms, 2):
             if (p, m.column) not in boots or (q, m.column) not in boots:
                 continue

@@ -116,7 +116,8 @@ def _findings_html(f: dict) -> str:
     lo, hi = f["meta"]["crossover_range"]
     names = sorted({c["estimator"] for c in f["crossovers"]}
                    | {e["estimator"] for es in f["compute_fits"].values() for e in es.values()
-                      if e["metric"].split("/", 1)[-1] in fitting.HEADLINE})
+                      if e["metric"].split("/", 1)[-1] in fitting.HEADLINE
+                      + sum(fitting.SUBSTITUTES.values(), ())})
     out += (f"<p class='note'>Extrapolated values and crossovers come from the fitted e(C): "
             f"{_esc('; '.join(names))}.</p>"
             f"<h3>Extrapolated crossovers</h3><p class='note'>Searched over {_num(lo, 2)} – "
@@ -288,7 +289,8 @@ def _ceilings_html(rows) -> str:
                    "FD of AE reconstructions", "fd_align real vs real", "KID real vs real",
                    "label classifier accuracy (real images)", "judge prompt following on "
                    "destroyed images (worst)", "alignment retrieval on destroyed images (worst)",
-                   "alignment retrieval by chance"], out)
+                   "alignment retrieval by chance", "label following of AE reconstructions",
+                   "fd_align of AE reconstructions"], out)
 
 
 def _ceilings_sentence(rows) -> str:
@@ -331,6 +333,13 @@ def _dataset_html(rows) -> str:
         items = "".join(f"<li>{_esc(part)}</li>" for part in parts)
         out += (f"<p class='note'>Not evaluated or not available for these runs:</p>"
                 f"<ul class='note'>{items}</ul>")
+    above = [r for r in done if r.get("above_ceiling")]
+    if above:
+        items = "".join(f"<li>{_esc(r['run'])}: {_esc(r['above_ceiling'])}</li>" for r in above)
+        out += ("<p class='warn'>Scores above their autoencoder's reconstruction ceiling (no "
+                "generator in that latent space can draw better than its autoencoder "
+                "reconstructs: the instrument credits something else; read these as "
+                f"unreliable):</p><ul class='warn'>{items}</ul>")
     return out
 
 

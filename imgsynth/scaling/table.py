@@ -33,7 +33,8 @@ EVAL_METRICS = tuple(f"prompt_following/{c}" for c in PROMPT_CATEGORIES) + (
 # incomplete.
 NEWER_METRICS = ("fd_align", "label_following", "inception_fid", "clip_score",
                  "fd_align_real_floor", "kid_real_floor", "label_classifier_accuracy",
-                 "judge_false_positive", "alignment_false_positive", "alignment_retrieval_chance")
+                 "judge_false_positive", "alignment_false_positive", "alignment_retrieval_chance",
+                 "autoencoder_fd_align")
 # Metrics eval.json gives a 95% interval (imgsynth.metrics.intervals); not the eval loss (from
 # training, on fixed examples) nor KID's spread over subsets.
 INTERVAL_METRICS = tuple(m for m in EVAL_METRICS if m not in ("kid/std", "eval_loss"))
@@ -42,7 +43,8 @@ WEIGHTS = ("raw", "ema")
 CEILINGS = ("judge_prompt_following", "autoencoder_prompt_following",
             "alignment_retrieval_accuracy", "autoencoder_fd_judge",
             "fd_align_real_floor", "kid_real_floor", "label_classifier_accuracy",
-            "judge_false_positive", "alignment_false_positive", "alignment_retrieval_chance")
+            "judge_false_positive", "alignment_false_positive", "alignment_retrieval_chance",
+            "autoencoder_label_following", "autoencoder_fd_align")
 INFERENCE = ("flops_per_image", "images_per_s", "latency_s", "batch_size")
 SETTINGS = ("num_samples", "guidance", "sampler_steps", "seed", "checkpoint_step")
 RUN_COLUMNS = ("run", "paradigm", "size", "seed", "grid", "ablation", "status", "reason", "budget",
@@ -55,7 +57,7 @@ RESULT_COLUMNS = (RUN_COLUMNS + tuple(f"{w}/{m}{x}" for w in WEIGHTS for m in EV
                   + tuple(f"ceilings/{c}" for c in CEILINGS)
                   + tuple(f"inference/{k}" for k in INFERENCE)
                   + tuple(f"settings/{k}" for k in SETTINGS)
-                  + ("ema_sigma_rel", "samples_png", "dataset", "unavailable"))
+                  + ("ema_sigma_rel", "samples_png", "dataset", "unavailable", "above_ceiling"))
 CURVE_COLUMNS = ("run", "paradigm", "size", "budget", "ablation", "params_non_embedding", "step",
                  "examples_seen", "train_flops", "eval/loss", "eval/loss_ema")
 STRING_COLUMNS = frozenset(
@@ -63,7 +65,8 @@ STRING_COLUMNS = frozenset(
      "settings/sampler/method",   # flow's ODE solver (euler | heun); the token samplers have none
      "settings/sampler/head_method",   # the per-token head's solver (ar_continuous, mar)
      "settings/eval_split",       # the split the prompts and reference images come from
-     "dataset", "unavailable"})
+     "dataset", "unavailable",
+     "above_ceiling"})   # scores above their autoencoder's reconstruction ceiling (flagged)
 STATUSES = ("pending", "running", "done", "failed")
 
 log = logging.getLogger(__name__)
@@ -261,6 +264,12 @@ def _add_evaluation(row, evaluation, name, run_dir, workdir, warn) -> None:
     row["dataset"] = str(evaluation.get("dataset") or "")
     row["ema_sigma_rel"] = _number(evaluation.get("ema_sigma_rel"))   # the post-hoc EMA's width
     row["unavailable"] = "; ".join(f"{k}: {v}" for k, v in sorted(unavailable.items()))
+    above = evaluation.get("above_ceiling") if isinstance(evaluation.get("above_ceiling"),
+                                                          dict) else {}
+    row["above_ceiling"] = "; ".join(
+        f"{k} {v.get('value', NAN):.3g} [{v.get('lo', NAN):.3g}, {v.get('hi', NAN):.3g}] > "
+        f"ceiling {v.get('ceiling', NAN):.3g}" for k, v in sorted(above.items())
+        if isinstance(v, dict))
     missing = [c for c in RESULT_COLUMNS if c not in values and "/" in c and c.split("/")[0] in (
         *WEIGHTS, "ceilings", "inference", "settings") and not _unavailable(c, unavailable)]
     if not any(k.endswith(INTERVAL_SUFFIXES) for k in values):
