@@ -172,17 +172,3 @@ def test_garbage_scores_at_chance_or_below_on_own_data(folder_data):
     for name, images in corruptions.destroyed(test.images, seed=1).items():
         assert labels.following(images, test.labels) <= chance, name
         assert alignment_lib.alignment_score(align, images, test.captions) <= mismatched, name
-
-
-@pytest.mark.slow
-def test_own_data_autoencoder_meets_its_bar(folder_data):
-    """The quickstart's stages on own data (runlocal, nothing asked by length): the KL
-    autoencoder trains its derived length and its reconstructions meet the quality bar."""
-    data_dir, cache = folder_data
-    c = _config(data_dir, cache)
-    c.instruments.labels_steps = c.instruments.alignment_steps = 300   # the garbage test's
-    out = stages.prepare(c)
-    assert out["autoencoder_bar"] is True
-    bar = stages.io.read_json(os.path.join(stages.autoencoder_dir(c), stages.BAR_FILE))
-    assert bar["met"] and set(bar["bar"]) == {"label_following_ratio", "fd_align_ratio"}
-    assert bar["steps"] == stages.autoencoder_config(c).total_steps >= 1_500
