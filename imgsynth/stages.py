@@ -63,7 +63,7 @@ def data_config(config) -> ml_collections.ConfigDict:
     return data
 
 
-def autoencoder_config(config) -> ml_collections.ConfigDict:
+def autoencoder_config(config, *, build_data: bool = True) -> ml_collections.ConfigDict:
     """The autoencoder a generator run needs: experiments/autoencoder.py at the run's geometry.
 
     The generator config is the source of truth for what its FLOPs depend on (kind, downsample,
@@ -73,7 +73,8 @@ def autoencoder_config(config) -> ml_collections.ConfigDict:
     folder or TFDS dataset) gets the default architecture on every grid, `runlocal` included,
     trained for `own_data_steps` of its training split (checked against the quality bar by
     `prepare`); only the suite's own shapes variants without a shipped one get `runlocal`'s small
-    smoke-test autoencoder.
+    smoke-test autoencoder. `build_data=False` (a dry run's estimate) builds nothing: data not
+    built yet gets the shortest own-data length, `OWN_DATA_MIN_STEPS`.
     """
     a = config.autoencoder
 
@@ -96,9 +97,13 @@ def autoencoder_config(config) -> ml_collections.ConfigDict:
         return default
     if config.data.name == "shapes":
         return settings(True) if runlocal else default
-    dataset(config)   # built first: its training split sets the length
-    default.total_steps = autoencoder_experiment.own_data_steps(
-        len(pipeline.load_split(data_config(config), "train")), default.global_batch_size)
+    if build_data:
+        dataset(config)   # built first: its training split sets the length
+    path = build.dataset_dir(data_config(config))
+    built = build_data or (path is not None and build.is_complete(path))
+    examples = len(pipeline.load_split(data_config(config), "train")) if built else 0
+    default.total_steps = autoencoder_experiment.own_data_steps(examples,
+                                                                default.global_batch_size)
     return default
 
 

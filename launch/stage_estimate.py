@@ -42,7 +42,7 @@ def stage_lines(runs: Sequence[grid_lib.Run]) -> list[str]:
     lines, instruments_counted, grand = [], set(), 0.0
     for run in keys.values():
         c = run.config
-        ae = stages.autoencoder_config(c)
+        ae = stages.autoencoder_config(c, build_data=False)   # a dry run builds nothing
         size = "runlocal" if ae.get("runlocal") else "full"
         step_s = (AUTOENCODER_STEP_S[size] * ae.global_batch_size / AUTOENCODER_BATCH[size]
                   * (ae.data.resolution / 32) ** 2)
@@ -60,5 +60,6 @@ def stage_lines(runs: Sequence[grid_lib.Run]) -> list[str]:
                      + ", ".join(f"{name} {steps} steps" for name, steps, _ in parts)
                      + f": about {grid_lib.format_duration(total)}")
     lines.append(f"stages before the first run trains: about {grid_lib.format_duration(grand)} on "
-                 "2 cores, plus building the data (labels: labelled data only; README, own data)")
+                 "2 cores, plus building the data (labels: labelled data only; an own-data "
+                 "autoencoder at its shortest length until the data is built; README, own data)")
     return lines

@@ -82,7 +82,7 @@ GRID = """
 def sweep(add):
     for paradigm in ("flow", "ar"):
         for budget in (1e12, 3e12):
-            add(paradigm=paradigm, size="T", budget=budget, overrides={"data.name": "%s"})
+            add(paradigm=paradigm, size="T", budget=budget, overrides=%r)
 """
 
 
@@ -115,7 +115,8 @@ def fake(tmp_path, monkeypatch):
 
 def make_grid(tmp_path, monkeypatch, data="synthetic"):
     path = tmp_path / "tiny.py"
-    path.write_text(GRID % data)
+    path.write_text(GRID % ({"data.name": data, "data.folder_name": "mine"} if data == "folder"
+                            else {"data.name": data}))
     monkeypatch.setenv("FAKE_GRID", "tiny")
     return grid_lib.load(str(path))
 
@@ -323,12 +324,15 @@ def test_study_runs_the_grid_then_the_report(tmp_path, monkeypatch, fake, capsys
 
 
 def test_dry_run_estimates_the_stages_of_data_without_shipped_instruments(tmp_path, monkeypatch):
+    from experiments import autoencoder as autoencoder_experiment
     from imgsynth import stages
     from launch import stage_estimate
     assert stage_estimate.stage_lines(make_grid(tmp_path, monkeypatch, data="shapes").runs) == []
     runs = make_grid(tmp_path, monkeypatch, data="folder").runs
     lines = stage_estimate.stage_lines(runs)
-    kl = stages.autoencoder_config(runs[0].config).total_steps
+    kl = stages.autoencoder_config(runs[0].config, build_data=False).total_steps
+    assert kl == autoencoder_experiment.OWN_DATA_MIN_STEPS   # the data is not built, nor is it
+    assert not os.path.exists(stages.build.dataset_dir(stages.data_config(runs[0].config)))
     assert len(lines) == 3 and f"autoencoder kl {kl} steps, alignment 1000 steps" in lines[0]
     assert "autoencoder fsq" in lines[1] and "alignment" not in lines[1]   # shared, counted once
     assert re.search(r"about \d+[hm]\d\d[ms]$", lines[0]) and "before the first run" in lines[2]
