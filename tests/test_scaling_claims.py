@@ -113,7 +113,7 @@ def test_ema_claim_counts_only_separated_intervals():
     runs = [_ema_run("flow", fd=(500, 300), pf=(0.20, 0.21)),
             _ema_run("ar", fd=(500, 500), pf=(0.30, 0.30))]
     v, evidence = verdict(runs)
-    assert v == "partly reproduced" and "prompt following: EMA clearly better" in evidence
+    assert v == "partly reproduced" and "prompt following (judge): EMA clearly better" in evidence
     # The metrics disagree: FD says diffusion, prompt following says the token methods.
     runs = [_ema_run("flow", fd=(500, 300), pf=(0.30, 0.30)),
             _ema_run("ar", fd=(500, 500), pf=(0.20, 0.40))]
@@ -121,6 +121,22 @@ def test_ema_claim_counts_only_separated_intervals():
     # EMA clearly worse counts as worse, not as help.
     v, evidence = verdict([_ema_run("flow", fd=(300, 500)), _ema_run("ar", fd=(500, 500))])
     assert v == "no clear lead" and "flow 0/1 of 1 runs" in evidence
+
+
+def test_ema_claim_reads_own_datas_metrics_where_the_judge_is_absent():
+    """fd_align and label following stand in for the judge's FD and prompt following."""
+    def run(p, fd, lf):
+        values = {}
+        for column, pair, h in (("fd_align", fd, 10.0), ("label_following", lf, 0.02)):
+            for w, v in zip(("raw", "ema"), pair):
+                values |= {f"{w}/{column}": v, f"{w}/{column}_lo": v - h,
+                           f"{w}/{column}_hi": v + h}
+        return _run(p, "T", **values)
+    c = _by(claims.check([run("flow", (500, 300), (0.2, 0.4)), run("ar", (500, 500), (0.3, 0.3))],
+                         _fits([])), "EMA vs raw")
+    assert c["metric"] == ("EMA vs raw weights: FD on alignment-model features, label following "
+                           "(the dataset's label classifier)")
+    assert c["verdict"] == "reproduced" and "flow 1/0 of 1 runs" in c["evidence"]
 
 
 def test_autoencoder_claim_binds_only_where_the_best_run_reaches_the_floor():
