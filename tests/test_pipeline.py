@@ -15,7 +15,8 @@ from imgsynth.data import encode, pipeline
 from imgsynth.metrics import corruptions
 
 EVAL_SCHEMA = {"dataset", "settings", "weights", "ceilings", "unavailable", "inference", "timing",
-               "samples_png", "samples_raw_png", "ema_sigma_rel", "ema_validation_loss"}
+               "samples_png", "samples_raw_png", "ema_sigma_rel", "ema_validation_loss",
+               "above_ceiling"}
 METRICS = {"prompt_following", "fd_judge", "fd_align", "kid", "alignment_score", "eval_loss"}
 
 
