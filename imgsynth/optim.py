@@ -114,9 +114,8 @@ def make_update(config, loss, graphdef, total_steps: int, *, optimizer=None):
     exps = power_exponents(config)
 
     def init_state(params):
-        ema = jax.tree.map(jnp.copy, params)
-        if exps:
-            ema = tuple(jax.tree.map(jnp.copy, params) for _ in exps)
+        ema = (tuple(jax.tree.map(jnp.copy, params) for _ in exps) if exps
+               else jax.tree.map(jnp.copy, params))
         return {"params": params, "ema": ema, "opt": tx.init(params),
                 "step": jnp.zeros((), jnp.int32)}
 
