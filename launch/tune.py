@@ -4,8 +4,9 @@ Reads a finished learning-rate sweep (a grid whose runs differ in `optimizer.lr`
 experiments/grids/lr_sweep.py) and writes, per (paradigm, size), the rate whose run ended with the
 lowest eval loss (EMA weights; the mean over seed replicates), with where it was measured and
 every rate's loss. The study grids read that file (`common.tuned_lr` in
-experiments/grids/cpu_study.py), so every study after it uses the tuned rates. A (paradigm, size) with an unfinished run is left out and named, never
-guessed.
+experiments/grids/cpu_study.py), so every study after it uses the tuned rates. A (paradigm, size)
+with an unfinished run is left out and named, never guessed; one whose best rate is the lowest or
+highest it swept is named too (`edge`): its optimum may lie outside the sweep.
 """
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ def final_loss(run_dir: str) -> float | None:
     return values[-1] if values and math.isfinite(values[-1]) else None
 
 
+def _edge(lr: float, by_lr: dict) -> str | None:
+    """'lowest' or 'highest' where `lr` is an end of more than one swept rate, else None."""
+    rates = sorted(map(float, by_lr))
+    if len(rates) < 2 or rates[0] < lr < rates[-1]:
+        return None
+    return "lowest" if lr == rates[0] else "highest"
+
+
 def tune(grid: grid_lib.Grid, workdir: str) -> tuple[dict, list[str]]:
     """({'source', 'loss', 'lr'}, missing): the best rate per paradigm and size."""
     replicates: dict[str, dict[str, dict[str, list[float]]]] = {}
@@ -56,9 +65,14 @@ def tune(grid: grid_lib.Grid, workdir: str) -> tuple[dict, list[str]]:
     incomplete = {(r.paradigm, r.size) for r in grid.runs if r.name in missing}
     best = {p: {s: float(min(by_lr, key=by_lr.get)) for s, by_lr in sizes.items()
                 if (p, s) not in incomplete} for p, sizes in losses.items()}
-    source = {"workdir": os.path.abspath(workdir), "grid": grid.path, "metric": LOSS,
+    edge = {p: {s: side for s, lr in sizes.items() if (side := _edge(lr, losses[p][s]))}
+            for p, sizes in best.items()}
+    grid_path = (os.path.relpath(grid.path, grid_lib.REPO_ROOT)
+                 if grid.path.startswith(grid_lib.REPO_ROOT + os.sep) else grid.path)
+    source = {"workdir": os.path.abspath(workdir), "grid": grid_path, "metric": LOSS,
               "budget": sorted({r.budget for r in grid.runs}), "written": io.now()}
-    return {"source": source, "loss": losses, "lr": {p: s for p, s in best.items() if s}}, missing
+    return {"source": source, "loss": losses, "lr": {p: s for p, s in best.items() if s},
+            "edge": {p: s for p, s in edge.items() if s}}, missing
 
 
 def main(argv=None) -> int:
@@ -83,6 +97,10 @@ def main(argv=None) -> int:
             print(f"{paradigm:<8} {size:<4} lr {lr:g}  (" + ", ".join(
                 f"{float(k):g}: {v:.4f}" for k, v in sorted(result["loss"][paradigm][size].items(),
                                                            key=lambda kv: float(kv[0]))) + ")")
+    for paradigm, sizes in sorted(result["edge"].items()):
+        for size, side in sizes.items():
+            print(f"note: {paradigm} {size}: the best rate is the {side} swept; its optimum may "
+                  "lie beyond it (widen the sweep's rates)")
     if missing:
         print(f"left out (runs not finished): {', '.join(missing)}")
     print(f"wrote {args.out}")

@@ -117,9 +117,9 @@ def test_tune_picks_the_lowest_eval_loss_and_the_study_reads_it(tmp_path, monkey
     grid = grid_lib.load("lr_sweep")
     assert all(not r.evaluate and r.ablation == {"lr": r.config.optimizer.lr} for r in grid.runs)
     work = tmp_path / "sweep"
-    loss = {1e-3: 0.9, 3e-3: 0.7, 6e-3: 0.8}
+    loss = {5e-4: 1.0, 1e-3: 0.9, 2e-3: 0.7, 4e-3: 0.8, 8e-3: 0.85}
     for r in grid.runs:
-        if (r.paradigm, r.size) == ("ar", "S") and r.config.optimizer.lr == 6e-3:
+        if (r.paradigm, r.size) == ("ar", "S") and r.config.optimizer.lr == 4e-3:
             continue                                      # one unfinished run
         d = runs_lib.run_dir(str(work), r.name)
         io.write_status(d, "done", step=5)
@@ -127,17 +127,19 @@ def test_tune_picks_the_lowest_eval_loss_and_the_study_reads_it(tmp_path, monkey
         with open(os.path.join(d, "metrics.jsonl"), "w") as f:
             f.write(json.dumps({"step": 2, "eval/loss_ema": 0.1}) + "\n")   # earlier, not final
             f.write(json.dumps({"step": 5, "eval/loss_ema": loss[r.config.optimizer.lr] * scale
-                                + (0.5 if r.size == "S" and r.config.optimizer.lr == 3e-3
+                                + (0.5 if r.size == "S" and r.config.optimizer.lr == 2e-3
                                    else 0.0)}) + "\n")
     out = tmp_path / "tuned_lr.json"
     assert tune.main([f"--workdir={work}", f"--out={out}"]) == 0
     tuned = json.load(open(out))
-    assert tuned["lr"]["flow"] == {"T": 3e-3, "XS": 3e-3, "S": 6e-3}
+    assert tuned["lr"]["flow"] == {"T": 2e-3, "XS": 2e-3, "S": 4e-3}
+    assert tuned["edge"]["flow"] == {"S": "highest"}     # S sweeps up to 4e-3 only
     assert "S" not in tuned["lr"]["ar"]                  # never guessed from a partial sweep
     assert tuned["source"]["workdir"] == str(work) and tuned["source"]["metric"] == "eval/loss_ema"
+    assert tuned["source"]["grid"] == os.path.join("experiments", "grids", "lr_sweep.py")
     monkeypatch.setattr(common, "TUNED_LR_FILE", str(out))
     lr = {(r.paradigm, r.size): r.config.optimizer.lr for r in grid_lib.load("cpu_study").runs}
-    assert lr[("flow", "S")] == 6e-3 and lr[("flow", "T")] == 3e-3
+    assert lr[("flow", "S")] == 4e-3 and lr[("flow", "T")] == 2e-3
     assert lr[("ar", "S")] == 3e-3                       # the study's default where none is tuned
     from imgsynth import config as config_lib            # a config outside the study: untouched
     assert config_lib.default_config("flow", "size=S").optimizer.lr == 3e-4

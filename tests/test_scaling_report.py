@@ -25,7 +25,8 @@ def built(tmp_path_factory):
     workdir = make_workdir(str(tmp_path_factory.mktemp("study")))
     with open(os.path.join(workdir, io.TUNED_LR_FILE), "w") as f:   # the rates the grid read
         json.dump({"lr": {"flow": {"S": 0.003}}, "loss": {"flow": {"S": {"0.001": 0.61,
-                   "0.003": 0.52, "0.006": 0.55}}}, "source": {"grid": "lr_sweep.py",
+                   "0.003": 0.52}}}, "edge": {"flow": {"S": "highest"}},
+                   "source": {"grid": "lr_sweep.py",
                    "metric": "eval/loss_ema", "budget": [2e12], "written": "today"}}, f)
     return workdir, report.build_report(workdir, budgets=[1e17, 1e18], n_bootstrap=50)
 
@@ -66,6 +67,7 @@ def test_report_files_and_self_containment(built):
     with open(path, encoding="utf-8") as f:
         page = f.read()
     assert "<b>0.003: 0.52</b>" in page and "0.001: 0.61" in page   # the sweep behind a rate
+    assert "the highest rate swept: the optimum may lie beyond" in page
     # An ablation (a schedule control among them) is read against its main run, eval loss too.
     assert "eval loss: ablation vs main run" in page
     assert re.search(r'<td class="">\d\.\d+ vs \d\.\d+ \(ema\)</td></tr>', page)

@@ -60,6 +60,9 @@ def learning_rates_html(rows, workdir: str) -> str:
         best = min(sweep, key=sweep.get) if sweep else None
         cells = ", ".join((f"<b>{_num(float(lr))}: {_num(v, 4)}</b>" if lr == best else
                            f"{_num(float(lr))}: {_num(v, 4)}") for lr, v in sweep.items())
+        edge = tuned.get("edge", {}).get(paradigm, {}).get(size)
+        if edge:
+            cells += f" (the {edge} rate swept: the optimum may lie beyond)"
         out.append([_esc(paradigm), _esc(size), ", ".join(_num(x) for x in sorted(rates)),
                     cells or "–"])
     note = ("<p class='note'>The peak learning rate of the main runs; the sweep's column: the "
