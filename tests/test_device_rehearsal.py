@@ -4,11 +4,11 @@ by benchmarks/device_env.sh, and `import tensorflow` failing.
 
 The rehearsal needs a Python 3.12 (`python3.12` on PATH, pyenv's, or IMGSYNTH_PY312) and the
 bundle (benchmarks/device_bundle.sh); without them it is skipped with a message naming what is
-missing, except where IMGSYNTH_REQUIRE_PY312=1 (CI) makes that a failure. The virtualenv is kept
-in the cache dir under the image file's hash, so reruns skip building it.
+missing, except where IMGSYNTH_REQUIRE_PY312=1 (CI) makes that a failure. The virtualenv
+(benchmarks/device_image.py) is kept in the cache dir under the image file's hash: built once,
+by .ci/run before the tests, or here on the first run.
 """
 import glob
-import hashlib
 import os
 import shutil
 import subprocess
@@ -19,7 +19,9 @@ import pytest
 from test_device_run import check_rehearsal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMAGE = os.path.join(REPO, "benchmarks", "gpu_image.txt")
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import device_image  # noqa: E402
+
 ENV_SCRIPT = os.path.join("benchmarks", "device_env.sh")
 # Where the image has no TensorFlow: every attempt to import it is recorded (a guarded one too)
 # and fails.
@@ -30,43 +32,10 @@ raise ModuleNotFoundError("No module named 'tensorflow' (the GPU image has none)
 """
 
 
-def _python312() -> str | None:
-    candidates = [os.environ.get("IMGSYNTH_PY312"), shutil.which("python3.12"),
-                  *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")))]
-    for path in filter(None, candidates):
-        try:
-            ok = subprocess.run([path, "-c", "import sys; assert sys.version_info[:2] == (3, 12)"],
-                                capture_output=True, timeout=60).returncode == 0
-        except OSError:
-            ok = False
-        if ok:
-            return path
-    return None
-
-
 def _missing(what: str) -> None:
     if os.environ.get("IMGSYNTH_REQUIRE_PY312", "") not in ("", "0"):
         pytest.fail(f"the device rehearsal is required here but {what}")
     pytest.skip(f"device rehearsal: {what}")
-
-
-def _image_venv(python: str) -> str:
-    """The cached virtualenv holding exactly the image file's packages, built once per file."""
-    with open(IMAGE, "rb") as f:
-        key = hashlib.sha256(f.read()).hexdigest()[:16]
-    cache = os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache")),
-                         "imgsynth", f"gpu-image-venv-{key}")
-    if not os.path.exists(os.path.join(cache, "complete")):
-        tmp = f"{cache}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        subprocess.run([python, "-m", "venv", tmp], check=True)
-        # --no-deps: exactly the file, which lists the image's packages with their dependencies.
-        subprocess.run([os.path.join(tmp, "bin", "python"), "-m", "pip", "install", "-q",
-                        "--disable-pip-version-check", "--no-deps", "-r", IMAGE], check=True)
-        open(os.path.join(tmp, "complete"), "w").close()
-        shutil.rmtree(cache, ignore_errors=True)
-        os.rename(tmp, cache)   # the venv's python is always run as bin/python: renaming is safe
-    return os.path.join(cache, "bin", "python")
 
 
 def _env(**extra) -> dict:
@@ -79,12 +48,12 @@ def _env(**extra) -> dict:
 
 @pytest.mark.slow
 def test_rehearsal_on_python312_with_the_bundle_alone(tmp_path):
-    python = _python312()
+    python = device_image.python312()
     if python is None:
         _missing("no Python 3.12 was found: put python3.12 on PATH or set IMGSYNTH_PY312")
     if not glob.glob(os.path.join(REPO, ".whl", "*.whl")):
         _missing("no wheels in .whl/: run benchmarks/device_bundle.sh")
-    venv_python = _image_venv(python)
+    venv_python = device_image.venv(python)
     # The image alone lacks the data packages: without .whl/ that is one line naming them.
     bare = subprocess.run(["bash", "-c", f"source {ENV_SCRIPT}"], cwd=_fake_repo(tmp_path / "bare"),
                           env=_env(PYTHON=venv_python, IMGSYNTH_BUNDLE_DIR=str(tmp_path / "b")),

@@ -103,9 +103,11 @@ import pod_drills  # noqa: E402
 DRILL_STEPS = 12
 
 
-def _reference(tmp_path) -> futures.Future:
-    """An uninterrupted 2-process run, trained beside the drill."""
-    work = str(tmp_path / "reference")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> futures.Future:
+    """An uninterrupted 2-process run, trained beside the first drill and compared with by each
+    of them (its run does not depend on where it is written)."""
+    work = str(tmp_path_factory.mktemp("reference") / "run")
     pool = futures.ThreadPoolExecutor(1)
     done = pool.submit(lambda: pod_drills.finish_pod(work, DRILL_STEPS, work + ".log") or work)
     pool.shutdown(wait=False)
@@ -119,11 +121,12 @@ def compile_cache(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", [0, 1])
-def test_a_lost_peer_ends_the_job_and_the_rerun_is_bit_exact(tmp_path, compile_cache, victim):
+def test_a_lost_peer_ends_the_job_and_the_rerun_is_bit_exact(tmp_path, compile_cache, reference,
+                                                              victim):
     """kill -9 of one process (the coordinator or not): the survivor ends (with status `failed`
     naming the lost process when it can), and the rerun of both ends equal to an uninterrupted
     run, from the checkpoint both completed."""
-    out = pod_drills.peer_kill_drill(str(tmp_path), DRILL_STEPS, _reference(tmp_path), victim)
+    out = pod_drills.peer_kill_drill(str(tmp_path), DRILL_STEPS, reference, victim)
     assert out["last_complete_checkpoint"] == 4, out   # the one both processes completed
     if victim == 1:   # process 0's watchdog records it, and where a rerun resumes
         assert out["status_names_lost_process"] and out["exit_codes"] == [1, -9], out
@@ -134,8 +137,9 @@ def test_a_lost_peer_ends_the_job_and_the_rerun_is_bit_exact(tmp_path, compile_c
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(tmp_path, compile_cache):
-    out = pod_drills.preempt_drill(str(tmp_path), DRILL_STEPS, _reference(tmp_path))
+def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(tmp_path, compile_cache,
+                                                                     reference):
+    out = pod_drills.preempt_drill(str(tmp_path), DRILL_STEPS, reference)
     assert out["same_step"] and out["step"] >= pod_drills.KILL_AT, out
     assert out["resume_bit_exact"] and out["arrays_compared"] > 50, out
 
