@@ -80,8 +80,7 @@ def score(workdir: str, sigma_rels=None) -> dict:
                                 f"{plan.total_steps} (snapshots at {steps})")
     held_out = (sources_lib.synthetic(module, config)[1] if config.data.name == "synthetic"
                 else stages.generator_sources(config)[1])
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:1]).reshape(1, 1, 1),
-                             sharding.MESH_AXES)
+    mesh = sharding.one_device_mesh()
     losses_of = train.eval_losses(module, config, graphdef, held_out)
     losses, best = {}, None
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):

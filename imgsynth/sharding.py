@@ -71,6 +71,12 @@ def make_mesh(spec: Sequence[int] = (-1, 1, 1)) -> jax.sharding.Mesh:
     return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
 
 
+def one_device_mesh() -> jax.sharding.Mesh:
+    """The mesh of this process's first device: for weights restored onto one device."""
+    return jax.sharding.Mesh(np.array(jax.local_devices()[:1]).reshape((1,) * len(MESH_AXES)),
+                             MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
 def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
     """Devices the global batch is split over."""
     return mesh.shape["data"] * mesh.shape["fsdp"]

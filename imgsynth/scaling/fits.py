@@ -33,10 +33,11 @@ PRIMARY_WEIGHTS = "ema"  # cross-paradigm findings use EMA weights, as evaluated
 LOSS_COLUMNS = ("final/eval_loss", "raw/eval_loss")
 HEADLINE = ("prompt_following/overall", "fd_judge", "alignment_score")  # findings, crossovers
 # What a study on data without the judge (own data) measures in a headline metric's place, the
-# first its runs have: label following for prompt following; Inception FID (weights given), else
-# fd_align, for the FD on judge features.
-SUBSTITUTES = {"prompt_following/overall": ("label_following",),
-               "fd_judge": ("inception_fid", "fd_align")}
+# first its runs have, in the order the findings use (claims.PROMPT_METRICS, QUALITY_METRICS):
+# label following for prompt following; Inception FID (weights given), else fd_align, for the FD
+# on judge features.
+SUBSTITUTES = {family[0][0]: tuple(m[0] for m in family[1:])
+               for family in (claims.PROMPT_METRICS, claims.QUALITY_METRICS)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -505,8 +506,8 @@ def fit_study(rows: Sequence[dict], *, budgets: Sequence[float] | None = None,
         isoflops[p] = fit_isoflops(pruns, n_bootstrap=n_bootstrap, seed=seed, key=f"{p}:isoflop")
 
     lo, hi = min(r["train_flops"] for r in runs), max(budgets + [max_flops])
-    crossovers = []
-    for m in [m for m in metrics if m.column.split("/", 1)[1] in headline_names(runs)]:
+    crossovers, headline = [], headline_names(runs)
+    for m in [m for m in metrics if m.column.split("/", 1)[1] in headline]:
         for p, q in itertools.combinations(paradigms, 2):
             if (p, m.column) not in boots or (q, m.column) not in boots:
                 continue
