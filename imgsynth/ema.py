@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +29,11 @@ from imgsynth import train
 from imgsynth.data import sources as sources_lib
 
 
-def snapshots(workdir: str, config, abstract_params) -> tuple[list[int], list]:
-    """(steps, averages per step: one tree per `config.ema.sigma_rels`) on one device."""
+def snapshots(workdir: str, config, abstract_params, last_step: int
+              ) -> tuple[list[int], Iterator[tuple]]:
+    """(steps, averages): per step, one tree per `config.ema.sigma_rels`, on one device, restored
+    one step at a time as the iterator is read (an L run's 32 snapshots, ~10 GB, never sit in
+    memory together). The run must have one at `last_step`."""
     directory = os.path.join(workdir, loop.SNAPSHOTS)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{workdir} has no post-hoc EMA snapshots ({directory})")
@@ -38,26 +42,45 @@ def snapshots(workdir: str, config, abstract_params) -> tuple[list[int], list]:
                        abstract_params)
     abstract = tuple(one for _ in config.ema.sigma_rels)
     store = ckpt_lib.Checkpointer(directory, read_only=True)
-    try:
-        steps = store.all_steps()
-        return steps, [store.restore(abstract, step=s) for s in steps]
-    finally:
+    steps = store.all_steps()
+    if last_step not in steps:
         store.close()
+        raise FileNotFoundError(f"{workdir} has no EMA snapshot at its last step {last_step} "
+                                f"(snapshots at {steps})")
+
+    def restore():
+        try:
+            for s in steps:
+                yield store.restore(abstract, step=s)
+        finally:
+            store.close()
+    return steps, restore()
 
 
-def reconstruct(sigmas, steps: list[int], averages: list, sigma_rel: float, step: int):
-    """The power-function average of width `sigma_rel` at `step` from the snapshots: at each of
-    `steps`, one average per profile of `sigmas`."""
+def reconstruct(sigmas, steps: list[int], averages: Iterable, sigma_rels: Sequence[float],
+                step: int) -> list:
+    """The power-function averages of widths `sigma_rels` at `step`, one tree each, from the
+    snapshots: at each of `steps`, one average per profile of `sigmas` (`averages`, read once, in
+    order). Summed in float64: the least-squares coefficients alternate in sign."""
     in_t = np.repeat(np.float64(steps), len(sigmas))
     in_std = np.tile(np.float64(sigmas), len(steps))
-    coefficients = phema.solve_coefficients(in_t, in_std, step, sigma_rel)[:, 0]
-    trees = [tree for per_step in averages for tree in per_step]   # the order of in_t, in_std
-
-    def combine(*leaves):
-        total = sum(np.float64(c) * np.asarray(x, np.float64)
-                    for c, x in zip(coefficients, leaves))
-        return jnp.asarray(total, leaves[0].dtype)
-    return jax.tree.map(combine, *trees)
+    coefficients = phema.solve_coefficients(in_t, in_std, step, np.float64(sigma_rels))
+    totals, like, row = None, None, 0
+    for per_step in averages:
+        for tree in per_step:   # the order of in_t, in_std
+            leaves, like = jax.tree.flatten(tree)
+            leaves = [np.asarray(x, np.float64) for x in leaves]
+            if totals is None:
+                totals = [[np.zeros_like(x) for x in leaves] for _ in sigma_rels]
+            for total, c in zip(totals, coefficients[row]):
+                for acc, x in zip(total, leaves):
+                    acc += c * x
+            row += 1
+    if row != len(in_t):
+        raise ValueError(f"{row} snapshot averages for {len(in_t)} coefficients")
+    dtypes = [x.dtype for x in jax.tree.leaves(tree)]
+    return [jax.tree.unflatten(like, [jnp.asarray(acc, d) for acc, d in zip(total, dtypes)])
+            for total in totals]
 
 
 def score(workdir: str, sigma_rels=None) -> dict:
@@ -74,19 +97,15 @@ def score(workdir: str, sigma_rels=None) -> dict:
     plan = registry.plan(config)
     module = plan.module
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: module.build(config, nnx.Rngs(0))))
-    steps, averages = snapshots(workdir, config, abstract)
-    if plan.total_steps not in steps:
-        raise FileNotFoundError(f"{workdir} has no EMA snapshot at its last step "
-                                f"{plan.total_steps} (snapshots at {steps})")
+    steps, averages = snapshots(workdir, config, abstract, plan.total_steps)
     held_out = (sources_lib.synthetic(module, config)[1] if config.data.name == "synthetic"
                 else stages.generator_sources(config)[1])
     mesh = sharding.one_device_mesh()
     losses_of = train.eval_losses(module, config, graphdef, held_out)
+    rebuilt = reconstruct(config.ema.sigma_rels, steps, averages, sigma_rels, plan.total_steps)
     losses, best = {}, None
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
-        for sigma in sigma_rels:
-            params = reconstruct(config.ema.sigma_rels, steps, averages, sigma,
-                                 plan.total_steps)
+        for sigma, params in zip(sigma_rels, rebuilt):
             losses[sigma] = losses_of(params, mesh)["eval/loss"]
             if best is None or losses[sigma] < losses[best[0]]:
                 best = (sigma, params)
