@@ -14,6 +14,7 @@ the images `imgsynth.evaluate` scores, so choosing σ_rel here does not tune on 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -61,26 +62,28 @@ def reconstruct(sigmas, steps: list[int], averages: Iterable, sigma_rels: Sequen
                 step: int) -> list:
     """The power-function averages of widths `sigma_rels` at `step`, one tree each, from the
     snapshots: at each of `steps`, one average per profile of `sigmas` (`averages`, read once, in
-    order). Summed in float64: the least-squares coefficients alternate in sign."""
+    order). Accumulated where the snapshots are restored (the GPU on one), in their dtype, as
+    EDM2 does: float32 leaves a relative error near 1e-6 where the tolerance is 2 %."""
     in_t = np.repeat(np.float64(steps), len(sigmas))
     in_std = np.tile(np.float64(sigmas), len(steps))
     coefficients = phema.solve_coefficients(in_t, in_std, step, np.float64(sigma_rels))
-    totals, like, row = None, None, 0
+    totals, row = None, 0
     for per_step in averages:
         for tree in per_step:   # the order of in_t, in_std
-            leaves, like = jax.tree.flatten(tree)
-            leaves = [np.asarray(x, np.float64) for x in leaves]
             if totals is None:
-                totals = [[np.zeros_like(x) for x in leaves] for _ in sigma_rels]
-            for total, c in zip(totals, coefficients[row]):
-                for acc, x in zip(total, leaves):
-                    acc += c * x
+                totals = tuple(jax.tree.map(jnp.zeros_like, tree) for _ in sigma_rels)
+            totals = _accumulate(totals, tree, jnp.asarray(coefficients[row], jnp.float32))
             row += 1
     if row != len(in_t):
         raise ValueError(f"{row} snapshot averages for {len(in_t)} coefficients")
-    dtypes = [x.dtype for x in jax.tree.leaves(tree)]
-    return [jax.tree.unflatten(like, [jnp.asarray(acc, d) for acc, d in zip(total, dtypes)])
-            for total in totals]
+    return list(totals)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _accumulate(totals: tuple, tree, coefficients):
+    """totals[k] += coefficients[k] * tree, in place."""
+    return tuple(jax.tree.map(lambda acc, x, c=c: acc + c.astype(acc.dtype) * x, total, tree)
+                 for total, c in zip(totals, coefficients))
 
 
 def score(workdir: str, sigma_rels=None) -> dict:
