@@ -86,7 +86,7 @@ def generator(paradigm: str, args: ml_collections.ConfigDict) -> ml_collections.
     # tracked (the first serves the eval-loss curve), saved at `snapshots` points of the run;
     # evaluation rebuilds each of `candidates` and uses the one with the lowest validation loss.
     c.ema = ml_collections.ConfigDict(dict(
-        sigma_rels=(0.05, 0.10), snapshots=16, candidates=(0.02, 0.05, 0.08, 0.12, 0.2)))
+        sigma_rels=(0.05, 0.10), snapshots=16, candidates=(0.02, 0.05, 0.1, 0.2)))
     c.cfg_dropout = 0.1          # caption dropout, for classifier-free guidance
     c.sampler = ml_collections.ConfigDict(dict(steps=0, guidance=2.0))
     c.mesh = (-1, 1, 1)

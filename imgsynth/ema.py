@@ -30,11 +30,11 @@ from imgsynth import train
 from imgsynth.data import sources as sources_lib
 
 
-def snapshots(workdir: str, config, abstract_params, last_step: int
+def snapshots(workdir: str, config, abstract_params, last_step: int, *, last_only: bool = False
               ) -> tuple[list[int], Iterator[tuple]]:
     """(steps, averages): per step, one tree per `config.ema.sigma_rels`, on one device, restored
     one step at a time as the iterator is read (an L run's 32 snapshots, ~10 GB, never sit in
-    memory together). The run must have one at `last_step`."""
+    memory together). The run must have one at `last_step`; `last_only` reads that one alone."""
     directory = os.path.join(workdir, loop.SNAPSHOTS)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{workdir} has no post-hoc EMA snapshots ({directory})")
@@ -48,6 +48,7 @@ def snapshots(workdir: str, config, abstract_params, last_step: int
         store.close()
         raise FileNotFoundError(f"{workdir} has no EMA snapshot at its last step {last_step} "
                                 f"(snapshots at {steps})")
+    steps = [last_step] if last_only else steps
 
     def restore():
         try:
@@ -100,12 +101,20 @@ def score(workdir: str, sigma_rels=None) -> dict:
     plan = registry.plan(config)
     module = plan.module
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: module.build(config, nnx.Rngs(0))))
-    steps, averages = snapshots(workdir, config, abstract, plan.total_steps)
+    tracked = tuple(config.ema.sigma_rels)
+    # A candidate that is a tracked profile is that profile's last snapshot, exactly: where every
+    # one is (gpu_study), only the last snapshot is read.
+    last_only = all(s in tracked for s in sigma_rels)
+    steps, averages = snapshots(workdir, config, abstract, plan.total_steps, last_only=last_only)
     held_out = (sources_lib.synthetic(module, config)[1] if config.data.name == "synthetic"
                 else stages.generator_sources(config)[1])
     mesh = sharding.one_device_mesh()
     losses_of = train.eval_losses(module, config, graphdef, held_out)
-    rebuilt = reconstruct(config.ema.sigma_rels, steps, averages, sigma_rels, plan.total_steps)
+    if last_only:
+        (last,) = averages
+        rebuilt = [last[tracked.index(s)] for s in sigma_rels]
+    else:
+        rebuilt = reconstruct(tracked, steps, averages, sigma_rels, plan.total_steps)
     losses, best = {}, None
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
         for sigma, params in zip(sigma_rels, rebuilt):

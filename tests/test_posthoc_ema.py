@@ -111,6 +111,8 @@ def test_tracked_profile_is_recovered_after_training_and_the_cli_scores_sigmas(t
     low, exact, high = (flat(t) for t in averages[-1])
     gap = np.linalg.norm(low - high)
     assert gap > 0 and np.linalg.norm(flat(rebuilt) - exact) < TOLERANCE * gap
+    # A tracked width is its last snapshot, read alone and not rebuilt.
+    np.testing.assert_array_equal(flat(ema.score(run, (0.07,))["params"]), exact)
 
     out = subprocess.run([sys.executable, "-m", "imgsynth.ema", f"--workdir={run}",
                           "--sigma_rel=0.02,0.05,0.1", "--json"], capture_output=True,

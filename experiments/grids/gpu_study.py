@@ -13,7 +13,7 @@ cpu_study. The top budget is L's (5e15, ~1,030 steps, 2.6 epochs): L's wider mat
 best, while S and M are bound by the input pipeline (~8,000 images/s a process: S at 3e14 is
 838 steps). 3e14 has S and M, 1e15 M and L. A Chinchilla-like N ~ sqrt(C / 120) puts the
 compute-optimal size at 1-6.5M parameters over these budgets (S is 4.8-6.0M, M 10-14M, L
-61-80M). `benchmarks/device_run.sh --plan` estimates the call at ~358 s on one GPU (8 runs at a
+61-80M). `benchmarks/device_run.sh --plan` estimates the call at ~359 s on one GPU (8 runs at a
 time); L at 1e16 instead (424 s) or a third branch per size (487 s) does not fit 360 s.
 Learning rates: S's are the lr_sweep's (batch 32, CPU); M and L's are untuned.
 
@@ -41,6 +41,10 @@ OVERRIDES = {
     "checkpoint_every_steps": 100_000,   # trunks keep their fork points; SIGTERM checkpoints
     "eval.weights": ("ema",),
     "eval.num_samples": 300,
+    # The post-hoc EMA chooses between the two tracked profiles: their last snapshots, read
+    # alone (rebuilding other widths reads every snapshot, an L branch's ~10 GB: ~13 s at the
+    # 0.8 GB/s orbax restores; `python -m imgsynth.ema` rebuilds any width after the call).
+    "ema.candidates": (0.05, 0.10),
 }
 
 # The rehearsal on a CPU: size T on r32_small (runlocal), a trunk and one tiny branch per
