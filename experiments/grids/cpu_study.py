@@ -12,7 +12,7 @@ the matmul peak against XS's ~0.4 and T's ~0.2; docs/benchmarks.md): most of the
 run there. 3.2e12 has all three sizes, 1e12 and 1e13 two. `--dry_run` estimates 2 h 29 min
 sequentially; measured from an empty cache on an idle 2-core machine: 1 h 41 min with stages,
 evaluations and report, train efficiency 0.43 (docs/benchmarks.md). Learning rates are the
-lr_sweep's (experiments/tuned_lr.json, `launch.tune`).
+lr_sweep's (experiments/tuned_lr.json, `launch.tune`; tuned at a quarter of each size's trunk).
 Seed replicates of XS at 1e12 measure the seed-to-seed spread; one cosine run per paradigm (XS,
 1e12, labelled `schedule=cosine`) checks the branches against the usual schedule. Evaluation
 scores the raw weights beside the post-hoc EMA (the σ_rel each run's validation loss chose,
