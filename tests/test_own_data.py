@@ -159,7 +159,7 @@ def test_garbage_scores_at_chance_or_below_on_own_data(folder_data):
     images well above chance, and every destroyed copy of them at chance or below."""
     data_dir, cache = folder_data
     c = _config(data_dir, cache)
-    c.instruments.labels_steps = c.instruments.alignment_steps = 300
+    c.instruments.labels_steps = c.instruments.alignment_steps = 150
     data = _data.Dataset.of(stages.data_config(c))
     labels = labels_lib.load_labels_from(stages.labels(c))
     align = alignment_lib.load_alignment_from(stages.alignment(c))
