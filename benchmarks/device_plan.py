@@ -114,7 +114,7 @@ def train_job(run, compiled: set) -> Job:
 def eval_job(run, compiled: set) -> Job:
     """Sampling `eval.num_samples` images per weight set in batches of at most 64, at the
     measured sampler's FLOP rate or its per-layer latency, whichever is slower."""
-    from imgsynth import registry
+    from imgsynth import phema, registry
     key = f"eval-{run.paradigm}-{run.size}"
     first = key not in compiled
     compiled.add(key)
@@ -123,10 +123,9 @@ def eval_job(run, compiled: set) -> Job:
     per_image = registry.paradigm_module(config).inference_flops(config)
     rate = SAMPLE_IMAGES_PER_S[run.paradigm] * measured_inference_flops(run.paradigm)
     batches = math.ceil(images / 64)
-    # Candidates that are the tracked profiles read the last snapshot alone (imgsynth.ema).
     snapshot_bytes = (len(config.ema.sigma_rels) * run.params * 4 * (
-        1 if set(config.ema.candidates) <= set(config.ema.sigma_rels) else config.ema.snapshots)
-        if config.get("ema") else 0)
+        1 if phema.all_tracked(config.ema.candidates, config.ema.sigma_rels)
+        else config.ema.snapshots) if config.get("ema") else 0)
     tokens = (config.data.resolution // config.autoencoder.downsample) ** 2
     steps = config.sampler.steps or tokens   # next-token: one step a token
     per_layer_step = SAMPLE_LATENCY_S[run.paradigm] / (MEASURED_SAMPLER_STEPS[run.paradigm]

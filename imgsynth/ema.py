@@ -102,9 +102,7 @@ def score(workdir: str, sigma_rels=None) -> dict:
     module = plan.module
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: module.build(config, nnx.Rngs(0))))
     tracked = tuple(config.ema.sigma_rels)
-    # A candidate that is a tracked profile is that profile's last snapshot, exactly: where every
-    # one is (gpu_study), only the last snapshot is read.
-    last_only = all(s in tracked for s in sigma_rels)
+    last_only = phema.all_tracked(sigma_rels, tracked)   # gpu_study's: the last snapshot alone
     steps, averages = snapshots(workdir, config, abstract, plan.total_steps, last_only=last_only)
     held_out = (sources_lib.synthetic(module, config)[1] if config.data.name == "synthetic"
                 else stages.generator_sources(config)[1])

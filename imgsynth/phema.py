@@ -83,6 +83,12 @@ def solve_coefficients(in_t, in_std, out_t, out_std) -> np.ndarray:
     return x / np.sum(x, axis=0)
 
 
+def all_tracked(sigma_rels: Sequence[float], tracked: Sequence[float]) -> bool:
+    """Whether every width of `sigma_rels` is a tracked profile: each is then that profile's last
+    snapshot, exactly, and choosing among them reads nothing else."""
+    return set(sigma_rels) <= set(tracked)
+
+
 def snapshot_steps(total_steps: int, count: int) -> tuple[int, ...]:
     """`count` steps spread evenly over a run, ending at its last step."""
     if count < 1:
