@@ -8,7 +8,7 @@
 #
 # --plan      print the itemised estimate of the whole call and stop; exit 2 (one line with its
 #             seconds) if it exceeds the budget
-# --rehearse  the same steps at tiny sizes on a CPU (size T, r32_small), no time limit
+# --rehearse  the same steps at tiny sizes on a CPU (size T, r32_tiny), no time limit
 # --out       where the (at most 8) results go: results.csv, findings.md, report.html,
 #             samples.png, steps.jsonl (the JSON lines), log_tail.txt
 # The grid is stopped at the deadline less what evaluation and report need (the runs

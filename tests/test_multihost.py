@@ -104,25 +104,27 @@ DRILL_STEPS = 12
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> futures.Future:
-    """An uninterrupted 2-process run, trained beside the first drill and compared with by each
-    of them (its run does not depend on where it is written)."""
-    work = str(tmp_path_factory.mktemp("reference") / "run")
+def reference(stage_cache) -> futures.Future:
+    """An uninterrupted 2-process run, compared with by each drill: trained once per test run, in
+    the run's shared stage cache, beside the first drill that asks (the drills may land on both
+    workers: the second waits on its lock). Its run does not depend on where it is written."""
+    work = os.path.join(stage_cache, "pod-reference", "run")
+
+    def train() -> str:
+        with io.FileLock(work):
+            if pod_drills.status_of(work)["status"] != "done":
+                pod_drills.finish_pod(work, DRILL_STEPS, work + ".log")
+        return work
+
     pool = futures.ThreadPoolExecutor(1)
-    done = pool.submit(lambda: pod_drills.finish_pod(work, DRILL_STEPS, work + ".log") or work)
+    done = pool.submit(train)
     pool.shutdown(wait=False)
     return done
 
 
-@pytest.fixture
-def compile_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(pod_drills.CACHE_ENV, str(tmp_path / "jax-cache"))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", [0, 1])
-def test_a_lost_peer_ends_the_job_and_the_rerun_is_bit_exact(tmp_path, compile_cache, reference,
-                                                              victim):
+def test_a_lost_peer_ends_the_job_and_the_rerun_is_bit_exact(tmp_path, reference, victim):
     """kill -9 of one process (the coordinator or not): the survivor ends (with status `failed`
     naming the lost process when it can), and the rerun of both ends equal to an uninterrupted
     run, from the checkpoint both completed."""
@@ -137,8 +139,7 @@ def test_a_lost_peer_ends_the_job_and_the_rerun_is_bit_exact(tmp_path, compile_c
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(tmp_path, compile_cache,
-                                                                     reference):
+def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(tmp_path, reference):
     out = pod_drills.preempt_drill(str(tmp_path), DRILL_STEPS, reference)
     assert out["same_step"] and out["step"] >= pod_drills.KILL_AT, out
     assert out["resume_bit_exact"] and out["arrays_compared"] > 50, out

@@ -159,7 +159,9 @@ def test_garbage_scores_at_chance_or_below_on_own_data(folder_data):
     images well above chance, and every destroyed copy of them at chance or below."""
     data_dir, cache = folder_data
     c = _config(data_dir, cache)
-    c.instruments.labels_steps = c.instruments.alignment_steps = 150
+    # 100 steps: real images 0.58 label following (the bar: 0.3), alignment 42.1 against 12.9
+    # mismatched; at 60 steps label following falls to 0.34.
+    c.instruments.labels_steps = c.instruments.alignment_steps = 100
     data = _data.Dataset.of(stages.data_config(c))
     labels = labels_lib.load_labels_from(stages.labels(c))
     align = alignment_lib.load_alignment_from(stages.alignment(c))

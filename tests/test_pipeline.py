@@ -29,6 +29,7 @@ def tiny(paradigm, cache, steps=12):
     c.instruments.judge_steps = c.instruments.alignment_steps = 20
     c.eval_examples, c.eval_every_steps, c.checkpoint_every_steps = 32, 6, 6
     c.log_every_steps = 2
+    c.ema.snapshots = 4   # each is an orbax save (~2 CPU-s); 16 would snapshot every step here
     c.peak_flops_per_s = 1e11
     c.sampler.steps = 4 if paradigm != "ar" else 0
     return c
