@@ -9,9 +9,10 @@ the largest. The budgets:
 T (~0.3M parameters) at 1e12 and 3.2e12, XS at 1e12, 3.2e12 and 1e13, S at 3.2e12, 1e13 and the
 top, 1e14 (~2,200 steps). The top is S's because S's update step uses the cores best (~0.5 of
 the matmul peak against XS's ~0.4 and T's ~0.2; docs/benchmarks.md): most of the grid's FLOPs
-run there. 3.2e12 has all three sizes, 1e12 and 1e13 two. `--dry_run` estimates 2 h 29 min
-sequentially; measured from an empty cache on an idle 2-core machine: 1 h 41 min with stages,
-evaluations and report, train efficiency 0.43 (docs/benchmarks.md). Learning rates are the
+run there. 3.2e12 has all three sizes, 1e12 and 1e13 two. `--dry_run` estimates 2 h 43 min
+sequentially; measured from an empty cache on the 2-core machine (lightly loaded): 2 h 11 min with
+stages, raw and post-hoc EMA evaluations and report, train efficiency 0.35, evaluation 32 % of
+the core-time (docs/benchmarks.md). Learning rates are the
 lr_sweep's (experiments/tuned_lr.json, `launch.tune`; tuned at a quarter of each size's trunk).
 Seed replicates of XS at 1e12 measure the seed-to-seed spread; one cosine run per paradigm (XS,
 1e12, labelled `schedule=cosine`) checks the branches against the usual schedule. Evaluation
