@@ -73,6 +73,7 @@ def generator(paradigm: str, args: ml_collections.ConfigDict) -> ml_collections.
     c.eval = ml_collections.ConfigDict(dict(   # imgsynth.evaluate's defaults (its flags win)
         num_samples=config_lib.EVAL_SAMPLES,
         weights=("raw", "ema"),   # ("ema",): half the sampling, no EMA-vs-raw comparison
+        raw_samples=0,   # > 0: the raw weights sample the first this many prompts (0: all)
         inception_weights="",   # converted pytorch-fid .npz: adds Inception FID
         clip_weights="", clip_vocab=""))   # converted OpenAI CLIP .npz + BPE vocab: CLIP score
     c.cache_dir = "~/.cache/imgsynth"   # shared data/autoencoders for runlocal and grids

@@ -18,6 +18,20 @@ import ml_collections
 EVAL_SAMPLES = 300
 
 
+def eval_samples(settings, num_samples: int | None = None) -> dict[str, int]:
+    """Images sampled per weight set `settings.weights` of a config's `eval`: the EMA's
+    `num_samples` prompts; the raw weights' the first `raw_samples` of them (0, or more than
+    there are: all). Raw weights serve only the EMA-vs-raw comparison, made on those prompts for
+    both."""
+    num_samples = num_samples or settings.get("num_samples") or EVAL_SAMPLES
+    raw = settings.get("raw_samples") or 0
+    if raw < 0:
+        raise ConfigError(f"eval.raw_samples={raw}: choose how many of the prompts the raw "
+                          "weights sample, or 0 for all of them")
+    counts = {"raw": min(raw or num_samples, num_samples), "ema": num_samples}
+    return {w: counts[w] for w in counts if w in tuple(settings.get("weights") or counts)}
+
+
 class ConfigError(ValueError):
     """A config that cannot run; raised before anything is compiled or written."""
 

@@ -107,7 +107,7 @@ def score(workdir: str, sigma_rels=None) -> dict:
     held_out = (sources_lib.synthetic(module, config)[1] if config.data.name == "synthetic"
                 else stages.generator_sources(config)[1])
     mesh = sharding.one_device_mesh()
-    losses_of = train.eval_losses(module, config, graphdef, held_out)
+    losses_of = train.eval_losses(module, config, graphdef, held_out, names=("loss",))
     if last_only:
         (last,) = averages
         rebuilt = [last[tracked.index(s)] for s in sigma_rels]

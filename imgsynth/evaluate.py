@@ -4,8 +4,11 @@
         [--inception_weights=inception_fid.npz] [--clip_weights=clip.npz --clip_vocab=VOCAB.gz]
 
 Samples from the final checkpoint with the EMA weights and, unless `config.eval.weights` is
-`("ema",)`, the raw ones (twice the sampling, for the EMA comparison), decodes with the run's
-autoencoder and writes the sample grids (`samples_ema.png`, `samples_raw.png`) before any metric.
+`("ema",)`, the raw ones on the first `config.eval.raw_samples` of the same prompts (0: all) with
+the same noise, for the EMA comparison; decodes with the run's autoencoder and writes the sample
+grids (`samples_ema.png`, `samples_raw.png`) before any metric. Where the raw weights saw fewer
+prompts, the EMA's images of those prompts are scored again as `ema_matched`: a Fréchet distance
+grows as its sample shrinks, so the comparison is made at equal size.
 Then scores the images: alignment score, fd_align and KID (the dataset's own contrastive model)
 always; prompt following and fd_judge where the data stores scenes (shapes); label following
 where it has labels; Inception FID and CLIP score when their weights are given (flags or
@@ -86,10 +89,13 @@ def make_sampler(config, module, graphdef, decode):
     return fn
 
 
-def generate(sampler, params, text_ids, text_mask, seed: int) -> tuple[np.ndarray, list[float]]:
-    """uint8 images for the captions in equal batches of `sample_batch`, and each batch's wall
-    time (sampling, decoding and the copy to the host)."""
-    batch = sample_batch(len(text_ids))
+def generate(sampler, params, text_ids, text_mask, seed: int, batch: int | None = None
+             ) -> tuple[np.ndarray, list[float]]:
+    """uint8 images for the captions in equal batches of `batch` (default `sample_batch`), and
+    each batch's wall time (sampling, decoding and the copy to the host). A caption's noise
+    depends on its index and the batch alone, so a prefix of the captions sampled at the same
+    batch gets the same noise."""
+    batch = batch or sample_batch(len(text_ids))
     out, seconds = [], []
     for start in range(0, len(text_ids), batch):
         ids, mask = text_ids[start:start + batch], text_mask[start:start + batch]
@@ -131,6 +137,7 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
     if "ema" not in asked or not set(asked) <= set(WEIGHT_SETS):
         raise ValueError(f"eval.weights={asked}: choose ('raw', 'ema') or ('ema',)")
     chosen = [key for key in WEIGHT_SETS if key in asked]   # EMA last: its pass is timed
+    counts = config_lib.eval_samples(settings, num_samples)
     # Everything that can refuse the evaluation does so before sampling.
     dataset = _data.Dataset.of(stages.data_config(config))
     real = instruments_lib.evaluation_records(dataset, num_samples)
@@ -160,15 +167,21 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
     compiled = sampler.lower(weights["ema"], text_ids[:batch], text_mask[:batch],
                              jax.random.key(seed)).compile()
     images = {}
-    for key in chosen:
-        images[key], seconds = generate(compiled, weights[WEIGHT_SETS[key]], text_ids, text_mask,
-                                        seed)
+    for key in chosen:   # the raw weights on a prefix of the prompts, with the EMA's noise
+        n = counts[key]
+        images[key], seconds = generate(compiled, weights[WEIGHT_SETS[key]], text_ids[:n],
+                                        text_mask[:n], seed, batch)
     png = _sample_grid(workdir, images["ema"], captions, "samples_ema.png")
     raw_png = "raw" in images and _sample_grid(workdir, images["raw"], captions, "samples_raw.png")
 
     reference = _reference_features(instruments, real.images)
-    results = {key: _metrics(instruments, images[key], captions, categories, labels, reference,
-                             seed) for key in chosen}
+    sets = {key: (images[key], counts[key]) for key in chosen}
+    if counts.get("raw", num_samples) < num_samples:
+        sets["ema_matched"] = (images["ema"][:counts["raw"]], counts["raw"])
+    results = {key: _metrics(instruments, imgs, captions[:n],
+                             None if categories is None else categories[:n],
+                             None if labels is None else labels[:n], reference, seed)
+               for key, (imgs, n) in sets.items()}
 
     rows = loop.MetricsLog(workdir).rows()
     last = next((r for r in reversed(rows) if "eval/loss" in r), {})
@@ -176,6 +189,8 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
         results[key]["eval_loss"] = last.get("eval/loss" + ("_ema" if key == "ema" else ""))
     if posthoc:
         results["ema"]["eval_loss"] = posthoc["sigma_rel"][posthoc["best"]]
+    if "ema_matched" in results:
+        results["ema_matched"]["eval_loss"] = results["ema"]["eval_loss"]
 
     # Throughput from the EMA pass's batches (padded rows are work too).
     speed = {"images_per_s": batch * len(seconds) / sum(seconds),
@@ -188,7 +203,8 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
     decoder_flops = jax.jit(decode).lower(latent).cost_analysis()["flops"]
     report = {
         "dataset": dataset.name,
-        "settings": {"num_samples": num_samples, "guidance": config.sampler.guidance,
+        "settings": {"num_samples": num_samples, "raw_samples": counts.get("raw"),
+                     "guidance": config.sampler.guidance,
                      "sampler_steps": config.sampler.steps, "sampler": config.sampler.to_dict(),
                      "seed": seed, "checkpoint_step": step,
                      "eval_split": dataset.eval_split()},

@@ -82,15 +82,18 @@ def snapshot_steps(config: ml_collections.ConfigDict, total_steps: int) -> tuple
     return phema.snapshot_steps(total_steps, config.ema.snapshots) if config.get("ema") else ()
 
 
-def eval_losses(module, config: ml_collections.ConfigDict, graphdef, eval_source):
+def eval_losses(module, config: ml_collections.ConfigDict, graphdef, eval_source,
+                names: tuple[str, ...] | None = None):
     """`fn(params, mesh) -> {'eval/<name>': mean}`: the paradigm's evaluation losses over the
     first `config.eval_examples` of `eval_source`, with fixed noise and masks per batch (so two
-    sets of weights are compared on the same draws)."""
+    sets of weights are compared on the same draws). `names` keeps those losses alone: XLA drops
+    the work only the others need (MaskGIT's per-ratio diagnostics are three of its four passes)."""
     def eval_step(params, batch, index):
         rng = jax.random.fold_in(jax.random.key(1234), index)   # fixed noise/masks per batch
         valid = batch.pop("valid")
         per_example = module.eval_loss(nnx.merge(graphdef, params), batch, rng, config)
-        return {k: jnp.sum(v * valid) for k, v in per_example.items()}, jnp.sum(valid)
+        return {k: jnp.sum(v * valid) for k, v in per_example.items()
+                if names is None or k in names}, jnp.sum(valid)
     step = jax.jit(eval_step)
 
     def fn(params, mesh) -> dict:

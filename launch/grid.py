@@ -66,7 +66,8 @@ CPU_UNROLLED_SPEEDUP = 1.15
 # checkpoint.
 CPU_TRAIN_OVERHEAD_S = 25.0
 # A run's evaluation on a CPU: start-up, restoring, compiling and the metrics, then sampling
-# eval.num_samples images per evaluated weights (raw, EMA) at an inference rate of the whole machine
+# eval.num_samples images per evaluated weights (EMA; raw: eval.raw_samples of them) at an inference
+# rate of the whole machine
 # (measured with imgsynth.evaluate, one run per core; docs/benchmarks.md).
 CPU_EVAL_OVERHEAD_S = 20.0
 CPU_SAMPLE_FLOPS_PER_S = 98e9   # flow matching at S: 1.12 images/s of 43.8 GFLOP on one core
@@ -475,9 +476,9 @@ def estimate_seconds(run: Run, flops_per_s: float | None = None) -> float | None
 def eval_seconds(run: Run) -> float:
     """Seconds of the run's evaluation on a CPU, from its analytic inference FLOPs per image:
     sampling dominates (flow matching at size S: ~20x the start-up)."""
-    from imgsynth import registry   # paradigm modules: jax
+    from imgsynth import config as config_lib, registry   # paradigm modules: jax
     per_image = registry.paradigm_module(run.config).inference_flops(run.config)
-    images = len(run.config.eval.weights) * run.config.eval.num_samples
+    images = sum(config_lib.eval_samples(run.config.eval).values())
     return CPU_EVAL_OVERHEAD_S + images * per_image / CPU_SAMPLE_FLOPS_PER_S
 
 

@@ -86,11 +86,17 @@ def test_runlocal_flow_trains_checkpoints_and_evaluates(stage_cache, tmp_path):
 def test_token_paradigms_end_to_end(stage_cache, tmp_path, paradigm):
     c = tiny(paradigm, stage_cache, steps=4)
     c.eval.weights = ("ema",) if paradigm == "ar" else ("raw", "ema")
+    c.eval.raw_samples = 4   # MaskGIT's raw weights: the first 4 of the 8 prompts
     train.train(c, str(tmp_path))
     stages.prepare(c)
     report = evaluate.evaluate(str(tmp_path), num_samples=8)
     assert METRICS <= set(report["weights"]["ema"])
-    assert set(report["weights"]) == set(c.eval.weights)
+    matched = {"ema_matched"} if "raw" in c.eval.weights else set()
+    assert set(report["weights"]) == set(c.eval.weights) | matched
+    if matched:   # the EMA scored again on the raw weights' 4 prompts: a smaller sample
+        ema, again = report["weights"]["ema"], report["weights"]["ema_matched"]
+        assert report["settings"]["raw_samples"] == 4 and again["fd_align"] != ema["fd_align"]
+        assert again["eval_loss"] == ema["eval_loss"] and METRICS <= set(again)
     assert ("samples_raw_png" in report) == ("raw" in c.eval.weights)
     config = json.load(open(tmp_path / "config.json"))
     config["eval"]["weights"] = ["raw"]                 # EMA is what the study reads: refused
@@ -145,6 +151,37 @@ def test_stage_lock_is_seen_by_other_preparers(tmp_path):
 
 def test_sample_batches_split_evenly():
     assert [evaluate.sample_batch(n) for n in (12, 64, 65, 128, 300)] == [12, 64, 33, 64, 60]
+
+
+def test_a_prefix_of_the_prompts_gets_the_same_noise():
+    """The raw weights sample the first eval.raw_samples prompts at the EMA's batch: each prompt
+    draws what it drew in the full pass, so the two weight sets differ by their weights alone."""
+    import jax
+
+    def sampler(params, ids, mask, key):   # "images": the noise of each row, shifted by params
+        return jax.random.uniform(key, (len(ids), 2, 2, 3), minval=-1.0) * 0.5 + params
+    ids, mask = np.arange(300)[:, None], np.ones((300, 1), bool)
+    full, _ = evaluate.generate(sampler, 0.0, ids, mask, seed=3)
+    for n in (120, 150, 7):
+        prefix, _ = evaluate.generate(sampler, 0.0, ids[:n], mask[:n], seed=3, batch=60)
+        np.testing.assert_array_equal(prefix, full[:n])
+    other, _ = evaluate.generate(sampler, 0.0, ids[:100], mask[:100], seed=3)   # batch 50
+    assert not np.array_equal(other, full[:100])
+
+
+@pytest.mark.parametrize("settings, num_samples, counts", [
+    ({}, None, {"raw": 300, "ema": 300}),
+    ({"num_samples": 300, "raw_samples": 120}, None, {"raw": 120, "ema": 300}),
+    ({"num_samples": 300, "raw_samples": 120}, 50, {"raw": 50, "ema": 50}),   # --num_samples=50
+    ({"num_samples": 50, "raw_samples": 0, "weights": ("ema",)}, None, {"ema": 50}),
+])
+def test_eval_sample_counts(settings, num_samples, counts):
+    assert config_lib.eval_samples(settings, num_samples) == counts
+
+
+def test_negative_raw_samples_are_refused():
+    with pytest.raises(config_lib.ConfigError, match="eval.raw_samples=-1: choose how many"):
+        config_lib.eval_samples({"num_samples": 300, "raw_samples": -1})
 
 
 def test_evaluate_refuses_unfinished_runs(tmp_path):

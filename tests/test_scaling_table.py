@@ -56,6 +56,28 @@ def test_missing_values_are_nan_with_a_warning(workdir, tmp_path):
     assert math.isnan(running["ema/fd_judge"]) and running["final/eval_loss"] > 0
 
 
+def test_ema_matched_columns_are_the_emas_own_where_raw_saw_every_prompt(workdir, tmp_path):
+    """Finding 4 compares the raw weights with the EMA on the same prompts: eval.json's
+    `ema_matched` where the raw weights saw fewer (eval.raw_samples), else the EMA's columns."""
+    row = next(r for r in table.collect(workdir).rows if r["run"] == "runs/ar_M_1e16")
+    assert row["ema_matched/fd_judge"] == row["ema/fd_judge"]
+    no_ema = next(r for r in table.collect(workdir).rows if r["ablation"] == "ema=false")
+    assert math.isnan(no_ema["ema_matched/fd_judge"])
+    small = make_workdir(str(tmp_path), paradigms=("flow",), sizes=("S",), budgets=(1e15,),
+                         extras=False)
+    path = os.path.join(small, "runs", "flow_S_1e15", "eval.json")
+    with open(path) as f:
+        evaluation = json.load(f)
+    evaluation["weights"]["ema_matched"] = {**evaluation["weights"]["ema"], "fd_judge": 123.0}
+    del evaluation["weights"]["raw"]   # and no raw weights: their absence is noted, not warned
+    with open(path, "w") as f:
+        json.dump(evaluation, f)
+    results = table.collect(small)
+    assert results.rows[0]["ema_matched/fd_judge"] == 123.0
+    assert "raw weights: not evaluated" in results.rows[0]["unavailable"]
+    assert not any("raw/" in w or "ema_matched" in w for w in results.warnings)
+
+
 def test_curves_carry_examples_seen_of_their_step(workdir):
     curves = table.collect(workdir).curves
     ours = [c for c in curves if c["run"] == "runs/flow_S_1e15"]

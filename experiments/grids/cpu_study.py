@@ -9,15 +9,16 @@ the largest. The budgets:
 T (~0.3M parameters) at 1e12 and 3.2e12, XS at 1e12, 3.2e12 and 1e13, S at 3.2e12, 1e13 and the
 top, 1e14 (~2,200 steps). The top is S's because S's update step uses the cores best (~0.5 of
 the matmul peak against XS's ~0.4 and T's ~0.2; docs/benchmarks.md): most of the grid's FLOPs
-run there. 3.2e12 has all three sizes, 1e12 and 1e13 two. `--dry_run` estimates 2 h 43 min
+run there. 3.2e12 has all three sizes, 1e12 and 1e13 two. `--dry_run` estimates 2 h 34 min
 sequentially; measured from an empty cache on the 2-core machine (lightly loaded): 2 h 11 min with
-stages, raw and post-hoc EMA evaluations and report, train efficiency 0.35, evaluation 32 % of
-the core-time (docs/benchmarks.md). Learning rates are the
+stages, raw (on all 300 prompts then) and post-hoc EMA evaluations and report, train
+efficiency 0.35, evaluation 32 % of the core-time (docs/benchmarks.md). Learning rates are the
 lr_sweep's (experiments/tuned_lr.json, `launch.tune`; tuned at a quarter of each size's trunk).
 Seed replicates of XS at 1e12 measure the seed-to-seed spread; one cosine run per paradigm (XS,
 1e12, labelled `schedule=cosine`) checks the branches against the usual schedule. Evaluation
-scores the raw weights beside the post-hoc EMA (the σ_rel each run's validation loss chose,
-`imgsynth.ema`): this grid measures finding 4 (EMA helps diffusion more than the token methods).
+scores the post-hoc EMA (the σ_rel each run's validation loss chose, `imgsynth.ema`) on 300
+prompts and the raw weights on the first 120 of them, compared with the EMA's images of those
+120: this grid measures finding 4 (EMA helps diffusion more than the token methods).
 `--runs` selects a subset (e.g. `--runs='-XS-'`). Run the ablation grids in the same workdir:
 they compare against these.
 """
@@ -39,7 +40,8 @@ OVERRIDES = {
     "eval_every_steps": 1000,
     "eval_examples": 512,
     "checkpoint_every_steps": 500,
-    "eval.weights": ("raw", "ema"),   # finding 4: raw weights beside the post-hoc EMA
+    "eval.weights": ("raw", "ema"),   # finding 4: raw weights beside the post-hoc EMA,
+    "eval.raw_samples": 120,   # on 120 of the 300 prompts (2 of the 5 sampling batches)
 }
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from imgsynth.scaling.markup import ci as _ci, num as _num
 from imgsynth.scaling.replicates import separated
+from imgsynth.scaling.table import MATCHED
 
 DIFFUSION, TOKENS, NEXT_TOKEN = "flow", ("maskgit", "ar"), "ar"
 PAPER = (DIFFUSION, *TOKENS)          # the paper's findings compare these three only
@@ -164,11 +165,11 @@ def _cheapest_claim(runs, column: str, who: str, claim: str, label: str, note: s
 
 
 def _ema_metrics(runs) -> list[tuple[str, str, bool]]:
-    """Finding 4's metrics, (column after "raw/" or "ema/", name, higher is better): of image
+    """Finding 4's metrics, (column after "raw/" or "ema_matched/", name, higher is better): of image
     quality and of prompt following, the first each that runs measured with both weight sets'
     intervals (the judge's on shapes data; fd_align and label following on own data)."""
     def both(metric):
-        return any(all(math.isfinite(r.get(f"{w}/{metric}_lo", math.nan)) for w in ("raw", "ema"))
+        return any(all(math.isfinite(r.get(f"{w}/{metric}_lo", math.nan)) for w in ("raw", MATCHED))
                    for r in runs)
     return [(m[0], m[1], higher) for family, higher in ((QUALITY_METRICS, False),
                                                          (PROMPT_METRICS, True))
@@ -177,11 +178,12 @@ def _ema_metrics(runs) -> list[tuple[str, str, bool]]:
 
 def _ema_effects(runs, column: str, higher: bool) -> dict[str, list[int]]:
     """Per paradigm, per run with both weight sets' intervals: +1 where the EMA is clearly better
-    than the raw weights (the 95% intervals separate), -1 clearly worse, 0 no clear difference."""
+    than the raw weights on the same prompts (the 95% intervals separate), -1 clearly worse, 0 no
+    clear difference."""
     out: dict[str, list[int]] = {}
     for r in runs:
         raw, ema = ([r.get(f"{w}/{column}{x}", math.nan) for x in ("_lo", "_hi")]
-                    for w in ("raw", "ema"))
+                    for w in ("raw", MATCHED))
         clear = separated(raw, ema)
         if clear is not None:
             better = ema[0] > raw[1] if higher else ema[1] < raw[0]

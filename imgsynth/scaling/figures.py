@@ -20,7 +20,7 @@ from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullLocator
 from imgsynth import io
 from imgsynth.scaling import replicates
 from imgsynth.scaling.fits import PRIMARY_WEIGHTS, main_runs
-from imgsynth.scaling.table import PROMPT_CATEGORIES
+from imgsynth.scaling.table import MATCHED, PROMPT_CATEGORIES
 
 PARADIGM_STYLE = {"flow": ("#1f77b4", "flow matching"), "maskgit": ("#2ca02c", "MaskGIT"),
                   "ar": ("#d62728", "autoregressive"),
@@ -405,9 +405,10 @@ def inference_figure(rows) -> Figure | None:
 
 
 def ema_figure(rows) -> Figure | None:
-    """EMA minus raw weights per paradigm against training FLOPs, signed so that positive means
-    EMA is better: percentage points for prompt following, points for the alignment score,
-    relative change for FD (whose scale spans decades)."""
+    """EMA minus raw weights per paradigm against training FLOPs, on the prompts the raw weights
+    saw (`ema_matched`), signed so that positive means EMA is better: percentage points for prompt
+    following, points for the alignment score, relative change for FD (whose scale spans
+    decades)."""
     runs = main_runs(rows)
     metrics = [("prompt_following/overall", "prompt following: EMA − raw (points of %)",
                 lambda raw, ema: 100 * (ema - raw)),
@@ -415,7 +416,8 @@ def ema_figure(rows) -> Figure | None:
                 lambda raw, ema: 100 * (raw - ema) / raw),
                ("alignment_score", "alignment score: EMA − raw", lambda raw, ema: ema - raw)]
     have = [m for m in metrics
-            if any(np.isfinite(r[f"ema/{m[0]}"]) and np.isfinite(r[f"raw/{m[0]}"]) for r in runs)]
+            if any(np.isfinite(r[f"{MATCHED}/{m[0]}"]) and np.isfinite(r[f"raw/{m[0]}"])
+                   for r in runs)]
     if not have:
         return None
     fig, axes = _figure(len(have), width=4.3)
@@ -423,7 +425,7 @@ def ema_figure(rows) -> Figure | None:
     for ax, (m, label, gain) in zip(axes[0], have):
         points: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for r in replicates.aggregate(runs):
-            raw, ema = r[f"raw/{m}"], r[f"ema/{m}"]
+            raw, ema = r[f"raw/{m}"], r[f"{MATCHED}/{m}"]
             if np.isfinite(raw) and np.isfinite(ema) and raw != 0:
                 points.setdefault((r["paradigm"], r["size"]), []).append(
                     (r["train_flops"], gain(raw, ema)))

@@ -460,7 +460,8 @@ def render_html(results: table.Results, f: dict, fig: _Figures, workdir: str) ->
          "at that budget.</p>" + _samples_html(rows, workdir)),
         ("ablations", "Ablations", fig(
             figures.ema_figure(rows), "ema",
-            "EMA against raw weights of the same main-grid runs (positive: EMA better): "
+            "EMA against raw weights of the same main-grid runs, on the prompts the raw "
+            "weights sampled (eval.raw_samples; positive: EMA better): "
             "percentage points of prompt following, FD reduction in % of the raw FD, and "
             "alignment-score points. Table: each ablation run against the main run of the same "
             "paradigm, size and budget.") + controls.ablation_html(rows)),

@@ -40,6 +40,9 @@ NEWER_METRICS = ("fd_align", "label_following", "inception_fid", "clip_score",
 INTERVAL_METRICS = tuple(m for m in EVAL_METRICS if m not in ("kid/std", "eval_loss"))
 INTERVAL_SUFFIXES = ("_lo", "_hi")
 WEIGHTS = ("raw", "ema")
+# The EMA's metrics on the prompts the raw weights saw (`eval.raw_samples`): what finding 4
+# compares the raw weights with. The `ema` columns themselves where the raw weights saw them all.
+MATCHED = "ema_matched"
 CEILINGS = ("judge_prompt_following", "autoencoder_prompt_following",
             "alignment_retrieval_accuracy", "autoencoder_fd_judge",
             "fd_align_real_floor", "kid_real_floor", "label_classifier_accuracy",
@@ -51,7 +54,8 @@ RUN_COLUMNS = ("run", "paradigm", "size", "seed", "grid", "ablation", "status", 
                "global_batch_size", "lr", "schedule", "total_steps", "steps", "examples_seen", "train_flops",
                "params_all", "params_embedding", "params_non_embedding", "flops_per_example",
                "final/eval_loss", "final/eval_loss_ema")
-RESULT_COLUMNS = (RUN_COLUMNS + tuple(f"{w}/{m}{x}" for w in WEIGHTS for m in EVAL_METRICS
+RESULT_COLUMNS = (RUN_COLUMNS + tuple(f"{w}/{m}{x}" for w in (*WEIGHTS, MATCHED)
+                                      for m in EVAL_METRICS
                                       for x in ("", *(INTERVAL_SUFFIXES if m in INTERVAL_METRICS
                                                       else ())))
                   + tuple(f"ceilings/{c}" for c in CEILINGS)
@@ -247,6 +251,8 @@ def _run_row(run_dir: str, workdir: str, warn) -> tuple[dict, list[dict], bool]:
 
 def _add_evaluation(row, evaluation, name, run_dir, workdir, warn) -> None:
     weights = evaluation.get("weights") if isinstance(evaluation.get("weights"), dict) else {}
+    if "raw" in weights and "ema" in weights and MATCHED not in weights:
+        weights = {**weights, MATCHED: weights["ema"]}   # raw sampled on every prompt
     values = {}
     for w, tree in weights.items():
         if isinstance(tree, dict):
@@ -271,7 +277,8 @@ def _add_evaluation(row, evaluation, name, run_dir, workdir, warn) -> None:
         f"ceiling {v.get('ceiling', NAN):.3g}" for k, v in sorted(above.items())
         if isinstance(v, dict))
     missing = [c for c in RESULT_COLUMNS if c not in values and "/" in c and c.split("/")[0] in (
-        *WEIGHTS, "ceilings", "inference", "settings") and not _unavailable(c, unavailable)]
+        *WEIGHTS, MATCHED, "ceilings", "inference", "settings")
+        and not _unavailable(c, unavailable)]
     if not any(k.endswith(INTERVAL_SUFFIXES) for k in values):
         warn(f"{name}: eval.json has no intervals (evaluated before they were recorded); its "
              "_lo/_hi columns are NaN")
@@ -299,7 +306,9 @@ def _add_evaluation(row, evaluation, name, run_dir, workdir, warn) -> None:
 def _unavailable(column: str, unavailable: dict) -> bool:
     """Whether a result column belongs to a metric eval.json marks unavailable (its ceilings
     included: prompt following's come from the judge)."""
-    if f"{column.split('/')[0]} weights" in unavailable:
+    weights = column.split("/")[0]
+    needs = ("raw", "ema") if weights == MATCHED else (weights,)   # a match needs both
+    if any(f"{w} weights" in unavailable for w in needs):
         return True
     metric = column.split("/")[1].removesuffix("_lo").removesuffix("_hi")
     judge = "prompt_following" in unavailable and any(
