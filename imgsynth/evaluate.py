@@ -175,13 +175,13 @@ def evaluate(workdir: str, *, num_samples: int | None = None, guidance: float | 
     raw_png = "raw" in images and _sample_grid(workdir, images["raw"], captions, "samples_raw.png")
 
     reference = _reference_features(instruments, real.images)
-    sets = {key: (images[key], counts[key]) for key in chosen}
-    if counts.get("raw", num_samples) < num_samples:
-        sets["ema_matched"] = (images["ema"][:counts["raw"]], counts["raw"])
-    results = {key: _metrics(instruments, imgs, captions[:n],
-                             None if categories is None else categories[:n],
-                             None if labels is None else labels[:n], reference, seed)
-               for key, (imgs, n) in sets.items()}
+    sets = dict(images)
+    if len(images.get("raw", images["ema"])) < num_samples:
+        sets["ema_matched"] = images["ema"][:len(images["raw"])]
+    results = {key: _metrics(instruments, imgs, captions[:len(imgs)],
+                             None if categories is None else categories[:len(imgs)],
+                             None if labels is None else labels[:len(imgs)], reference, seed)
+               for key, imgs in sets.items()}
 
     rows = loop.MetricsLog(workdir).rows()
     last = next((r for r in reversed(rows) if "eval/loss" in r), {})

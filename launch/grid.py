@@ -66,9 +66,9 @@ CPU_UNROLLED_SPEEDUP = 1.15
 # checkpoint.
 CPU_TRAIN_OVERHEAD_S = 25.0
 # A run's evaluation on a CPU: start-up, restoring, compiling and the metrics, then sampling
-# eval.num_samples images per evaluated weights (EMA; raw: eval.raw_samples of them) at an inference
-# rate of the whole machine
-# (measured with imgsynth.evaluate, one run per core; docs/benchmarks.md).
+# eval.num_samples images per evaluated weights (EMA; raw: eval.raw_samples of them) at an
+# inference rate of the whole machine (measured with imgsynth.evaluate, one run per core;
+# docs/benchmarks.md).
 CPU_EVAL_OVERHEAD_S = 20.0
 CPU_SAMPLE_FLOPS_PER_S = 98e9   # flow matching at S: 1.12 images/s of 43.8 GFLOP on one core
 

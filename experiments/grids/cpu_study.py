@@ -40,8 +40,8 @@ OVERRIDES = {
     "eval_every_steps": 1000,
     "eval_examples": 512,
     "checkpoint_every_steps": 500,
-    "eval.weights": ("raw", "ema"),   # finding 4: raw weights beside the post-hoc EMA,
-    "eval.raw_samples": 120,   # on 120 of the 300 prompts (2 of the 5 sampling batches)
+    "eval.weights": ("raw", "ema"),   # finding 4: raw weights beside the post-hoc EMA
+    "eval.raw_samples": 120,   # the raw weights on 120 of the 300 prompts (2 of 5 batches)
 }
 
 

@@ -165,8 +165,8 @@ def _cheapest_claim(runs, column: str, who: str, claim: str, label: str, note: s
 
 
 def _ema_metrics(runs) -> list[tuple[str, str, bool]]:
-    """Finding 4's metrics, (column after "raw/" or "ema_matched/", name, higher is better): of image
-    quality and of prompt following, the first each that runs measured with both weight sets'
+    """Finding 4's metrics, (column after "raw/" or "ema_matched/", name, higher is better): of
+    image quality and of prompt following, the first each that runs measured with both weight sets'
     intervals (the judge's on shapes data; fd_align and label following on own data)."""
     def both(metric):
         return any(all(math.isfinite(r.get(f"{w}/{metric}_lo", math.nan)) for w in ("raw", MATCHED))
