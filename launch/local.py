@@ -45,6 +45,15 @@ def thread_env(threads: int) -> dict[str, str]:
             "OPENBLAS_NUM_THREADS": t, "TF_NUM_INTRAOP_THREADS": t, "TF_NUM_INTEROP_THREADS": "1"}
 
 
+# XLA:CPU allocates each step's temporary buffers (hundreds of MB) afresh, from worker threads.
+# glibc serves those from per-thread arenas, which map and unmap them on every step, so every page
+# of them faults in again: on the 2-core machine that was 28 % of an XS trunk's core time and
+# 25 % of an S trunk's step (docs/benchmarks.md). One arena that neither maps nor trims keeps the
+# pages. A value the user's environment already sets wins.
+ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
+                 "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+
+
 def core_slots(parallel: int, cores: Sequence[int]) -> list[tuple[int, ...] | None]:
     """Disjoint core sets, one per parallel slot (None: no pinning: one slot, or too few cores)."""
     cores = sorted(cores)
@@ -354,7 +363,7 @@ class LocalLauncher:
                env: dict[str, str] | None = None) -> _Job:
         argv = self._argv(kind, run)
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        env = {**os.environ, **(env or {})}
+        env = {**ALLOCATOR_ENV, **os.environ, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (grid_lib.REPO_ROOT, env.get("PYTHONPATH")) if p)
         cores = self.slots[slot] if slot is not None else None

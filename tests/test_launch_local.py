@@ -30,6 +30,7 @@ todo = plan.get(f"{kind}:{run}", "ok")
 time.sleep(0.05)                         # the launcher pins cores right after starting us
 with open(os.environ["FAKE_CALLS"], "a") as f:
     f.write(json.dumps({"kind": kind, "run": run, "threads": os.environ.get("PJRT_NPROC"),
+                        "arenas": os.environ.get("MALLOC_ARENA_MAX"),
                         "cores": sorted(os.sched_getaffinity(0))}) + "\\n")
 def put(name, obj):
     tmp = os.path.join(args["--workdir"], ".tmp-" + name)
@@ -152,6 +153,8 @@ def test_runs_skip_resume_and_failures(tmp_path, monkeypatch, fake):
     if len(cores) >= 2:
         for c in fake.calls("train"):
             assert c["threads"] == str(len(cores) // 2) and len(c["cores"]) == len(cores) // 2
+    # One malloc arena that keeps its pages, for every child (XLA:CPU's per-step buffers).
+    assert {c["arenas"] for c in fake.calls()} == {"1"}
 
     rows = {r["run"]: r for r in runs_lib.status_rows(str(work), grid.runs)}
     assert rows["flow-T-1e+12"]["loss"] == 1.25 and rows["flow-T-1e+12"]["step"] == 7
@@ -219,8 +222,10 @@ def test_stages_once_per_setting_and_a_failed_stage_blocks_its_runs(tmp_path, mo
     grid = make_grid(tmp_path, monkeypatch, data="shapes")
     work = tmp_path / "study"
     fake.plan({"prepare:ar-T-1e+12": "fail"})
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")            # the user's allocator setting wins
     assert launcher(grid, work, fake).run() == 1
     prepares = fake.calls("prepare")
+    assert {c["arenas"] for c in fake.calls()} == {"4"}
     assert sorted(c["run"] for c in prepares) == ["ar-T-1e+12", "flow-T-1e+12"]
     cores = local.available_cores()
     if len(cores) >= 2:                       # side by side, on half of the cores each
