@@ -10,9 +10,9 @@ T (~0.3M parameters) at 1e12 and 3.2e12, XS at 1e12, 3.2e12 and 1e13, S at 3.2e1
 top, 1e14 (~2,200 steps). The top is S's because S's update step uses the cores best (~0.5 of
 the matmul peak against XS's ~0.4 and T's ~0.2; docs/benchmarks.md): most of the grid's FLOPs
 run there. 3.2e12 has all three sizes, 1e12 and 1e13 two. `--dry_run` estimates 2 h 34 min
-sequentially; measured from an empty cache on the idle 2-core machine: 2 h 19 min with stages,
-raw (on 120 prompts) and post-hoc EMA evaluations and report, train efficiency 0.35, evaluation
-26 % of the core-time (docs/benchmarks.md). Learning rates are the
+sequentially; measured from an empty cache on the idle 2-core machine: 1 h 49 min with stages,
+raw (on 120 prompts) and post-hoc EMA evaluations and report, train efficiency 0.49, evaluation
+29 % of the core-time (docs/benchmarks.md). Learning rates are the
 lr_sweep's (experiments/tuned_lr.json, `launch.tune`; tuned at a quarter of each size's trunk).
 Seed replicates of XS at 1e12 measure the seed-to-seed spread; one cosine run per paradigm (XS,
 1e12, labelled `schedule=cosine`) checks the branches against the usual schedule. Evaluation
